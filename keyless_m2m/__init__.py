@@ -1,0 +1,64 @@
+"""keyless-m2m: OAuth 2.0 client-credentials tokens with ``private_key_jwt`` assertions
+signed inside a KMS/HSM (or by a local key), cached and refreshed by an anyio token manager.
+
+>>> from keyless_m2m import TokenManager, PrivateKeyJWT
+>>> from keyless_m2m.signers import LocalSigner
+"""
+
+from __future__ import annotations
+
+from .client_auth import ClientAuth, ClientSecretBasic, ClientSecretPost, PrivateKeyJWT
+from .errors import (
+    ConfigurationError,
+    DiscoveryError,
+    InvalidClientError,
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    InvalidTargetError,
+    InvalidTokenResponseError,
+    KeylessM2MError,
+    ManagerClosedError,
+    MissingExtraError,
+    ServerError,
+    SigningError,
+    TemporarilyUnavailableError,
+    TokenRequestError,
+    TransportError,
+    UnauthorizedClientError,
+    UnsupportedGrantTypeError,
+)
+from .manager import TokenManager
+from .sync import SyncTokenManager
+from .token import AccessToken
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AccessToken",
+    "ClientAuth",
+    "ClientSecretBasic",
+    "ClientSecretPost",
+    "ConfigurationError",
+    "DiscoveryError",
+    "InvalidClientError",
+    "InvalidGrantError",
+    "InvalidRequestError",
+    "InvalidScopeError",
+    "InvalidTargetError",
+    "InvalidTokenResponseError",
+    "KeylessM2MError",
+    "ManagerClosedError",
+    "MissingExtraError",
+    "PrivateKeyJWT",
+    "ServerError",
+    "SigningError",
+    "SyncTokenManager",
+    "TemporarilyUnavailableError",
+    "TokenManager",
+    "TokenRequestError",
+    "TransportError",
+    "UnauthorizedClientError",
+    "UnsupportedGrantTypeError",
+    "__version__",
+]

@@ -1,0 +1,385 @@
+"""One token request: the HTTP POST, its retries, and the response's validation.
+
+:class:`TokenEndpoint` turns a client-credentials request into an
+:class:`~keyless_m2m.AccessToken` or a typed error. It retries what may succeed later
+(network errors, 5xx, 429, ``temporarily_unavailable``) with exponential backoff and
+jitter, honours ``Retry-After``, and stops at ``max_attempts`` or ``deadline``. Every
+attempt carries fresh client credentials: a new assertion, a new ``jti``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import anyio
+import httpx
+
+from .client_auth import ClientAuth
+from .errors import (
+    ConfigurationError,
+    InvalidTokenResponseError,
+    KeylessM2MError,
+    SigningError,
+    TokenRequestError,
+    TransportError,
+    error_for_oauth_code,
+)
+from .token import AccessToken
+
+__all__ = ["TokenEndpoint", "TokenStats", "is_loopback_url", "parse_retry_after"]
+
+logger = logging.getLogger("keyless_m2m")
+
+MAX_EXPIRES_IN = 366 * 24 * 3600  # longer than a year is a broken server, not a token
+_MAX_DESCRIPTION = 300
+
+
+@dataclass(slots=True)
+class TokenStats:
+    """Counters for tests, benchmarks and metrics.
+
+    ``requests``: HTTP attempts at the token endpoint; ``signatures``: client assertions
+    signed; ``failures``: token fetches (flights) that ended in an error; ``waits``: callers
+    that had to wait for a flight; ``refreshes``: flights started (cold, background or
+    after invalidation); ``served_stale``: calls answered with a still-valid token while a
+    refresh was failing.
+    """
+
+    requests: int = 0
+    signatures: int = 0
+    failures: int = 0
+    waits: int = 0
+    refreshes: int = 0
+    served_stale: int = 0
+
+
+def is_loopback_url(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint_url(url: str, *, allow_insecure_http: bool, what: str = "token endpoint") -> str:
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{what} must be a URL string")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError(f"{what} must be an absolute https:// URL, got {url!r}")
+    if parts.fragment:
+        raise ConfigurationError(f"{what} must not have a #fragment")
+    if parts.scheme == "http" and not allow_insecure_http and not is_loopback_url(url):
+        raise ConfigurationError(
+            f"refusing plain http:// for the {what} {url!r}: credentials would travel in "
+            "clear text (http is allowed for loopback hosts; pass allow_insecure_http=True "
+            "to override)"
+        )
+    return url
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value), 24 * 3600))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, min(delta, 24 * 3600.0))
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "<redacted>")
+    if len(text) > _MAX_DESCRIPTION:
+        text = text[:_MAX_DESCRIPTION] + "..."
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+class _Retry(Exception):
+    def __init__(self, error: KeylessM2MError, retry_after: float | None) -> None:
+        self.error = error
+        self.retry_after = retry_after
+
+
+class TokenEndpoint:
+    """The token endpoint of one authorization server, for one client.
+
+    >>> endpoint = TokenEndpoint("https://auth.example/oauth2/token", auth)   # doctest: +SKIP
+    >>> token = await endpoint.request(scope="pockets.read")                  # doctest: +SKIP
+
+    Options: ``http_client`` (an ``httpx.AsyncClient`` you own; otherwise one is created
+    with ``timeout`` and ``verify`` and closed by :meth:`aclose`), ``max_attempts`` (4),
+    ``deadline`` (30 s for all attempts and waits), ``backoff`` (first delay, 0.5 s,
+    doubling up to ``max_backoff`` 10 s, with full jitter in [50 %, 100 %]),
+    ``default_expires_in`` (300 s, used when the response has no ``expires_in``),
+    ``max_response_bytes`` (256 KiB), ``allow_insecure_http`` (plain http:// for a
+    non-loopback host).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client_auth: ClientAuth,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        timeout: float = 10.0,
+        verify: Any = True,
+        max_attempts: int = 4,
+        deadline: float = 30.0,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
+        default_expires_in: float = 300.0,
+        max_response_bytes: int = 256 * 1024,
+        allow_insecure_http: bool = False,
+        stats: TokenStats | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        self.url = check_endpoint_url(url, allow_insecure_http=allow_insecure_http)
+        if not isinstance(client_auth, ClientAuth):
+            raise ConfigurationError("client_auth must be PrivateKeyJWT, ClientSecretBasic, ...")
+        if max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        if not (default_expires_in > 0):
+            raise ConfigurationError("default_expires_in must be positive")
+        self.client_auth = client_auth
+        self.max_attempts = max_attempts
+        self.deadline = deadline
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.default_expires_in = default_expires_in
+        self.max_response_bytes = max_response_bytes
+        self.timeout = timeout
+        self.verify = verify
+        self.stats = stats if stats is not None else TokenStats()
+        self._sleep = sleep
+        self._http = http_client
+        self._owns_http = http_client is None
+
+    def __repr__(self) -> str:
+        return f"TokenEndpoint({self.url!r}, client_auth={self.client_auth!r})"
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.timeout, verify=self.verify, follow_redirects=False)
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._owns_http and self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    def form_for(
+        self,
+        scope: str | None,
+        resource: Sequence[str] = (),
+        audience: str | None = None,
+        extra_params: Mapping[str, str] | None = None,
+    ) -> list[tuple[str, str]]:
+        form: list[tuple[str, str]] = [("grant_type", "client_credentials")]
+        if scope:
+            form.append(("scope", scope))
+        form.extend(("resource", r) for r in resource)
+        if audience:
+            form.append(("audience", audience))
+        if extra_params:
+            form.extend((str(k), str(v)) for k, v in extra_params.items())
+        return form
+
+    async def request(
+        self,
+        *,
+        scope: str | None = None,
+        resource: Sequence[str] = (),
+        audience: str | None = None,
+        extra_params: Mapping[str, str] | None = None,
+    ) -> AccessToken:
+        """Get one token, retrying what may succeed later. Raises a ``KeylessM2MError``."""
+        base_form = self.form_for(scope, resource, audience, extra_params)
+        give_up_at = time.monotonic() + self.deadline
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(base_form, scope)
+            except _Retry as retry:
+                error, retry_after = retry.error, retry.retry_after
+            except SigningError as exc:
+                if not exc.retryable:
+                    raise
+                error, retry_after = exc, None
+            if attempt >= self.max_attempts:
+                raise error
+            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            if time.monotonic() + delay > give_up_at:
+                raise error
+            logger.info(
+                "token request to %s failed (%s), retry %d/%d in %.2fs",
+                self.url,
+                type(error).__name__,
+                attempt,
+                self.max_attempts - 1,
+                delay,
+            )
+            await self._sleep(delay)
+
+    async def _attempt(self, base_form: list[tuple[str, str]], scope: str | None) -> AccessToken:
+        prepared = await self.client_auth.prepare(self.url)
+        if prepared.signed:
+            self.stats.signatures += 1
+        form = base_form + [(k, v) for k, v in prepared.form.items()]
+        headers = {"Accept": "application/json", **prepared.headers}
+        sent = [v for k, v in prepared.form.items() if k != "client_id"]
+        sent.extend(prepared.headers.values())
+        self.stats.requests += 1
+        started = time.monotonic()
+        started_wall = datetime.now(UTC)
+        logger.debug("token request to %s (%s)", self.url, self.client_auth.method)
+        try:
+            status, response_headers, body = await self._post(form, headers)
+        except httpx.TransportError as exc:
+            # Cut the chain: httpx exceptions hold the request, and its body the credentials.
+            raise _Retry(
+                TransportError(f"cannot reach the token endpoint {self.url}: {type(exc).__name__}"),
+                None,
+            ) from None
+        logger.debug("token endpoint answered HTTP %d in %.3fs", status, time.monotonic() - started)
+        return self._parse(status, response_headers, body, scope, started_wall, sent)
+
+    async def _post(
+        self, form: list[tuple[str, str]], headers: dict[str, str]
+    ) -> tuple[int, httpx.Headers, bytes]:
+        client = self._client()
+        content = urlencode(form).encode("ascii")
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        async with client.stream("POST", self.url, content=content, headers=headers) as response:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise InvalidTokenResponseError(
+                        f"token endpoint response exceeds {self.max_response_bytes} bytes",
+                        status_code=response.status_code,
+                    )
+                chunks.append(chunk)
+            return response.status_code, response.headers, b"".join(chunks)
+
+    def _parse(
+        self,
+        status: int,
+        headers: httpx.Headers,
+        body: bytes,
+        scope: str | None,
+        started_wall: datetime,
+        sent: list[str],
+    ) -> AccessToken:
+        try:
+            data: Any = json.loads(body) if body else None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            data = None
+        retryable_status = status == 429 or status >= 500
+        retry_after = parse_retry_after(headers.get("retry-after")) if retryable_status else None
+
+        if isinstance(data, dict) and "error" in data:
+            error = self._oauth_error(status, data, sent)
+            if error.retryable or retryable_status:
+                error.retryable = True
+                raise _Retry(error, retry_after)
+            raise error
+        if status != 200:
+            kind = headers.get("content-type", "no content type").split(";")[0]
+            message = f"token endpoint answered HTTP {status} ({kind}) without an OAuth error"
+            if retryable_status:
+                raise _Retry(
+                    InvalidTokenResponseError(message, status_code=status, retryable=True), retry_after
+                )
+            raise InvalidTokenResponseError(message, status_code=status)
+        if not isinstance(data, dict):
+            what = "empty" if not body else ("JSON but not an object" if data is not None else "not JSON")
+            raise InvalidTokenResponseError(f"token response is {what}", status_code=status)
+        return self._token_from(data, scope, started_wall)
+
+    def _oauth_error(self, status: int, data: dict[str, Any], sent: list[str]) -> TokenRequestError:
+        code = data.get("error")
+        if not isinstance(code, str) or not code:
+            return TokenRequestError("invalid_error_response", status_code=status)
+        description = data.get("error_description")
+        uri = data.get("error_uri")
+        cls = error_for_oauth_code(code)
+        return cls(
+            _redact(code, sent)[:64],
+            status_code=status,
+            error_description=_redact(description, sent) if isinstance(description, str) else None,
+            error_uri=_redact(uri, sent) if isinstance(uri, str) else None,
+        )
+
+    def _token_from(self, data: dict[str, Any], scope: str | None, started_wall: datetime) -> AccessToken:
+        def bad(message: str) -> InvalidTokenResponseError:
+            return InvalidTokenResponseError(f"token response: {message}", status_code=200)
+
+        value = data.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise bad("access_token is missing, empty or not a string")
+        if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
+            raise bad("access_token contains characters not allowed in an HTTP header")
+        token_type = data.get("token_type")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            shown = (
+                token_type
+                if isinstance(token_type, str) and len(token_type) < 20
+                else type(token_type).__name__
+            )
+            raise bad(f"token_type must be Bearer, got {shown!r}")
+        expires_in = self._expires_in(data.get("expires_in"), bad)
+        granted = data.get("scope")
+        if granted is not None and not isinstance(granted, str):
+            raise bad("scope must be a string")
+        raw = {k: v for k, v in data.items() if k != "access_token"}
+        return AccessToken(
+            value=value,
+            token_type="Bearer",  # noqa: S106 - a token type, not a password
+            expires_at=started_wall + timedelta(seconds=expires_in),
+            scope=granted if granted is not None else scope,
+            raw=raw,
+            expires_in=expires_in,
+        )
+
+    def _expires_in(self, value: Any, bad: Callable[[str], InvalidTokenResponseError]) -> float:
+        if value is None:
+            return self.default_expires_in
+        if isinstance(value, str) and value.isdigit() and len(value) < 12:
+            value = int(value)  # some servers send "3600"; accept digits only
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("expires_in must be a number")
+        if not math.isfinite(value) or value <= 0:
+            raise bad("expires_in must be a positive number")
+        if value > MAX_EXPIRES_IN:
+            raise bad(f"expires_in {value} is longer than a year")
+        return float(value)

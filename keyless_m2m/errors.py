@@ -1,0 +1,212 @@
+"""The exception tree of keyless-m2m.
+
+Every exception the library raises on purpose derives from :class:`KeylessM2MError`::
+
+    KeylessM2MError                     .retryable
+    ├── ConfigurationError              bad arguments, a key that cannot do the alg, ...
+    │   └── MissingExtraError           (also ImportError) an optional extra is not installed
+    ├── SigningError                    the signer (KMS/HSM/local key) failed
+    ├── TransportError                  network trouble reaching the token endpoint
+    ├── InvalidTokenResponseError       the token endpoint answered, but not with a token
+    ├── TokenRequestError               an RFC 6749 section 5.2 error response
+    │   ├── InvalidRequestError         invalid_request
+    │   ├── InvalidClientError          invalid_client
+    │   ├── InvalidGrantError           invalid_grant
+    │   ├── UnauthorizedClientError     unauthorized_client
+    │   ├── UnsupportedGrantTypeError   unsupported_grant_type
+    │   ├── InvalidScopeError           invalid_scope
+    │   ├── InvalidTargetError          invalid_target (RFC 8707)
+    │   ├── TemporarilyUnavailableError temporarily_unavailable  (retryable)
+    │   └── ServerError                 server_error (retryable)
+    ├── DiscoveryError                  authorization server metadata is missing or wrong
+    └── ManagerClosedError              a token manager was used after ``aclose()``
+
+Messages never contain a client secret, a client assertion, an access token or key
+material. Exceptions raised by third-party SDKs are chained (``raise ... from exc``) only
+after the library has checked that their text cannot carry such values; otherwise the
+chain is cut and only the provider's error code is kept.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DiscoveryError",
+    "InvalidClientError",
+    "InvalidGrantError",
+    "InvalidRequestError",
+    "InvalidScopeError",
+    "InvalidTargetError",
+    "InvalidTokenResponseError",
+    "KeylessM2MError",
+    "ManagerClosedError",
+    "MissingExtraError",
+    "ServerError",
+    "SigningError",
+    "TemporarilyUnavailableError",
+    "TokenRequestError",
+    "TransportError",
+    "UnauthorizedClientError",
+    "UnsupportedGrantTypeError",
+    "error_for_oauth_code",
+]
+
+
+class KeylessM2MError(Exception):
+    """Root of every exception raised by keyless-m2m.
+
+    ``retryable`` tells whether the same call may succeed if simply tried again later.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ConfigurationError(KeylessM2MError, ValueError):
+    """The library was configured in a way that cannot work (never retryable)."""
+
+
+class MissingExtraError(ConfigurationError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"{module!r} is not installed: pip install 'keyless-m2m[{extra}]'",
+            retryable=False,
+        )
+        self.extra = extra
+        self.module = module
+
+
+class SigningError(KeylessM2MError):
+    """The signer could not produce a signature.
+
+    ``key`` names the key (an id, ARN or URL, never key material) and ``code`` the
+    provider's error code when there is one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        key: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.key = key
+        self.code = code
+
+
+class TransportError(KeylessM2MError):
+    """The token endpoint could not be reached or the connection broke (retryable)."""
+
+    retryable = True
+
+
+class InvalidTokenResponseError(KeylessM2MError):
+    """The token endpoint answered with something that is not a valid token response."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status_code = status_code
+
+
+class TokenRequestError(KeylessM2MError):
+    """The authorization server refused the token request (RFC 6749 section 5.2).
+
+    Attributes: ``error`` (the OAuth error code), ``error_description``, ``error_uri``,
+    ``status_code`` and ``retryable``.
+    """
+
+    oauth_error: str | None = None
+
+    def __init__(
+        self,
+        error: str,
+        *,
+        status_code: int,
+        error_description: str | None = None,
+        error_uri: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        text = f"token request failed: {error} (HTTP {status_code})"
+        if error_description:
+            text += f": {error_description}"
+        super().__init__(text, retryable=retryable)
+        self.error = error
+        self.error_description = error_description
+        self.error_uri = error_uri
+        self.status_code = status_code
+
+
+class InvalidRequestError(TokenRequestError):
+    oauth_error = "invalid_request"
+
+
+class InvalidClientError(TokenRequestError):
+    oauth_error = "invalid_client"
+
+
+class InvalidGrantError(TokenRequestError):
+    oauth_error = "invalid_grant"
+
+
+class UnauthorizedClientError(TokenRequestError):
+    oauth_error = "unauthorized_client"
+
+
+class UnsupportedGrantTypeError(TokenRequestError):
+    oauth_error = "unsupported_grant_type"
+
+
+class InvalidScopeError(TokenRequestError):
+    oauth_error = "invalid_scope"
+
+
+class InvalidTargetError(TokenRequestError):
+    oauth_error = "invalid_target"
+
+
+class TemporarilyUnavailableError(TokenRequestError):
+    oauth_error = "temporarily_unavailable"
+    retryable = True
+
+
+class ServerError(TokenRequestError):
+    oauth_error = "server_error"
+    retryable = True
+
+
+class DiscoveryError(KeylessM2MError):
+    """Authorization server metadata could not be fetched or does not fit the client."""
+
+
+class ManagerClosedError(KeylessM2MError):
+    """A token manager was used after it was closed."""
+
+
+_BY_CODE: dict[str, type[TokenRequestError]] = {
+    cls.oauth_error: cls
+    for cls in (
+        InvalidRequestError,
+        InvalidClientError,
+        InvalidGrantError,
+        UnauthorizedClientError,
+        UnsupportedGrantTypeError,
+        InvalidScopeError,
+        InvalidTargetError,
+        TemporarilyUnavailableError,
+        ServerError,
+    )
+    if cls.oauth_error
+}
+
+
+def error_for_oauth_code(code: str) -> type[TokenRequestError]:
+    """The exception class for an RFC 6749 error code (``TokenRequestError`` if unknown)."""
+    return _BY_CODE.get(code, TokenRequestError)

@@ -1,0 +1,456 @@
+"""The token manager: cache, single flight, background refresh.
+
+Semantics (each is a test on asyncio and trio):
+
+- one cache entry per (scope set, resources, audience); ``"a b"`` and ``"b a"`` are one
+  entry; at most ``max_entries`` entries, least recently used evicted first;
+- hot path: a fresh cached token is returned without a lock, an ``await`` or a task
+  switch;
+- single flight: at most one token request per entry is in flight, whatever the number
+  of waiters;
+- proactive refresh: inside the refresh window the manager refreshes in its own task
+  group (when used as ``async with``) while callers keep getting the still-valid token;
+- failure: a failed flight fails its waiters once; callers in the backoff window that
+  follows get the same error without a new request, while a still-valid token keeps being
+  served (with a warning logged);
+- cancellation: a cancelled waiter never cancels the flight; a cancelled leader never
+  strands the others;
+- ``invalidate(token)`` drops the entry only if it still holds that token.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from time import monotonic
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .client_auth import ClientAuth
+from .endpoint import TokenEndpoint, TokenStats
+from .errors import ConfigurationError, KeylessM2MError, ManagerClosedError, SigningError
+from .token import AccessToken
+
+if TYPE_CHECKING:
+    from .integrations.httpx import BearerAuth
+
+__all__ = ["TokenManager", "TokenStats"]
+
+logger = logging.getLogger("keyless_m2m")
+
+ScopeArg = str | Iterable[str] | None
+ResourceArg = str | Sequence[str] | None
+EntryKey = tuple[frozenset[str], tuple[str, ...], str | None]
+
+_NO_TOKEN: tuple[Any, float, float] = (None, -math.inf, -math.inf)
+
+
+class _Flight:
+    """One token fetch, shared by everyone waiting for it."""
+
+    __slots__ = ("done", "error", "token")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.token: AccessToken | None = None
+        self.error: KeylessM2MError | None = None
+
+
+class _Entry:
+    __slots__ = ("current", "error", "failures", "flight", "key", "retry_at", "scope", "warned")
+
+    def __init__(self, key: EntryKey) -> None:
+        self.key = key
+        self.scope = " ".join(sorted(key[0])) or None
+        # (token, refresh_at, usable_until) swapped as one object, so a reader in another
+        # thread (SyncTokenManager's fast path) never sees a token with another's deadline.
+        self.current: tuple[AccessToken | None, float, float] = _NO_TOKEN
+        self.flight: _Flight | None = None
+        self.error: KeylessM2MError | None = None
+        self.retry_at = -math.inf
+        self.failures = 0
+        self.warned = False
+
+
+def _fresh_copy(error: KeylessM2MError) -> KeylessM2MError:
+    """A copy of a shared error for one waiter (raising one instance in thousands of tasks
+    would grow its traceback without bound)."""
+    clone = type(error).__new__(type(error))
+    clone.__dict__.update(error.__dict__)
+    clone.args = error.args
+    clone.__cause__ = error.__cause__
+    clone.__suppress_context__ = True
+    return clone
+
+
+def normalize_scope(scope: ScopeArg) -> frozenset[str]:
+    if scope is None:
+        return frozenset()
+    if isinstance(scope, str):
+        return frozenset(scope.split())
+    try:
+        items = list(scope)
+    except TypeError:
+        raise ConfigurationError("scope must be a string or an iterable of strings") from None
+    if not all(isinstance(s, str) for s in items):
+        raise ConfigurationError("scope must be a string or an iterable of strings")
+    return frozenset(w for s in items for w in s.split())
+
+
+def _normalize_resource(resource: ResourceArg) -> tuple[str, ...]:
+    if resource is None:
+        return ()
+    if isinstance(resource, str):
+        return (resource,)
+    items = tuple(resource)
+    if not all(isinstance(r, str) and r for r in items):
+        raise ConfigurationError("resource must be a URI string or a sequence of them")
+    return tuple(sorted(set(items)))
+
+
+class TokenManager:
+    """Gets, caches and refreshes client-credentials tokens.
+
+    >>> async with TokenManager(token_endpoint="https://auth.example/oauth2/token",
+    ...                         client_auth=PrivateKeyJWT("my-client", signer),
+    ...                         scope="pockets.read") as tokens:          # doctest: +SKIP
+    ...     token = await tokens.get_token()
+
+    Use it as ``async with`` so refreshes run in the background; outside a context it
+    still works, refreshing inline (the caller that finds the token in its refresh window
+    fetches the next one while everyone else keeps the current one).
+
+    Timing options: ``refresh_window`` — start refreshing this many seconds before a token
+    stops being usable (default: a quarter of its lifetime, at most 300 s);
+    ``expiry_leeway`` — treat a token as expired this long before the server's
+    ``expires_in`` says (default: a tenth of its lifetime, at most 10 s);
+    ``failure_backoff`` / ``max_failure_backoff`` — after a failed fetch, new fetches for
+    that entry wait 1 s, 2 s, 4 s ... up to 60 s (jittered). ``max_entries`` bounds the
+    cache (128). Other keyword options go to :class:`~keyless_m2m.endpoint.TokenEndpoint`
+    (``http_client``, ``timeout``, ``verify``, ``max_attempts``, ``deadline``,
+    ``allow_insecure_http``, ``default_expires_in``...).
+    """
+
+    def __init__(
+        self,
+        token_endpoint: str | None = None,
+        client_auth: ClientAuth | None = None,
+        *,
+        scope: ScopeArg = None,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+        extra_params: Mapping[str, str] | None = None,
+        endpoint: TokenEndpoint | None = None,
+        refresh_window: float | None = None,
+        expiry_leeway: float | None = None,
+        failure_backoff: float = 1.0,
+        max_failure_backoff: float = 60.0,
+        max_entries: int = 128,
+        **endpoint_options: Any,
+    ) -> None:
+        self.stats = TokenStats()
+        if endpoint is None:
+            if token_endpoint is None or client_auth is None:
+                raise ConfigurationError("TokenManager needs token_endpoint= and client_auth=")
+            endpoint = TokenEndpoint(token_endpoint, client_auth, stats=self.stats, **endpoint_options)
+        else:
+            if endpoint_options:
+                raise ConfigurationError("pass endpoint options to the TokenEndpoint you give")
+            endpoint.stats = self.stats
+        if max_entries < 1:
+            raise ConfigurationError("max_entries must be at least 1")
+        for name, value in (("refresh_window", refresh_window), ("expiry_leeway", expiry_leeway)):
+            if value is not None and not (value >= 0):
+                raise ConfigurationError(f"{name} must be a non-negative number of seconds")
+        self.endpoint = endpoint
+        self.refresh_window = refresh_window
+        self.expiry_leeway = expiry_leeway
+        self.failure_backoff = failure_backoff
+        self.max_failure_backoff = max_failure_backoff
+        self.max_entries = max_entries
+        self._extra_params = dict(extra_params or {})
+        self._default_args: tuple[ScopeArg, ResourceArg, str | None] = (scope, resource, audience)
+        self._entries: OrderedDict[EntryKey, _Entry] = OrderedDict()
+        self._lookup: dict[tuple[Any, Any, Any], _Entry] = {}
+        self._default_entry = self._make_entry(scope, resource, audience)
+        self._task_group: TaskGroup | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"TokenManager(endpoint={self.endpoint.url!r}, client_auth={self.endpoint.client_auth!r})"
+
+    # -- the hot path -------------------------------------------------------------------
+
+    async def get_token(
+        self,
+        scope: ScopeArg = None,
+        *,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+    ) -> AccessToken:
+        """A valid access token for ``scope`` (default: the manager's scope).
+
+        Returns at once when a fresh token is cached; otherwise joins (or starts) the one
+        fetch for this entry. Raises a :class:`~keyless_m2m.KeylessM2MError` subclass.
+        """
+        if scope is None and resource is None and audience is None:
+            entry = self._default_entry
+        else:
+            entry = self._entry(scope, resource, audience)
+        current = entry.current
+        if monotonic() < current[1]:
+            return current[0]  # type: ignore[return-value]
+        return await self._slow_path(entry)
+
+    # -- entries --------------------------------------------------------------------------
+
+    def _entry(self, scope: ScopeArg, resource: ResourceArg, audience: str | None) -> _Entry:
+        raw: tuple[Any, Any, Any] | None = (scope, resource, audience)
+        try:
+            entry = self._lookup.get(raw)  # type: ignore[arg-type]
+        except TypeError:  # unhashable spelling (a list of scopes): normalise every time
+            entry = None
+            raw = None
+        if entry is None:
+            entry = self._make_entry(scope, resource, audience)
+            if raw is not None:
+                if len(self._lookup) >= 8 * self.max_entries:
+                    self._lookup.clear()
+                self._lookup[raw] = entry
+        else:
+            self._entries.move_to_end(entry.key)
+        return entry
+
+    def _peek(self, scope: ScopeArg, resource: ResourceArg, audience: str | None) -> _Entry | None:
+        """Look an entry up without changing anything (safe from another thread)."""
+        if scope is None and resource is None and audience is None:
+            return self._default_entry
+        try:
+            return self._lookup.get((scope, resource, audience))
+        except TypeError:
+            return None
+
+    def _make_entry(self, scope: ScopeArg, resource: ResourceArg, audience: str | None) -> _Entry:
+        default_scope, default_resource, default_audience = self._default_args
+        key: EntryKey = (
+            normalize_scope(default_scope if scope is None else scope),
+            _normalize_resource(default_resource if resource is None else resource),
+            default_audience if audience is None else audience,
+        )
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            return entry
+        entry = _Entry(key)
+        self._entries[key] = entry
+        if len(self._entries) > self.max_entries:
+            self._evict()
+        return entry
+
+    def _evict(self) -> None:
+        default = getattr(self, "_default_entry", None)
+        for key, entry in self._entries.items():
+            if entry is not default and entry.flight is None:
+                del self._entries[key]
+                stale = [raw for raw, e in self._lookup.items() if e is entry]
+                for raw in stale:
+                    del self._lookup[raw]
+                return
+
+    # -- fetching -------------------------------------------------------------------------
+
+    async def _slow_path(self, entry: _Entry) -> AccessToken:
+        if self._closed:
+            raise ManagerClosedError("this TokenManager is closed")
+        now = monotonic()
+        token, _refresh_at, usable_until = entry.current
+        if token is not None and now < usable_until:
+            # Refresh window: keep serving the valid token; refresh once, in the background.
+            if entry.flight is None and now >= entry.retry_at:
+                flight = self._start(entry)
+                if self._task_group is None:
+                    await self._run_inline(entry, flight)
+                    return entry.current[0] or token
+            elif entry.error is not None:
+                self.stats.served_stale += 1
+            return token
+        waiting = entry.flight
+        if waiting is None:
+            if entry.error is not None and now < entry.retry_at:
+                raise _fresh_copy(entry.error)
+            flight = self._start(entry)
+            if self._task_group is None:
+                await self._run_inline(entry, flight)
+                return self._result(flight)
+            waiting = flight
+        self.stats.waits += 1
+        await waiting.done.wait()
+        return self._result(waiting)
+
+    @staticmethod
+    def _result(flight: _Flight) -> AccessToken:
+        if flight.token is not None:
+            return flight.token
+        assert flight.error is not None
+        raise _fresh_copy(flight.error)
+
+    def _start(self, entry: _Entry) -> _Flight:
+        flight = _Flight()
+        entry.flight = flight
+        self.stats.refreshes += 1
+        if self._task_group is not None:
+            self._task_group.start_soon(self._run_flight, entry, flight)
+        return flight
+
+    async def _run_inline(self, entry: _Entry, flight: _Flight) -> None:
+        # Without a task group the leader runs the flight itself; shielded, so cancelling
+        # the leader cannot strand the callers waiting on it (the endpoint's deadline
+        # bounds how long the shield holds).
+        with anyio.CancelScope(shield=True):
+            await self._run_flight(entry, flight)
+
+    async def _run_flight(self, entry: _Entry, flight: _Flight) -> None:
+        started = monotonic()
+        try:
+            token = await self.endpoint.request(
+                scope=entry.scope,
+                resource=entry.key[1],
+                audience=entry.key[2],
+                extra_params=self._extra_params,
+            )
+        except KeylessM2MError as exc:
+            self._failed(entry, flight, exc)
+        except anyio.get_cancelled_exc_class():
+            if flight.error is None:
+                flight.error = ManagerClosedError("the TokenManager was closed during a token fetch")
+            raise
+        except Exception as exc:
+            # A user-supplied signer or client auth raised something of its own.
+            error = SigningError(f"client authentication failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._failed(entry, flight, error)
+        else:
+            self._store(entry, token, started)
+            flight.token = token
+        finally:
+            if entry.flight is flight:
+                entry.flight = None
+            flight.done.set()
+
+    def _store(self, entry: _Entry, token: AccessToken, started: float) -> None:
+        lifetime = token.expires_in
+        leeway = self.expiry_leeway if self.expiry_leeway is not None else min(10.0, lifetime / 10)
+        usable_until = started + max(0.0, lifetime - leeway)
+        window = self.refresh_window if self.refresh_window is not None else min(300.0, lifetime / 4)
+        refresh_at = min(usable_until, max(started, usable_until - window))
+        entry.current = (token, refresh_at, usable_until)
+        entry.error = None
+        entry.failures = 0
+        entry.retry_at = -math.inf
+        entry.warned = False
+
+    def _failed(self, entry: _Entry, flight: _Flight, error: KeylessM2MError) -> None:
+        self.stats.failures += 1
+        entry.failures += 1
+        delay = min(self.max_failure_backoff, self.failure_backoff * 2 ** (entry.failures - 1))
+        delay *= random.uniform(0.8, 1.0)  # noqa: S311 - jitter, not crypto
+        entry.error = error
+        entry.retry_at = monotonic() + delay
+        flight.error = error
+        token, _, usable_until = entry.current
+        if token is not None and monotonic() < usable_until:
+            logger.warning(
+                "token refresh failed (%s: %s); serving the current token, usable for %.0f s more",
+                type(error).__name__,
+                error,
+                usable_until - monotonic(),
+            )
+        else:
+            logger.warning(
+                "token fetch failed (%s: %s); next attempt in %.1f s", type(error).__name__, error, delay
+            )
+
+    # -- invalidation ---------------------------------------------------------------------
+
+    async def invalidate(self, token: AccessToken) -> bool:
+        """Drop ``token`` if an entry still holds it (the API said it is no good).
+
+        Returns whether anything was dropped: N concurrent 401s for one token cause one
+        invalidation and, through single flight, one refresh.
+        """
+        for entry in self._entries.values():
+            if entry.current[0] is token or (entry.current[0] is not None and entry.current[0] == token):
+                entry.current = _NO_TOKEN
+                return True
+        return False
+
+    # -- httpx ----------------------------------------------------------------------------
+
+    def auth(
+        self,
+        scope: ScopeArg = None,
+        *,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+    ) -> BearerAuth:
+        """An ``httpx.Auth`` adding ``Authorization: Bearer`` and retrying once after a 401
+        ``invalid_token``: ``httpx.AsyncClient(auth=tokens.auth())``."""
+        from .integrations.httpx import BearerAuth
+
+        return BearerAuth(self, scope=scope, resource=resource, audience=audience)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise ManagerClosedError("this TokenManager is closed")
+        if self._task_group is not None:
+            raise ConfigurationError("this TokenManager is already entered")
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task_group = self._task_group
+        try:
+            await self.aclose()
+        finally:
+            if task_group is not None:
+                await task_group.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Stop background refreshes, wake waiters with ``ManagerClosedError``, close the
+        HTTP client the manager created. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for entry in self._entries.values():
+            entry.current = _NO_TOKEN
+            flight = entry.flight
+            if flight is not None and flight.token is None:
+                flight.error = flight.error or ManagerClosedError("the TokenManager was closed")
+                flight.done.set()
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+        self._task_group = None
+        await self.endpoint.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.endpoint.url

@@ -1,0 +1,92 @@
+"""Shared fixtures: the anyio backend matrix, throwaway keys, an independent verifier."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing_server(reason: str) -> None:
+    """An integration server is missing: fail in CI (it must be installed), skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("trio", {}), id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+_KEY_CACHE: dict[str, Any] = {}
+
+
+def make_key(kind: str) -> Any:
+    """A private key per kind, generated once per session (RSA generation is slow)."""
+    if kind not in _KEY_CACHE:
+        if kind == "rsa":
+            _KEY_CACHE[kind] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        elif kind == "rsa-b":
+            _KEY_CACHE[kind] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        elif kind == "p256":
+            _KEY_CACHE[kind] = ec.generate_private_key(ec.SECP256R1())
+        elif kind == "p384":
+            _KEY_CACHE[kind] = ec.generate_private_key(ec.SECP384R1())
+        elif kind == "p521":
+            _KEY_CACHE[kind] = ec.generate_private_key(ec.SECP521R1())
+        elif kind == "ed25519":
+            _KEY_CACHE[kind] = ed25519.Ed25519PrivateKey.generate()
+        else:
+            raise ValueError(kind)
+    return _KEY_CACHE[kind]
+
+
+def pem_of(key: Any, *, fmt: str = "pkcs8", password: bytes | None = None) -> bytes:
+    formats = {
+        "pkcs8": serialization.PrivateFormat.PKCS8,
+        "traditional": serialization.PrivateFormat.TraditionalOpenSSL,  # PKCS#1 / SEC1
+    }
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, formats[fmt], encryption)
+
+
+ALG_KEYS = {
+    "RS256": "rsa",
+    "RS384": "rsa",
+    "RS512": "rsa",
+    "PS256": "rsa",
+    "PS384": "rsa",
+    "PS512": "rsa",
+    "ES256": "p256",
+    "ES384": "p384",
+    "ES512": "p521",
+    "EdDSA": "ed25519",
+}
+
+
+def verify_jws(token: str, public_jwk: dict[str, Any], *, audience: str | None = None) -> dict[str, Any]:
+    """Verify a compact JWS with PyJWT (independent of the code that signed it)."""
+    alg = public_jwk["alg"]
+    key = jwt.PyJWK.from_dict(dict(public_jwk), algorithm=alg)
+    options: dict[str, Any] = {"verify_aud": audience is not None}
+    return jwt.decode(token, key=key.key, algorithms=[alg], audience=audience, options=options)
+
+
+@pytest.fixture
+def verifier() -> Callable[..., dict[str, Any]]:
+    return verify_jws
