@@ -54,7 +54,7 @@ _HASH_ALGORITHMS = {"sha256": "sha2-256", "sha384": "sha2-384", "sha512": "sha2-
 _MAX_CONCURRENT_REQUESTS = 10
 
 _DEFAULT_ADDRESS = "https://127.0.0.1:8200"  # the Vault CLI's default, not hvac's
-_NAME = re.compile(r"\w(?:[\w.-]*\w)?")  # Vault's GenericNameRegex for transit key names
+_NAME = re.compile(r"\w(?:[\w.-]*\w)?", re.ASCII)  # Vault's GenericNameRegex for transit key names
 _SIGNATURE = re.compile(r"vault:v(\d+):([A-Za-z0-9+/_=-]+)")
 _TRUE = frozenset({"1", "t", "true"})  # what Go's strconv.ParseBool accepts, lower-cased
 
@@ -176,11 +176,16 @@ class VaultTransitSigner(CachedDescriptionSigner):
             self._owns_client = False
         else:
             address = url or _env("VAULT_ADDR", "BAO_ADDR") or _DEFAULT_ADDRESS
-            parts = urlsplit(address)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigurationError(f"the Vault address must be an http(s) URL, got {address!r}")
-            if parts.username or parts.password:
-                raise ConfigurationError("the Vault address must not contain credentials")
+            try:
+                parts = urlsplit(address)
+                usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+            except ValueError:
+                usable = False
+            if not usable or "@" in parts.netloc:
+                # Not echoed: a malformed address may hold credentials.
+                raise ConfigurationError(
+                    "the Vault address must be an http(s) URL without credentials, e.g. https://vault:8200"
+                )
             verify, cert = _tls_from_env()
             self._client = hvac_module.Client(
                 url=address,
@@ -220,7 +225,7 @@ class VaultTransitSigner(CachedDescriptionSigner):
         if "version" in query:
             if "key_version" in options:
                 raise ConfigurationError("the version is given both in the URI and as key_version=")
-            if not query["version"].isdigit():
+            if not re.fullmatch(r"[0-9]+", query["version"]):
                 raise ConfigurationError(f"version must be a positive integer, got {query['version']!r}")
             options["key_version"] = int(query["version"])
         return cls(name, **options)

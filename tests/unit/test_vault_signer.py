@@ -323,6 +323,7 @@ async def test_alg_that_does_not_fit_the_key(client: FakeClient, key_type: str, 
         {"key_name": "a/b"},
         {"key_name": ""},
         {"key_name": "-x"},
+        {"key_name": "cl\u00e9"},
         {"key_name": "k", "mount_point": "//"},
         {"key_name": "k", "key_version": 0},
         {"key_name": "k", "key_version": True},
@@ -488,6 +489,8 @@ def test_from_uri(client: FakeClient) -> None:
         "hashivault://k?color=blue",
         "hashivault://k?version=x",
         "hashivault://k?version=-1",
+        "hashivault://k?version=\u00b2",
+        "hashivault://user@k",
         "hashivault://k/extra",
         "hashivault://k?mount=",
     ],
@@ -546,10 +549,13 @@ def test_openbao_variable_names(clean_env: pytest.MonkeyPatch) -> None:
     assert signer._client.token == TOKEN
 
 
-@pytest.mark.parametrize("url", ["vault:8200", "ftp://vault", "https://user:pw@vault:8200"])
+@pytest.mark.parametrize(
+    "url", ["vault:8200", "ftp://vault", "https://user:pw@vault:8200", "ftp://user:pw@vault", "http://[pw"]
+)
 def test_bad_address(clean_env: pytest.MonkeyPatch, url: str) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError) as info:
         VaultTransitSigner("k", url=url)
+    assert "pw" not in str(info.value)
 
 
 async def test_aclose_closes_only_its_own_session(client: FakeClient, clean_env: pytest.MonkeyPatch) -> None:
