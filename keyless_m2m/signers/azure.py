@@ -35,6 +35,7 @@ __all__ = ["AzureKeyVaultSigner", "map_azure_error", "parse_key_vault_uri"]
 
 EXTRA = "azure"
 _T = TypeVar("_T")
+_MAX_THREADS = 8  # worker threads the synchronous SDK may use at once (trio)
 
 # Key Vault naming rules: key names 1-127 of [0-9a-zA-Z-]; vault names 3-24, starting
 # with a letter, ending with a letter or digit; versions are 32 hex digits in practice.
@@ -245,10 +246,19 @@ def _is_async_credential(credential: Any) -> bool:
     return inspect.iscoroutinefunction(method)
 
 
+def _require_get_token(credential: Any) -> None:
+    if not callable(getattr(credential, "get_token", None)):
+        raise ConfigurationError(
+            "this credential only offers get_token_info(); on this event loop the signer "
+            "needs one with get_token() (any azure-identity credential has it)"
+        )
+
+
 class _SyncCredentialOnAsyncio:
     """A synchronous credential handed to the ``.aio`` SDK: token calls go to a thread."""
 
     def __init__(self, credential: Any, limiter: anyio.CapacityLimiter) -> None:
+        _require_get_token(credential)
         self._credential = credential
         self._limiter = limiter
 
@@ -266,6 +276,7 @@ class _AsyncCredentialInThreads:
     each token call hops back to the event loop."""
 
     def __init__(self, credential: Any) -> None:
+        _require_get_token(credential)
         self._credential = credential
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
@@ -280,18 +291,23 @@ class _AsyncCredentialInThreads:
 
 class _Clients:
     """The SDK clients of one event loop: a KeyClient, and a CryptographyClient pinned to
-    the described key version."""
+    the described key version. Made by :func:`_open_clients`."""
 
-    backend: str
-    vault_url: str
-
-    def __init__(self, backend: str, vault_url: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        backend: str,
+        vault_url: str,
+        options: dict[str, Any],
+        limiter: anyio.CapacityLimiter,
+        credential: Any,
+        owned_credential: Any,
+    ) -> None:
         self.backend = backend
         self.vault_url = vault_url
         self._options = options
-        self._limiter = anyio.CapacityLimiter(8)
-        self._credential: Any = None
-        self._owned_credential: Any = None
+        self._limiter = limiter
+        self._credential = credential
+        self._owned_credential = owned_credential
         self._key_client: Any = None
         self._crypto: Any = None
         self._crypto_key_id: str | None = None
@@ -303,17 +319,10 @@ class _Clients:
 class _AsyncioClients(_Clients):
     """``azure.keyvault.keys.aio`` clients with an async credential (asyncio only)."""
 
-    def __init__(self, vault_url: str, credential: Any, options: dict[str, Any]) -> None:
-        super().__init__("asyncio", vault_url, options)
-        import_extra("aiohttp", EXTRA)
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         keys_aio = import_extra("azure.keyvault.keys.aio", EXTRA)
-        if credential is None:
-            identity_aio = import_extra("azure.identity.aio", EXTRA)
-            credential = self._owned_credential = identity_aio.DefaultAzureCredential()
-        elif not _is_async_credential(credential):
-            credential = _SyncCredentialOnAsyncio(credential, self._limiter)
-        self._credential = credential
-        self._key_client = keys_aio.KeyClient(vault_url, credential, **options)
+        self._key_client = keys_aio.KeyClient(self.vault_url, self._credential, **self._options)
 
     async def get_key(self, name: str, version: str | None) -> KeyVaultKey:
         key: KeyVaultKey = await self._key_client.get_key(name, version)
@@ -345,21 +354,10 @@ class _AsyncioClients(_Clients):
 class _ThreadedClients(_Clients):
     """The synchronous SDK clients, called in worker threads (any anyio backend)."""
 
-    def __init__(self, backend: str, vault_url: str, credential: Any, options: dict[str, Any]) -> None:
-        super().__init__(backend, vault_url, options)
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         keys = import_extra("azure.keyvault.keys", EXTRA)
-        if credential is None:
-            identity = import_extra("azure.identity", EXTRA)
-            credential = self._owned_credential = identity.DefaultAzureCredential()
-        elif _is_async_credential(credential):
-            if type(credential).__module__.startswith("azure.identity.aio"):
-                raise ConfigurationError(
-                    f"azure-identity's async credentials run on asyncio only (aiohttp); under {backend} "
-                    "pass a synchronous credential from azure.identity, e.g. DefaultAzureCredential()"
-                )
-            credential = _AsyncCredentialInThreads(credential)
-        self._credential = credential
-        self._key_client = keys.KeyClient(vault_url, credential, **options)
+        self._key_client = keys.KeyClient(self.vault_url, self._credential, **self._options)
 
     async def get_key(self, name: str, version: str | None) -> KeyVaultKey:
         return await self._in_thread(functools.partial(self._key_client.get_key, name, version))
@@ -383,6 +381,37 @@ class _ThreadedClients(_Clients):
             owned, self._owned_credential = self._owned_credential, None
             if owned is not None:
                 await self._in_thread(owned.close)
+
+
+async def _open_clients(
+    backend: str, vault_url: str, credential: Any, options: dict[str, Any]
+) -> _AsyncioClients | _ThreadedClients:
+    """SDK clients for the running backend: ``.aio`` under asyncio, sync ones in threads
+    elsewhere, with the credential adapted to the flavour the clients call."""
+    limiter = anyio.CapacityLimiter(_MAX_THREADS)
+    if backend == "asyncio":
+        import_extra("aiohttp", EXTRA)
+        if credential is None:
+            identity_aio = import_extra("azure.identity.aio", EXTRA)
+            # Its constructor reads the environment and may probe files: not on the loop.
+            owned = await anyio.to_thread.run_sync(identity_aio.DefaultAzureCredential, limiter=limiter)
+            return _AsyncioClients(backend, vault_url, options, limiter, owned, owned)
+        if not _is_async_credential(credential):
+            credential = _SyncCredentialOnAsyncio(credential, limiter)
+        return _AsyncioClients(backend, vault_url, options, limiter, credential, None)
+    if credential is None:
+        identity = import_extra("azure.identity", EXTRA)
+        owned = await anyio.to_thread.run_sync(identity.DefaultAzureCredential, limiter=limiter)
+        return _ThreadedClients(backend, vault_url, options, limiter, owned, owned)
+    if _is_async_credential(credential):
+        if type(credential).__module__.startswith("azure.identity.aio"):
+            # Even their close() uses asyncio.gather; they cannot run under trio.
+            raise ConfigurationError(
+                f"azure-identity's async credentials run on asyncio only (aiohttp); under {backend} "
+                "pass a synchronous credential from azure.identity, e.g. DefaultAzureCredential()"
+            )
+        credential = _AsyncCredentialInThreads(credential)
+    return _ThreadedClients(backend, vault_url, options, limiter, credential, None)
 
 
 class AzureKeyVaultSigner(CachedDescriptionSigner):
@@ -475,6 +504,7 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
             _is_async_credential(credential)  # fail now on something that is no credential
         self._client_options = dict(client_options)
         self._clients: _AsyncioClients | _ThreadedClients | None = None
+        self._clients_lock: anyio.Lock | None = None
         self._pinned: KeyVaultKey | None = None
         self._modulus_bytes = 0
 
@@ -506,25 +536,26 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
     def vault_url(self) -> str:
         return self._vault_url
 
-    def _clients_for_this_loop(self) -> _AsyncioClients | _ThreadedClients:
+    async def _clients_for_this_loop(self) -> _AsyncioClients | _ThreadedClients:
         backend = _current_backend()
         clients = self._clients
-        if clients is not None:
-            if clients.backend != backend:
-                raise ConfigurationError(
-                    f"this AzureKeyVaultSigner's SDK clients belong to {clients.backend}; "
-                    f"call aclose() before using it under {backend}"
-                )
-            return clients
-        options = dict(self._client_options)
-        if backend == "asyncio":
-            self._clients = _AsyncioClients(self._vault_url, self._credential, options)
-        else:
-            self._clients = _ThreadedClients(backend, self._vault_url, self._credential, options)
-        return self._clients
+        if clients is None:
+            if self._clients_lock is None:
+                self._clients_lock = anyio.Lock()
+            async with self._clients_lock:
+                if self._clients is None:
+                    options = dict(self._client_options)
+                    self._clients = await _open_clients(backend, self._vault_url, self._credential, options)
+                clients = self._clients
+        if clients.backend != backend:
+            raise ConfigurationError(
+                f"this AzureKeyVaultSigner's SDK clients belong to {clients.backend}; "
+                f"call aclose() there before using it under {backend}"
+            )
+        return clients
 
     async def _load_description(self) -> KeyDescription:
-        clients = self._clients_for_this_loop()
+        clients = await self._clients_for_this_loop()
         try:
             key = await clients.get_key(self._key_name, self._key_version)
         except Exception as exc:
@@ -607,7 +638,7 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
         key = self._pinned
         if key is None:  # pragma: no cover - sign() describes first
             raise SigningError("describe() must run before sign()", key=self.key_name)
-        clients = self._clients_for_this_loop()
+        clients = await self._clients_for_this_loop()
         digest = alg.digest(signing_input)
         try:
             signature = await clients.sign(key, alg.name, digest)
@@ -641,5 +672,6 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
         and the pinned key version are kept.
         """
         clients, self._clients = self._clients, None
+        self._clients_lock = None  # the next user may run another event loop
         if clients is not None:
             await clients.aclose()

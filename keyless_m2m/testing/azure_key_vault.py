@@ -28,6 +28,7 @@ It runs in its own thread, so asyncio and trio tests (and sync code) can all use
             credential=AsyncFakeKeyVaultCredential(vault.token),
             **vault.client_options(),   # verify_challenge_resource=False, connection_verify=...
         )
+        signer = vault.signer("m2m-signing")   # the same, in one call
 
 The SDK must be told ``verify_challenge_resource=False``: the challenge names
 ``vault.azure.net`` while the fake listens on ``127.0.0.1``. Needs the ``azure`` extra
@@ -66,6 +67,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
+
+    from ..signers.azure import AzureKeyVaultSigner
 
 __all__ = [
     "DEFAULT_KEY_OPS",
@@ -418,6 +421,23 @@ class FakeKeyVault:
         (``retry_total=``, ``retry_backoff_factor=``...) as ``overrides``.
         """
         return {"verify_challenge_resource": False, "connection_verify": self.cert_path, **overrides}
+
+    def signer(
+        self, name: str, version: str | None = None, *, credential: Any = None, **options: Any
+    ) -> AzureKeyVaultSigner:
+        """An :class:`~keyless_m2m.signers.AzureKeyVaultSigner` wired to this fake.
+
+        ``credential`` defaults to an :class:`AsyncFakeKeyVaultCredential` for this fake's
+        token; ``options`` are the signer's (``algorithm=``, ``key_id=``...) and SDK client
+        options (``retry_total=``...), added to :meth:`client_options`.
+        """
+        from ..signers.azure import AzureKeyVaultSigner
+
+        if credential is None:
+            credential = self.async_credential()
+        return AzureKeyVaultSigner(
+            self.key_url(name, version), credential=credential, **self.client_options(**options)
+        )
 
     def credential(self) -> FakeKeyVaultCredential:
         """A synchronous test credential that returns this fake's token."""

@@ -170,7 +170,7 @@ async def test_default_credential_is_created_lazily_and_closed(
 
 
 async def test_usable_again_after_aclose(shared_vault: FakeKeyVault) -> None:
-    signer = make_signer(shared_vault, "p256")
+    signer = shared_vault.signer("p256", retry_total=1)
     jwk = await _verifies(signer)
     await signer.aclose()
     assert await _verifies(signer) == jwk
