@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 import pytest
-from azure.core.exceptions import ClientAuthenticationError
 
 from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m._jose import jwk_thumbprint
@@ -28,6 +27,9 @@ from tests.contract import SignerContract, sign_jws
 from tests.integration.conftest import AuthServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+az = pytest.importorskip("azure.core.exceptions", reason="the azure extra is not installed")
+pytest.importorskip("azure.keyvault.keys", reason="the azure extra is not installed")
+pytest.importorskip("azure.identity", reason="the azure extra is not installed")
 
 # Keep the SDK's own retries fast: Retry-After from the fake is 0.01 s, backoff tiny.
 FAST_RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}
@@ -339,7 +341,7 @@ class _BrokenCredential:
     """A credential that fails like azure-identity does, with sensitive-looking text."""
 
     async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        raise ClientAuthenticationError("AADSTS7000215: invalid client secret 'hunter2-secret' provided")
+        raise az.ClientAuthenticationError("AADSTS7000215: invalid client secret 'hunter2-secret' provided")
 
 
 async def test_credential_failure_is_not_retryable(vault: FakeKeyVault) -> None:

@@ -5,20 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from azure.core.exceptions import (
-    ClientAuthenticationError,
-    HttpResponseError,
-    ODataV4Format,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-from azure.identity import CredentialUnavailableError
 
 from keyless_m2m import ConfigurationError, SigningError
 from keyless_m2m.signers import AzureKeyVaultSigner, signer_from_uri
 from keyless_m2m.signers.azure import map_azure_error, parse_key_vault_uri
 from keyless_m2m.testing.azure_key_vault import AsyncFakeKeyVaultCredential, FakeKeyVaultCredential
+
+az = pytest.importorskip("azure.core.exceptions", reason="the azure extra is not installed")
+identity = pytest.importorskip("azure.identity", reason="the azure extra is not installed")
+pytest.importorskip("azure.keyvault.keys", reason="the azure extra is not installed")
 
 VERSION = "0123456789abcdef0123456789abcdef"
 
@@ -141,7 +136,7 @@ SENSITIVE = "Bearer eyJ0eXAi.secret-token"
 
 
 def _http_error(
-    status: int, code: str | None = None, inner: str | None = None, cls: type[Any] = HttpResponseError
+    status: int, code: str | None = None, inner: str | None = None, cls: type[Any] = az.HttpResponseError
 ) -> Any:
     exc = cls(message=f"{code}: request with {SENSITIVE} failed")
     exc.status_code = status
@@ -149,7 +144,7 @@ def _http_error(
         body: dict[str, Any] = {"code": code, "message": f"message quoting {SENSITIVE}"}
         if inner:
             body["innererror"] = {"code": inner}
-        exc.error = ODataV4Format(body)
+        exc.error = az.ODataV4Format(body)
     return exc
 
 
@@ -185,7 +180,7 @@ def test_inner_code_and_hints() -> None:
     assert "(ForbiddenByRbac)" in str(forbidden)
     assert "Key Vault Crypto User" in str(forbidden)
     missing = map_azure_error(
-        _http_error(404, "KeyNotFound", cls=ResourceNotFoundError), key=KEY, action="get key"
+        _http_error(404, "KeyNotFound", cls=az.ResourceNotFoundError), key=KEY, action="get key"
     )
     assert "get key" in str(missing)
     assert "no such key" in str(missing)
@@ -194,8 +189,8 @@ def test_inner_code_and_hints() -> None:
 
 def test_credential_failures_are_not_retryable_and_say_nothing_of_the_provider_text() -> None:
     for exc in (
-        ClientAuthenticationError(f"AADSTS7000215: invalid secret {SENSITIVE}"),
-        CredentialUnavailableError(f"EnvironmentCredential: {SENSITIVE}"),
+        az.ClientAuthenticationError(f"AADSTS7000215: invalid secret {SENSITIVE}"),
+        identity.CredentialUnavailableError(f"EnvironmentCredential: {SENSITIVE}"),
     ):
         error = map_azure_error(exc, key=KEY, action="sign", vault_url="https://v1.vault.azure.net")
         assert not error.retryable
@@ -206,7 +201,7 @@ def test_credential_failures_are_not_retryable_and_say_nothing_of_the_provider_t
 
 
 def test_connection_failures_are_retryable() -> None:
-    for exc_type in (ServiceRequestError, ServiceResponseError):
+    for exc_type in (az.ServiceRequestError, az.ServiceResponseError):
         error = map_azure_error(exc_type(f"connection to {SENSITIVE} failed"), key=KEY, action="sign")
         assert error.retryable
         assert error.code == exc_type.__name__
@@ -214,9 +209,7 @@ def test_connection_failures_are_retryable() -> None:
 
 
 def test_other_azure_errors_are_not_retryable() -> None:
-    from azure.core.exceptions import AzureError
-
-    error = map_azure_error(AzureError(SENSITIVE), key=KEY, action="sign")
+    error = map_azure_error(az.AzureError(SENSITIVE), key=KEY, action="sign")
     assert not error.retryable
     assert error.code == "AzureError"
     assert "secret-token" not in str(error)
