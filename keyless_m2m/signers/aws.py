@@ -1,0 +1,494 @@
+"""A signer whose private key lives in AWS KMS (asymmetric ``SIGN_VERIFY`` keys).
+
+The key never leaves KMS: ``describe()`` makes one ``GetPublicKey`` call, ``sign()`` one
+``Sign`` call per assertion. boto3 is synchronous, so every call runs in a worker thread
+(``anyio.to_thread``) under a per-signer capacity limiter.
+
+Facts this module is built on (real AWS; moto differs on the last two, see the docs):
+
+- ``GetPublicKey`` returns a DER SubjectPublicKeyInfo, ``KeyUsage``, ``SigningAlgorithms``
+  and the key spec as ``KeySpec`` plus the deprecated ``CustomerMasterKeySpec`` (moto
+  sends only the latter).
+- ``Sign`` takes at most 4096 bytes with ``MessageType=RAW``; longer input is hashed
+  locally and sent with ``MessageType=DIGEST`` (RSA and ECDSA). ``ED25519_SHA_512``
+  only signs ``RAW``, so Ed25519 keys cannot sign more than 4096 bytes.
+- ECDSA signatures come back DER-encoded; RSASSA-PSS uses a salt as long as the hash,
+  which is what JWS ``PS*`` requires.
+- Throttling arrives as a ``ClientError`` with code ``ThrottlingException``.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import threading
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote, urlsplit
+
+import anyio
+import anyio.to_thread
+
+from .._jose import (
+    ALGORITHMS,
+    Algorithm,
+    KeyFamily,
+    choose_algorithm,
+    der_to_raw,
+    key_family,
+    load_public_der,
+)
+from ..errors import ConfigurationError, KeylessM2MError, SigningError
+from ._base import CachedDescriptionSigner, KeyDescription, import_extra
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
+__all__ = ["AwsKmsSigner"]
+
+#: The largest message ``Sign`` accepts with ``MessageType=RAW``.
+MAX_RAW_MESSAGE = 4096
+
+# KMS key spec -> (JWK family, curve). Specs not listed (ECC_SECG_P256K1, SM2, ML_DSA_*,
+# HMAC_*, SYMMETRIC_DEFAULT, ML_KEM_*) have no JWS algorithm registered for them.
+_KEY_SPECS: Final[dict[str, tuple[KeyFamily, str | None]]] = {
+    "RSA_2048": ("RSA", None),
+    "RSA_3072": ("RSA", None),
+    "RSA_4096": ("RSA", None),
+    "ECC_NIST_P256": ("EC", "P-256"),
+    "ECC_NIST_P384": ("EC", "P-384"),
+    "ECC_NIST_P521": ("EC", "P-521"),
+    "ECC_NIST_EDWARDS25519": ("OKP", "Ed25519"),
+}
+
+# JWS alg -> KMS SigningAlgorithm. ED25519_PH_SHA_512 (pre-hashed Ed25519ph) is not EdDSA.
+_KMS_ALGORITHMS: Final[dict[str, str]] = {
+    "RS256": "RSASSA_PKCS1_V1_5_SHA_256",
+    "RS384": "RSASSA_PKCS1_V1_5_SHA_384",
+    "RS512": "RSASSA_PKCS1_V1_5_SHA_512",
+    "PS256": "RSASSA_PSS_SHA_256",
+    "PS384": "RSASSA_PSS_SHA_384",
+    "PS512": "RSASSA_PSS_SHA_512",
+    "ES256": "ECDSA_SHA_256",
+    "ES384": "ECDSA_SHA_384",
+    "ES512": "ECDSA_SHA_512",
+    "EdDSA": "ED25519_SHA_512",
+}
+_JWS_ALGORITHMS: Final[dict[str, str]] = {kms: jws for jws, kms in _KMS_ALGORITHMS.items()}
+
+# AWS error codes worth another try later. Everything else is final unless AWS answered
+# with HTTP 429 or 5xx (an error code this table does not know yet).
+_RETRYABLE_CODES: Final = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "KMSInternalException",
+        "DependencyTimeoutException",
+        "KeyUnavailableException",
+        "InternalFailure",
+        "InternalError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+_FINAL_CODES: Final = frozenset(
+    {
+        "AccessDeniedException",
+        "NotFoundException",
+        "DisabledException",
+        "KMSInvalidStateException",
+        "InvalidKeyUsageException",
+        "InvalidArnException",
+        "InvalidGrantTokenException",
+        "UnsupportedOperationException",
+        "ValidationException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignature",
+        "ExpiredTokenException",
+        "InvalidClientTokenId",
+        "MissingAuthenticationToken",
+    }
+)
+# Answers to GetPublicKey that mean "this key cannot be a JWS signing key" rather than
+# "the call failed": reported as ConfigurationError.
+_CONFIGURATION_CODES: Final = frozenset(
+    {"InvalidKeyUsageException", "UnsupportedOperationException", "InvalidArnException"}
+)
+_HINTS: Final[dict[str, str]] = {
+    "AccessDeniedException": "the caller lacks permission for this operation on the key",
+    "NotFoundException": "no such key or alias in this account and region",
+    "DisabledException": "the key is disabled",
+    "KMSInvalidStateException": "the key is not in a usable state (pending deletion or import?)",
+    "InvalidKeyUsageException": "the key's usage or signing algorithms do not allow this",
+    "UnsupportedOperationException": "the key does not support this operation (not asymmetric?)",
+    "InvalidArnException": "the key ARN is malformed",
+    "ThrottlingException": "the account's KMS request quota is exhausted for now",
+    "KMSInternalException": "an internal AWS KMS error",
+    "DependencyTimeoutException": "AWS KMS timed out internally",
+    "KeyUnavailableException": "the key is temporarily unavailable",
+    "UnrecognizedClientException": "the AWS credentials were not recognised",
+    "InvalidSignatureException": "the AWS credentials were rejected",
+    "ExpiredTokenException": "the AWS session credentials have expired",
+}
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_kms_key_id(key_id: object) -> tuple[str, str | None]:
+    """Validate a key id / key ARN / alias name / alias ARN; return it and the ARN's region."""
+    if not isinstance(key_id, str) or not key_id or any(c.isspace() for c in key_id):
+        raise ConfigurationError(
+            "AWS KMS key_id must be a key id, key ARN, alias name (alias/NAME) or alias ARN"
+        )
+    if key_id.startswith("arn:"):
+        parts = key_id.split(":", 5)
+        if (
+            len(parts) != 6
+            or parts[2] != "kms"
+            or not parts[3]
+            or not parts[5].startswith(("key/", "alias/"))
+            or parts[5] in ("key/", "alias/")
+        ):
+            raise ConfigurationError(
+                f"AWS KMS key {key_id!r}: not a KMS key or alias ARN "
+                "(arn:PARTITION:kms:REGION:ACCOUNT:key/ID or ...:alias/NAME)"
+            )
+        return key_id, parts[3]
+    if ("/" in key_id and not key_id.startswith("alias/")) or key_id == "alias/":
+        raise ConfigurationError(
+            f"AWS KMS key {key_id!r}: alias names start with 'alias/', key ids contain no '/'"
+        )
+    return key_id, None
+
+
+class _Closed(Exception):
+    """Raised inside the worker thread when the signer was closed."""
+
+
+class AwsKmsSigner(CachedDescriptionSigner):
+    """Signs client assertions with an asymmetric AWS KMS key.
+
+    >>> signer = AwsKmsSigner("alias/payments-m2m")                          # doctest: +SKIP
+    >>> signer = AwsKmsSigner("arn:aws:kms:eu-west-1:111122223333:key/1234abcd-...",
+    ...                       algorithm="PS256")                               # doctest: +SKIP
+    >>> signer = AwsKmsSigner("alias/x", endpoint_url="http://127.0.0.1:5000",
+    ...                       region="us-east-1")                             # doctest: +SKIP
+
+    ``key_id`` is a key id, key ARN, alias name (``alias/NAME``) or alias ARN. The key spec
+    decides the JWS ``alg``: ``RSA_*`` -> RS256 (RS384/512 and PS256/384/512 on request,
+    when the key's ``SigningAlgorithms`` allow them), ``ECC_NIST_P256/P384/P521`` ->
+    ES256/384/512, ``ECC_NIST_EDWARDS25519`` -> EdDSA. Any other spec, or a key whose usage
+    is not ``SIGN_VERIFY``, is a :class:`~keyless_m2m.ConfigurationError` at ``describe()``.
+
+    ``kid`` defaults to the RFC 7638 thumbprint of the public key. (``key_id`` names the
+    KMS key here, so the JWS key id is ``kid=``.)
+
+    Pass ``client=`` to use your own boto3 KMS client (it is never closed by this signer);
+    otherwise a client is created on first use from the default credential chain, with
+    ``region`` (default: the key ARN's region, then ``AWS_REGION``/``AWS_DEFAULT_REGION``)
+    and ``endpoint_url`` (moto, LocalStack, a VPC endpoint). At most ``max_concurrency``
+    KMS calls run at once per signer.
+
+    Once described, the signer signs with the key ARN ``GetPublicKey`` resolved, so a
+    later change of an alias never produces signatures that do not match the ``kid``.
+    """
+
+    def __init__(
+        self,
+        key_id: str,
+        *,
+        client: BaseClient | None = None,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        algorithm: str | None = None,
+        kid: str | None = None,
+        max_concurrency: int = 10,
+    ) -> None:
+        self._key_id, arn_region = _check_kms_key_id(key_id)
+        if client is not None and (region is not None or endpoint_url is not None):
+            raise ConfigurationError(
+                f"AWS KMS key {self._key_id}: pass either client= or region=/endpoint_url=, not both"
+            )
+        if region is not None and (not isinstance(region, str) or not region):
+            raise ConfigurationError("region must be a non-empty string")
+        if region is not None and arn_region is not None and region != arn_region:
+            raise ConfigurationError(
+                f"AWS KMS key {self._key_id}: region {region!r} does not match the ARN's region"
+            )
+        if endpoint_url is not None and (
+            not isinstance(endpoint_url, str) or not endpoint_url.startswith(("https://", "http://"))
+        ):
+            raise ConfigurationError("endpoint_url must be an http:// or https:// URL")
+        if algorithm is not None and algorithm not in ALGORITHMS:
+            raise ConfigurationError(f"unknown JWS algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+        if kid is not None and (not isinstance(kid, str) or not kid):
+            raise ConfigurationError("kid must be a non-empty string")
+        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
+            raise ConfigurationError("max_concurrency must be a positive integer")
+
+        self._boto3: ModuleType = import_extra("boto3", "aws")
+        self._botocore_exceptions: ModuleType = import_extra("botocore.exceptions", "aws")
+        self._botocore_config: ModuleType = import_extra("botocore.config", "aws")
+
+        self._region = region or arn_region
+        self._endpoint_url = endpoint_url
+        self._requested_alg = algorithm
+        self._kid = kid
+        self._max_concurrency = max_concurrency
+        self._client: Any = client
+        self._owns_client = client is None
+        # boto3 session/client creation is not thread-safe and loads JSON models from disk:
+        # done once, lazily, in a worker thread, under this lock.
+        self._client_lock = threading.Lock()
+        self._closed = False
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._signing_key_id = self._key_id
+
+    # -- construction from a URI ----------------------------------------------------------
+
+    @classmethod
+    def from_uri(cls, uri: str, **options: Any) -> AwsKmsSigner:
+        """``awskms:///KEY`` or ``awskms://HOST[:PORT]/KEY`` (KEY: key id, ARN, alias).
+
+        A host names a custom endpoint: ``http://`` for loopback hosts (moto, LocalStack),
+        ``https://`` otherwise. ``kid=`` (or ``key_id=``, since the URI already names the
+        KMS key) sets the JWS key id; other options go to the constructor.
+        """
+        try:
+            parts = urlsplit(uri)
+            port = parts.port
+        except ValueError:
+            raise ConfigurationError(
+                "not a valid awskms URI; use awskms:///alias/NAME, awskms:///arn:aws:kms:... "
+                "or awskms://HOST:PORT/alias/NAME"
+            ) from None
+        if parts.scheme.lower() != "awskms":
+            raise ConfigurationError("an AWS KMS signer URI starts with awskms://")
+        if parts.query or parts.fragment:
+            raise ConfigurationError("awskms URIs take no query or fragment; pass options instead")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigurationError("awskms URIs must not carry credentials")
+        key_id = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+        if not key_id:
+            raise ConfigurationError(
+                "an awskms URI names a key: awskms:///alias/NAME or awskms:///arn:aws:kms:..."
+            )
+        if parts.netloc:
+            host = parts.hostname or ""
+            if not host:
+                raise ConfigurationError("awskms URI: the endpoint host is empty")
+            if "endpoint_url" in options:
+                raise ConfigurationError("awskms URI names an endpoint host; do not pass endpoint_url too")
+            scheme = "http" if _is_loopback(host) else "https"
+            shown = f"[{host}]" if ":" in host else host
+            options["endpoint_url"] = f"{scheme}://{shown}" + (f":{port}" if port is not None else "")
+        if "key_id" in options:
+            if "kid" in options:
+                raise ConfigurationError("pass kid= or key_id= (the JWS key id), not both")
+            options["kid"] = options.pop("key_id")
+        return cls(key_id, **options)
+
+    # -- the Signer protocol --------------------------------------------------------------
+
+    @property
+    def key_name(self) -> str:
+        return self._key_id
+
+    async def _load_description(self) -> KeyDescription:
+        response = await self._call("GetPublicKey", KeyId=self._key_id)
+        spec = response.get("KeySpec") or response.get("CustomerMasterKeySpec")
+        usage = response.get("KeyUsage")
+        shape = _KEY_SPECS.get(str(spec))
+        if shape is None:
+            raise ConfigurationError(
+                f"AWS KMS key {self._key_id}: key spec {spec} has no JWS algorithm; use "
+                "RSA_2048/3072/4096, ECC_NIST_P256/P384/P521 or ECC_NIST_EDWARDS25519"
+            )
+        if usage != "SIGN_VERIFY":
+            raise ConfigurationError(
+                f"AWS KMS key {self._key_id}: key usage is {usage}, not SIGN_VERIFY (key spec {spec})"
+            )
+        der = response.get("PublicKey")
+        try:
+            public_key = load_public_der(bytes(der)) if isinstance(der, bytes | bytearray) else None
+            fits = public_key is not None and key_family(public_key) == shape
+        except (ValueError, ConfigurationError):
+            public_key, fits = None, False
+        if public_key is None or not fits:
+            raise SigningError(
+                f"AWS KMS key {self._key_id}: GetPublicKey returned no usable {spec} public key",
+                key=self._key_id,
+            )
+        family, curve = shape
+        listed = response.get("SigningAlgorithms")
+        allowed = (
+            frozenset(_JWS_ALGORITHMS[a] for a in listed if a in _JWS_ALGORITHMS)
+            if isinstance(listed, list)
+            else None
+        )
+        alg = choose_algorithm(family, curve, self._requested_alg, key=self._key_id, allowed=allowed)
+        resolved = response.get("KeyId")
+        if isinstance(resolved, str) and resolved:
+            # Pin the key an alias pointed to when we read its public key.
+            self._signing_key_id = resolved
+        return KeyDescription.for_public_key(public_key, alg.name, self._kid)
+
+    async def _sign(self, alg: Algorithm, signing_input: bytes) -> bytes:
+        if not signing_input:
+            raise SigningError(f"AWS KMS key {self._key_id}: nothing to sign", key=self._key_id)
+        if len(signing_input) <= MAX_RAW_MESSAGE:
+            message, message_type = bytes(signing_input), "RAW"
+        elif alg.family == "OKP":
+            raise SigningError(
+                f"AWS KMS key {self._key_id}: EdDSA input is {len(signing_input)} bytes; AWS KMS "
+                f"signs at most {MAX_RAW_MESSAGE} bytes with Ed25519 (it cannot be pre-hashed)",
+                key=self._key_id,
+            )
+        else:
+            message, message_type = alg.digest(signing_input), "DIGEST"
+        response = await self._call(
+            "Sign",
+            KeyId=self._signing_key_id,
+            Message=message,
+            MessageType=message_type,
+            SigningAlgorithm=_KMS_ALGORITHMS[alg.name],
+        )
+        signature = response.get("Signature")
+        if not isinstance(signature, bytes | bytearray) or not signature:
+            raise SigningError(f"AWS KMS key {self._key_id}: Sign returned no signature", key=self._key_id)
+        if alg.family != "EC":
+            return bytes(signature)
+        try:
+            return der_to_raw(bytes(signature), alg.coordinate_size)
+        except SigningError as exc:
+            raise SigningError(f"AWS KMS key {self._key_id}: {exc}", key=self._key_id) from None
+
+    async def aclose(self) -> None:
+        """Close the boto3 client this signer created (a client passed in stays open).
+
+        The signer cannot sign afterwards.
+        """
+        self._closed = True
+        await anyio.to_thread.run_sync(self._close_client)
+
+    # -- boto3 plumbing (worker threads) --------------------------------------------------
+
+    def _close_client(self) -> None:
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            client.close()
+
+    def _client_now(self) -> Any:
+        client = self._client
+        if client is not None:
+            return client
+        with self._client_lock:
+            if self._closed:
+                raise _Closed
+            if self._client is None:
+                config = self._botocore_config.Config(
+                    retries={"mode": "standard", "max_attempts": 3},
+                    connect_timeout=5,
+                    read_timeout=10,
+                    max_pool_connections=self._max_concurrency,
+                    user_agent_extra="keyless-m2m",
+                )
+                session = self._boto3.session.Session()
+                self._client = session.client(
+                    "kms", region_name=self._region, endpoint_url=self._endpoint_url, config=config
+                )
+            return self._client
+
+    def _call_now(self, operation: str, params: Mapping[str, Any]) -> Any:
+        if self._closed:
+            raise _Closed
+        method: Callable[..., Any] = getattr(self._client_now(), _METHODS[operation])
+        return method(**params)
+
+    async def _call(self, operation: str, **params: Any) -> Mapping[str, Any]:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._max_concurrency)
+        error: KeylessM2MError
+        try:
+            response = await anyio.to_thread.run_sync(
+                functools.partial(self._call_now, operation, params), limiter=self._limiter
+            )
+        except Exception as exc:  # mapped below; anything unknown propagates unchanged
+            error = self._map_error(operation, exc)
+        else:
+            if not isinstance(response, Mapping):
+                raise SigningError(
+                    f"AWS KMS {operation} for key {self._key_id} returned no response", key=self._key_id
+                )
+            return response
+        # Raised outside the except block: botocore messages and attributes can carry an
+        # access key id (InvalidSignatureException's string-to-sign) or a proxy URL with a
+        # password, so neither __cause__ nor __context__ may point at them.
+        raise error
+
+    def _map_error(self, operation: str, exc: Exception) -> KeylessM2MError:
+        key = self._key_id
+        errors = self._botocore_exceptions
+        if isinstance(exc, _Closed):
+            return SigningError(f"the AWS KMS signer for key {key} is closed", key=key, code="Closed")
+        if isinstance(exc, errors.ClientError):
+            details = getattr(exc, "response", None) or {}
+            code = str(details.get("Error", {}).get("Code") or "Unknown")
+            status = details.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _RETRYABLE_CODES:
+                retryable = True
+            elif code in _FINAL_CODES:
+                retryable = False
+            else:
+                retryable = isinstance(status, int) and (status == 429 or status >= 500)
+            hint = _HINTS.get(code)
+            text = f"AWS KMS {operation} failed for key {key}: {code}" + (f" ({hint})" if hint else "")
+            if operation == "GetPublicKey" and code in _CONFIGURATION_CODES:
+                return ConfigurationError(text)
+            return SigningError(text, retryable=retryable, key=key, code=code)
+        if isinstance(exc, errors.NoRegionError):
+            return ConfigurationError(
+                f"AWS KMS key {key}: no AWS region; pass region=, use a key ARN, or set AWS_REGION"
+            )
+        if isinstance(exc, errors.SSLError):
+            return SigningError(
+                f"AWS KMS {operation} failed for key {key}: TLS verification of the endpoint failed",
+                key=key,
+                code="SSLError",
+            )
+        if isinstance(exc, errors.ConnectionError | errors.HTTPClientError):
+            name = type(exc).__name__
+            return SigningError(
+                f"AWS KMS {operation} failed for key {key}: {name} (could not reach AWS KMS)",
+                retryable=True,
+                key=key,
+                code=name,
+            )
+        if isinstance(exc, errors.NoCredentialsError | errors.PartialCredentialsError):
+            name = type(exc).__name__
+            return SigningError(
+                f"AWS KMS {operation} failed for key {key}: {name} (no usable AWS credentials found)",
+                key=key,
+                code=name,
+            )
+        if isinstance(exc, errors.BotoCoreError):
+            name = type(exc).__name__
+            return SigningError(f"AWS KMS {operation} failed for key {key}: {name}", key=key, code=name)
+        raise exc
+
+
+_METHODS: Final = {"GetPublicKey": "get_public_key", "Sign": "sign"}
