@@ -1,0 +1,378 @@
+"""AwsKmsSigner against moto: a real ``moto_server`` process over HTTP, and in-process.
+
+Only what moto does like AWS is asserted here: ``RAW`` signing with RSASSA-PKCS1 and
+ECDSA, key specs, aliases, unknown keys. moto signs ``DIGEST`` messages wrongly (it hashes
+them again), uses the maximum PSS salt (its PS256 signatures do not verify with the
+salt = hash length JWS requires) and has no Ed25519; those paths are covered by request
+shape in ``tests/unit/test_aws_signer.py``. moto also signs with disabled keys: that test
+is a strict xfail, so it starts failing the day moto behaves like AWS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import jwt
+import pytest
+from botocore.config import Config
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+from jwcrypto import jwk as jwcrypto_jwk
+
+from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenManager
+from keyless_m2m.signers import AwsKmsSigner, signer_from_uri
+from tests.conftest import missing_server, verify_jws
+from tests.contract import SignerContract, sign_jws
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+REGION = "us-east-1"
+SPEC_FOR_ALG = {
+    "RS256": "RSA_2048",
+    "ES256": "ECC_NIST_P256",
+    "ES384": "ECC_NIST_P384",
+    "ES512": "ECC_NIST_P521",
+}
+RSA_ALIAS = "alias/keyless-m2m-rsa"
+ES256_ALIAS = "alias/keyless-m2m-es256"
+
+
+@dataclass
+class MotoServer:
+    endpoint: str
+    port: int
+    pid: int
+
+
+def _moto_command() -> list[str] | None:
+    exe = shutil.which("moto_server") or shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if exe:
+        return [exe]
+    if importlib.util.find_spec("moto") and importlib.util.find_spec("flask"):
+        return [sys.executable, "-m", "moto.server"]
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers_http(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/moto-api/")
+        conn.getresponse().read()
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Dummy credentials and a region, and no user AWS config leaking into the tests."""
+    absent = tmp_path_factory.mktemp("aws") / "absent"
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS"):
+            mp.delenv(var, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_SESSION_TOKEN", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", REGION)
+        mp.setenv("AWS_CONFIG_FILE", str(absent))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(absent))
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        yield
+
+
+@pytest.fixture(scope="module")
+def moto(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    command = _moto_command()
+    if command is None:
+        missing_server("moto_server is not installed (pip install 'moto[server]')")
+    assert command is not None
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*command, "-H", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers_http(port):
+            if proc.poll() is not None:
+                pytest.fail(f"moto_server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"moto_server did not answer within 30 s: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield MotoServer(f"http://127.0.0.1:{port}", port, proc.pid)
+    finally:
+        _stop(proc)
+    assert proc.poll() is not None
+
+
+@pytest.fixture(scope="module")
+def kms(moto: MotoServer) -> Iterator[Any]:
+    client = boto3.session.Session().client("kms", region_name=REGION, endpoint_url=moto.endpoint)
+    yield client
+    client.close()
+
+
+def create_key(kms: Any, spec: str, usage: str = "SIGN_VERIFY") -> str:
+    return str(kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["Arn"])
+
+
+@pytest.fixture(scope="module")
+def kms_keys(kms: Any) -> dict[str, str]:
+    """Key spec -> key ARN, created through the real boto3 client."""
+    keys = {spec: create_key(kms, spec) for spec in SPEC_FOR_ALG.values()}
+    kms.create_alias(AliasName=RSA_ALIAS, TargetKeyId=keys["RSA_2048"])
+    kms.create_alias(AliasName=ES256_ALIAS, TargetKeyId=keys["ECC_NIST_P256"])
+    return keys
+
+
+def jwk_from_kms(kms: Any, key_id: str, alg: str) -> dict[str, Any]:
+    """The public JWK computed without keyless-m2m: GetPublicKey DER -> PyJWT -> jwcrypto kid."""
+    der = kms.get_public_key(KeyId=key_id)["PublicKey"]
+    public = load_der_public_key(der)
+    algorithm: Any = jwt.algorithms.get_default_algorithms()[alg]
+    full: dict[str, Any] = algorithm.to_jwk(public, as_dict=True)
+    members = {k: v for k, v in full.items() if k in ("kty", "n", "e", "crv", "x", "y")}
+    members["kid"] = jwcrypto_jwk.JWK(**members).thumbprint()
+    members["alg"] = alg
+    return members
+
+
+# -- the shared contract over HTTP -------------------------------------------------------------
+
+
+@pytest.fixture(params=list(SPEC_FOR_ALG))
+def expected_alg(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def signer(
+    anyio_backend: Any, expected_alg: str, moto: MotoServer, kms_keys: dict[str, str]
+) -> AsyncIterator[AwsKmsSigner]:
+    signer = AwsKmsSigner(kms_keys[SPEC_FOR_ALG[expected_alg]], endpoint_url=moto.endpoint)
+    yield signer
+    await signer.aclose()
+
+
+class TestAwsKmsSignerOnMotoServer(SignerContract):
+    async def test_public_jwk_matches_kms(self, signer: AwsKmsSigner, expected_alg: str, kms: Any) -> None:
+        description = await signer.describe()
+        independent = jwk_from_kms(kms, signer.key_name, expected_alg)
+        assert dict(description.public_jwk) == {**independent, "use": "sig"}
+
+
+# -- aliases, URIs, errors ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["alias", "alias-arn", "key-id"])
+async def test_key_forms_resolve_to_the_same_key(
+    form: str, moto: MotoServer, kms: Any, kms_keys: dict[str, str]
+) -> None:
+    arn = kms_keys["RSA_2048"]
+    key_id = {
+        "alias": RSA_ALIAS,
+        "alias-arn": arn.split(":key/")[0] + ":" + RSA_ALIAS,
+        "key-id": arn.rsplit("/", 1)[1],
+    }[form]
+    signer = AwsKmsSigner(key_id, endpoint_url=moto.endpoint)
+    try:
+        description = await signer.describe()
+        assert description.algorithm == "RS256"
+        assert description.key_id == jwk_from_kms(kms, arn, "RS256")["kid"]
+        claims = {"form": form}
+        assert verify_jws(await sign_jws(signer, claims), dict(description.public_jwk)) == claims
+    finally:
+        await signer.aclose()
+
+
+async def test_alias_is_pinned_to_the_described_key(moto: MotoServer, kms: Any) -> None:
+    first, second = create_key(kms, "ECC_NIST_P256"), create_key(kms, "ECC_NIST_P256")
+    alias = f"alias/keyless-m2m-rotate-{os.getpid()}-{time.monotonic_ns()}"
+    kms.create_alias(AliasName=alias, TargetKeyId=first)
+    signer = AwsKmsSigner(alias, endpoint_url=moto.endpoint)
+    try:
+        described = await signer.describe()
+        kms.update_alias(AliasName=alias, TargetKeyId=second)  # rotation by re-pointing the alias
+        token = await sign_jws(signer, {"n": 1})
+        assert verify_jws(token, dict(described.public_jwk)) == {"n": 1}
+    finally:
+        await signer.aclose()
+    fresh = AwsKmsSigner(alias, endpoint_url=moto.endpoint)
+    try:
+        assert (await fresh.describe()).key_id == jwk_from_kms(kms, second, "ES256")["kid"]
+    finally:
+        await fresh.aclose()
+
+
+async def test_signer_from_uri_with_custom_endpoint(moto: MotoServer, kms_keys: dict[str, str]) -> None:
+    signer = signer_from_uri(f"awskms://127.0.0.1:{moto.port}/{ES256_ALIAS}")
+    try:
+        description = await signer.describe()
+        assert description.algorithm == "ES256"
+        assert verify_jws(await sign_jws(signer, {"uri": True}), dict(description.public_jwk)) == {
+            "uri": True
+        }
+    finally:
+        await signer.aclose()
+
+
+async def test_unknown_alias_is_not_found(moto: MotoServer) -> None:
+    signer = AwsKmsSigner("alias/keyless-m2m-does-not-exist", endpoint_url=moto.endpoint)
+    try:
+        with pytest.raises(SigningError) as caught:
+            await signer.describe()
+        assert caught.value.code == "NotFoundException"
+        assert not caught.value.retryable
+        assert "alias/keyless-m2m-does-not-exist" in str(caught.value)
+    finally:
+        await signer.aclose()
+
+
+@pytest.mark.parametrize(
+    ("spec", "usage"), [("ECC_SECG_P256K1", "SIGN_VERIFY"), ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT")]
+)
+async def test_keys_without_a_jws_algorithm(moto: MotoServer, kms: Any, spec: str, usage: str) -> None:
+    arn = create_key(kms, spec, usage)
+    signer = AwsKmsSigner(arn, endpoint_url=moto.endpoint)
+    try:
+        with pytest.raises(ConfigurationError, match=spec):
+            await signer.describe()
+    finally:
+        await signer.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="moto (5.x) signs with disabled keys; AWS answers DisabledException "
+    "(mapped to a non-retryable SigningError; see the unit tests)",
+)
+async def test_disabled_key_is_not_retryable(moto: MotoServer, kms: Any) -> None:
+    arn = create_key(kms, "ECC_NIST_P256")
+    signer = AwsKmsSigner(arn, endpoint_url=moto.endpoint)
+    try:
+        await signer.describe()
+        kms.disable_key(KeyId=arn.rsplit("/", 1)[1])  # moto answers 500 to DisableKey with an ARN
+        with pytest.raises(SigningError) as caught:
+            await signer.sign(b"a.b")
+        assert caught.value.code == "DisabledException"
+        assert not caught.value.retryable
+    finally:
+        await signer.aclose()
+
+
+async def test_unreachable_endpoint_is_retryable(aws_env: None) -> None:
+    port = _free_port()  # nothing listens here
+    client = boto3.session.Session().client(
+        "kms",
+        region_name=REGION,
+        endpoint_url=f"http://127.0.0.1:{port}",
+        config=Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=2),
+    )
+    signer = AwsKmsSigner(ES256_ALIAS, client=client)
+    try:
+        with pytest.raises(SigningError) as caught:
+            await signer.describe()
+        assert caught.value.retryable
+        assert caught.value.code == "EndpointConnectionError"
+    finally:
+        await signer.aclose()
+        client.close()
+
+
+# -- in-process moto, as users' own tests would use it -------------------------------------------
+
+
+async def test_in_process_mock_aws(aws_env: None) -> None:
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.session.Session().client("kms", region_name=REGION)
+        arn = create_key(client, "ECC_NIST_P384")
+        signer = AwsKmsSigner(arn)  # its own boto3 client, created in a worker thread
+        try:
+            description = await signer.describe()
+            assert description.algorithm == "ES384"
+            assert description.key_id == jwk_from_kms(client, arn, "ES384")["kid"]
+            assert verify_jws(await sign_jws(signer, {"m": 1}), dict(description.public_jwk)) == {"m": 1}
+        finally:
+            await signer.aclose()
+            client.close()
+
+
+# -- end to end: a token from the real oidc-provider, signed by a moto-held key -------------------
+
+
+@dataclass
+class Provider:
+    token_endpoint: str
+    client_id: str
+
+
+@pytest.fixture(scope="module")
+def oidc_with_kms_client(kms: Any, kms_keys: dict[str, str]) -> Iterator[Provider]:
+    from tests.oidc_provider import harness
+
+    problem = harness.ensure_installed()
+    if problem:
+        missing_server(problem)
+    client = {
+        "client_id": "aws-kms-es256",
+        "token_endpoint_auth_method": "private_key_jwt",
+        "token_endpoint_auth_signing_alg": "ES256",
+        "jwks": {"keys": [jwk_from_kms(kms, kms_keys["ECC_NIST_P256"], "ES256")]},
+        "scope": "pockets.read",
+    }
+    with harness.start_oidc_provider([client], ["pockets.read"], access_token_ttl=600) as op:
+        yield Provider(op.token_endpoint, "aws-kms-es256")
+
+
+async def test_token_from_oidc_provider(moto: MotoServer, oidc_with_kms_client: Provider) -> None:
+    signer = AwsKmsSigner(ES256_ALIAS, endpoint_url=moto.endpoint)
+    auth = PrivateKeyJWT(oidc_with_kms_client.client_id, signer)
+    try:
+        async with TokenManager(oidc_with_kms_client.token_endpoint, auth, scope="pockets.read") as tokens:
+            token = await tokens.get_token()
+            assert token.value
+            assert token.token_type == "Bearer"
+            assert token.scope == "pockets.read"
+            assert tokens.stats.signatures == 1
+    finally:
+        await signer.aclose()
