@@ -25,10 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import jwt
 import pytest
-from botocore.config import Config
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from jwcrypto import jwk as jwcrypto_jwk
 
@@ -36,6 +34,10 @@ from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenMa
 from keyless_m2m.signers import AwsKmsSigner, signer_from_uri
 from tests.conftest import missing_server, verify_jws
 from tests.contract import SignerContract, sign_jws
+
+# Skip (not error) in a test environment without the aws extra.
+boto3 = pytest.importorskip("boto3", reason="the aws extra (boto3) is not installed")
+Config = pytest.importorskip("botocore.config").Config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -19,10 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
-import boto3
 import pytest
-from botocore import exceptions as botocore_errors
-from botocore.stub import Stubber
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
@@ -31,6 +28,11 @@ from keyless_m2m._jose import ALGORITHMS, public_jwk
 from keyless_m2m.signers import AwsKmsSigner, Signer, signer_from_uri
 from tests.conftest import ALG_KEYS, make_key, verify_jws
 from tests.contract import SignerContract, sign_jws
+
+# Skip (not error) in a test environment without the aws extra.
+boto3 = pytest.importorskip("boto3", reason="the aws extra (boto3) is not installed")
+botocore_errors = pytest.importorskip("botocore.exceptions")
+Stubber = pytest.importorskip("botocore.stub").Stubber
 
 pytestmark = pytest.mark.anyio
 
@@ -142,19 +144,19 @@ def kms() -> Iterator[Any]:
 
 
 @pytest.fixture
-def stub(kms: Any) -> Iterator[Stubber]:
+def stub(kms: Any) -> Iterator[Any]:
     with Stubber(kms) as stubber:
         yield stubber
         stubber.assert_no_pending_responses()
 
 
-def expect_describe(stub: Stubber, kind: str, key_id: str = KEY_ARN, **extra: Any) -> None:
+def expect_describe(stub: Any, kind: str, key_id: str = KEY_ARN, **extra: Any) -> None:
     response = public_key_response(make_key(kind), SPEC_OF_KIND[kind], signing=SIGNING_OF_KIND[kind], **extra)
     stub.add_response("get_public_key", response, {"KeyId": key_id})
 
 
 def expect_sign(
-    stub: Stubber, kind: str, alg: str, message: bytes, message_type: str, key_id: str = KEY_ARN
+    stub: Any, kind: str, alg: str, message: bytes, message_type: str, key_id: str = KEY_ARN
 ) -> None:
     kms_alg = KMS_ALG[alg]
     signature = aws_sign(make_key(kind), kms_alg, message, message_type)
@@ -267,9 +269,7 @@ class TestAwsKmsSignerWithAwsSemantics(SignerContract):
         ("ed25519", "ECC_NIST_EDWARDS25519", "EdDSA"),
     ],
 )
-async def test_key_spec_decides_the_algorithm(
-    kms: Any, stub: Stubber, kind: str, spec: str, alg: str
-) -> None:
+async def test_key_spec_decides_the_algorithm(kms: Any, stub: Any, kind: str, spec: str, alg: str) -> None:
     key = make_key(kind)
     stub.add_response(
         "get_public_key",
@@ -286,7 +286,7 @@ async def test_key_spec_decides_the_algorithm(
 
 
 @pytest.mark.parametrize("field", ["KeySpec", "CustomerMasterKeySpec", "both"])
-async def test_reads_keyspec_or_the_deprecated_field(kms: Any, stub: Stubber, field: str) -> None:
+async def test_reads_keyspec_or_the_deprecated_field(kms: Any, stub: Any, field: str) -> None:
     # Real AWS returns both; moto only CustomerMasterKeySpec.
     stub.add_response(
         "get_public_key",
@@ -309,7 +309,7 @@ async def test_reads_keyspec_or_the_deprecated_field(kms: Any, stub: Stubber, fi
     ],
 )
 async def test_key_specs_without_a_jws_algorithm_are_configuration_errors(
-    kms: Any, stub: Stubber, spec: str, usage: str, der: bytes | None
+    kms: Any, stub: Any, spec: str, usage: str, der: bytes | None
 ) -> None:
     response = public_key_response(spec=spec, usage=usage, der=der)
     stub.add_response("get_public_key", response, {"KeyId": ALIAS})
@@ -320,7 +320,7 @@ async def test_key_specs_without_a_jws_algorithm_are_configuration_errors(
     assert not caught.value.retryable
 
 
-async def test_key_usage_must_be_sign_verify(kms: Any, stub: Stubber) -> None:
+async def test_key_usage_must_be_sign_verify(kms: Any, stub: Any) -> None:
     response = public_key_response(make_key("rsa"), "RSA_2048", usage="ENCRYPT_DECRYPT")
     response["EncryptionAlgorithms"] = ["RSAES_OAEP_SHA_256"]
     stub.add_response("get_public_key", response, {"KeyId": ALIAS})
@@ -329,31 +329,31 @@ async def test_key_usage_must_be_sign_verify(kms: Any, stub: Stubber) -> None:
 
 
 @pytest.mark.parametrize("alg", ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"])
-async def test_rsa_algorithms_on_request(kms: Any, stub: Stubber, alg: str) -> None:
+async def test_rsa_algorithms_on_request(kms: Any, stub: Any, alg: str) -> None:
     expect_describe(stub, "rsa", ALIAS)
     assert (await AwsKmsSigner(ALIAS, client=kms, algorithm=alg).describe()).algorithm == alg
 
 
-async def test_requested_algorithm_must_be_allowed_by_the_key(kms: Any, stub: Stubber) -> None:
+async def test_requested_algorithm_must_be_allowed_by_the_key(kms: Any, stub: Any) -> None:
     response = public_key_response(make_key("rsa"), "RSA_2048", signing=[KMS_ALG["RS256"]])
     stub.add_response("get_public_key", response, {"KeyId": ALIAS})
     with pytest.raises(ConfigurationError, match=r"alias/payments-m2m: PS256 is not allowed"):
         await AwsKmsSigner(ALIAS, client=kms, algorithm="PS256").describe()
 
 
-async def test_default_follows_the_keys_signing_algorithms(kms: Any, stub: Stubber) -> None:
+async def test_default_follows_the_keys_signing_algorithms(kms: Any, stub: Any) -> None:
     response = public_key_response(make_key("rsa"), "RSA_2048", signing=[KMS_ALG["PS384"], KMS_ALG["PS256"]])
     stub.add_response("get_public_key", response, {"KeyId": ALIAS})
     assert (await AwsKmsSigner(ALIAS, client=kms).describe()).algorithm == "PS256"
 
 
-async def test_algorithm_must_fit_the_curve(kms: Any, stub: Stubber) -> None:
+async def test_algorithm_must_fit_the_curve(kms: Any, stub: Any) -> None:
     expect_describe(stub, "p256", ALIAS)
     with pytest.raises(ConfigurationError, match="ES384 does not fit"):
         await AwsKmsSigner(ALIAS, client=kms, algorithm="ES384").describe()
 
 
-async def test_public_key_must_match_the_key_spec(kms: Any, stub: Stubber) -> None:
+async def test_public_key_must_match_the_key_spec(kms: Any, stub: Any) -> None:
     response = public_key_response(make_key("rsa"), "ECC_NIST_P256", signing=["ECDSA_SHA_256"])
     stub.add_response("get_public_key", response, {"KeyId": ALIAS})
     with pytest.raises(SigningError, match="no usable ECC_NIST_P256 public key") as caught:
@@ -361,7 +361,7 @@ async def test_public_key_must_match_the_key_spec(kms: Any, stub: Stubber) -> No
     assert caught.value.key == ALIAS
 
 
-async def test_user_given_kid(kms: Any, stub: Stubber) -> None:
+async def test_user_given_kid(kms: Any, stub: Any) -> None:
     expect_describe(stub, "p256", ALIAS)
     description = await AwsKmsSigner(ALIAS, client=kms, kid="payments-2025").describe()
     assert description.key_id == description.public_jwk["kid"] == "payments-2025"
@@ -371,7 +371,7 @@ async def test_user_given_kid(kms: Any, stub: Stubber) -> None:
 
 
 @pytest.mark.parametrize("alg", list(KMS_ALG))
-async def test_short_input_is_signed_raw(kms: Any, stub: Stubber, alg: str) -> None:
+async def test_short_input_is_signed_raw(kms: Any, stub: Any, alg: str) -> None:
     kind = ALG_KEYS[alg]
     expect_describe(stub, kind, ALIAS)
     signer = AwsKmsSigner(ALIAS, client=kms, algorithm=alg)
@@ -396,7 +396,7 @@ def verify_raw(jwk: Any, alg: str, data: bytes, signature: bytes) -> None:
 @pytest.mark.parametrize(
     "alg", ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
 )
-async def test_long_input_is_hashed_locally_and_sent_as_digest(kms: Any, stub: Stubber, alg: str) -> None:
+async def test_long_input_is_hashed_locally_and_sent_as_digest(kms: Any, stub: Any, alg: str) -> None:
     kind = ALG_KEYS[alg]
     expect_describe(stub, kind, ALIAS)
     signer = AwsKmsSigner(ALIAS, client=kms, algorithm=alg)
@@ -409,7 +409,7 @@ async def test_long_input_is_hashed_locally_and_sent_as_digest(kms: Any, stub: S
 
 
 @pytest.mark.parametrize(("size", "message_type"), [(4096, "RAW"), (4097, "DIGEST")])
-async def test_raw_limit_is_4096_bytes(kms: Any, stub: Stubber, size: int, message_type: str) -> None:
+async def test_raw_limit_is_4096_bytes(kms: Any, stub: Any, size: int, message_type: str) -> None:
     expect_describe(stub, "p256", ALIAS)
     signer = AwsKmsSigner(ALIAS, client=kms)
     description = await signer.describe()
@@ -421,7 +421,7 @@ async def test_raw_limit_is_4096_bytes(kms: Any, stub: Stubber, size: int, messa
 
 
 @pytest.mark.parametrize("alg", ["PS256", "PS384", "PS512"])
-async def test_pss_signatures_use_the_pss_algorithm_names(kms: Any, stub: Stubber, alg: str) -> None:
+async def test_pss_signatures_use_the_pss_algorithm_names(kms: Any, stub: Any, alg: str) -> None:
     expect_describe(stub, "rsa", ALIAS)
     signer = AwsKmsSigner(ALIAS, client=kms, algorithm=alg)
     description = await signer.describe()
@@ -435,7 +435,7 @@ async def test_pss_signatures_use_the_pss_algorithm_names(kms: Any, stub: Stubbe
     assert verify_jws(token, dict(description.public_jwk)) == claims
 
 
-async def test_ed25519_request_shape(kms: Any, stub: Stubber) -> None:
+async def test_ed25519_request_shape(kms: Any, stub: Any) -> None:
     expect_describe(stub, "ed25519", ALIAS)
     signer = AwsKmsSigner(ALIAS, client=kms)
     description = await signer.describe()
@@ -447,7 +447,7 @@ async def test_ed25519_request_shape(kms: Any, stub: Stubber) -> None:
     verify_raw(description.public_jwk, "EdDSA", signing_input, signature)
 
 
-async def test_ed25519_refuses_input_over_4096_bytes(kms: Any, stub: Stubber) -> None:
+async def test_ed25519_refuses_input_over_4096_bytes(kms: Any, stub: Any) -> None:
     expect_describe(stub, "ed25519", ALIAS)
     signer = AwsKmsSigner(ALIAS, client=kms)
     await signer.describe()
@@ -459,7 +459,7 @@ async def test_ed25519_refuses_input_over_4096_bytes(kms: Any, stub: Stubber) ->
     # No Sign request was made: the stub has nothing queued, and would have failed loudly.
 
 
-async def test_malformed_ecdsa_signature(kms: Any, stub: Stubber) -> None:
+async def test_malformed_ecdsa_signature(kms: Any, stub: Any) -> None:
     expect_describe(stub, "p256", ALIAS)
     signer = AwsKmsSigner(ALIAS, client=kms)
     await signer.describe()
@@ -491,7 +491,7 @@ ERROR_TABLE = [
 
 
 @pytest.mark.parametrize(("code", "status", "retryable"), ERROR_TABLE)
-async def test_sign_error_mapping(kms: Any, stub: Stubber, code: str, status: int, retryable: bool) -> None:
+async def test_sign_error_mapping(kms: Any, stub: Any, code: str, status: int, retryable: bool) -> None:
     expect_describe(stub, "p256", ALIAS)
     signer = AwsKmsSigner(ALIAS, client=kms)
     await signer.describe()
@@ -517,7 +517,7 @@ async def test_sign_error_mapping(kms: Any, stub: Stubber, code: str, status: in
         ("KMSInternalException", True),
     ],
 )
-async def test_get_public_key_error_mapping(kms: Any, stub: Stubber, code: str, retryable: bool) -> None:
+async def test_get_public_key_error_mapping(kms: Any, stub: Any, code: str, retryable: bool) -> None:
     stub.add_client_error("get_public_key", code, "no", http_status_code=400)
     with pytest.raises(SigningError) as caught:
         await AwsKmsSigner(ALIAS, client=kms).describe()
@@ -531,7 +531,7 @@ async def test_get_public_key_error_mapping(kms: Any, stub: Stubber, code: str, 
     "code", ["UnsupportedOperationException", "InvalidKeyUsageException", "InvalidArnException"]
 )
 async def test_get_public_key_refusing_the_key_is_a_configuration_error(
-    kms: Any, stub: Stubber, code: str
+    kms: Any, stub: Any, code: str
 ) -> None:
     # Real AWS answers GetPublicKey on a symmetric key with UnsupportedOperationException.
     stub.add_client_error("get_public_key", code, "symmetric", http_status_code=400)
@@ -539,7 +539,7 @@ async def test_get_public_key_refusing_the_key_is_a_configuration_error(
         await AwsKmsSigner(ALIAS, client=kms).describe()
 
 
-async def test_describe_can_be_retried_after_a_transient_error(kms: Any, stub: Stubber) -> None:
+async def test_describe_can_be_retried_after_a_transient_error(kms: Any, stub: Any) -> None:
     stub.add_client_error("get_public_key", "ThrottlingException", "slow down", http_status_code=400)
     expect_describe(stub, "p256", ALIAS)
     signer = AwsKmsSigner(ALIAS, client=kms)
@@ -548,7 +548,7 @@ async def test_describe_can_be_retried_after_a_transient_error(kms: Any, stub: S
     assert (await signer.describe()).algorithm == "ES256"
 
 
-async def test_errors_carry_no_credentials(kms: Any, stub: Stubber) -> None:
+async def test_errors_carry_no_credentials(kms: Any, stub: Any) -> None:
     # InvalidSignatureException messages echo the string-to-sign, access key id included.
     message = (
         "The request signature we calculated does not match the signature you provided. "
