@@ -16,6 +16,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -281,14 +282,17 @@ class TokenEndpoint:
         async with client.stream("POST", self.url, content=content, headers=headers) as response:
             chunks: list[bytes] = []
             size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self.max_response_bytes:
-                    raise InvalidTokenResponseError(
-                        f"token endpoint response exceeds {self.max_response_bytes} bytes",
-                        status_code=response.status_code,
-                    )
-                chunks.append(chunk)
+            async with aclosing(response.aiter_bytes()) as body:  # type: ignore[type-var]
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > self.max_response_bytes:
+                        break
+                    chunks.append(chunk)
+            if size > self.max_response_bytes:
+                raise InvalidTokenResponseError(
+                    f"token endpoint response exceeds {self.max_response_bytes} bytes",
+                    status_code=response.status_code,
+                )
             return response.status_code, response.headers, b"".join(chunks)
 
     def _parse(

@@ -38,7 +38,7 @@ from .errors import ConfigurationError, KeylessM2MError, ManagerClosedError, Sig
 from .token import AccessToken
 
 if TYPE_CHECKING:
-    from .integrations.httpx import BearerAuth
+    from .integrations.httpx import BearerFlow
 
 __all__ = ["TokenManager", "TokenStats"]
 
@@ -63,7 +63,7 @@ class _Flight:
 
 
 class _Entry:
-    __slots__ = ("current", "error", "failures", "flight", "key", "retry_at", "scope", "warned")
+    __slots__ = ("current", "error", "failures", "flight", "key", "retry_at", "scope")
 
     def __init__(self, key: EntryKey) -> None:
         self.key = key
@@ -75,7 +75,6 @@ class _Entry:
         self.error: KeylessM2MError | None = None
         self.retry_at = -math.inf
         self.failures = 0
-        self.warned = False
 
 
 def _fresh_copy(error: KeylessM2MError) -> KeylessM2MError:
@@ -180,6 +179,7 @@ class TokenManager:
         self._lookup: dict[tuple[Any, Any, Any], _Entry] = {}
         self._default_entry = self._make_entry(scope, resource, audience)
         self._task_group: TaskGroup | None = None
+        self._background: set[anyio.CancelScope] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -305,8 +305,18 @@ class TokenManager:
         entry.flight = flight
         self.stats.refreshes += 1
         if self._task_group is not None:
-            self._task_group.start_soon(self._run_flight, entry, flight)
+            self._task_group.start_soon(self._run_background, entry, flight)
         return flight
+
+    async def _run_background(self, entry: _Entry, flight: _Flight) -> None:
+        # Each background flight gets its own cancel scope: aclose() cancels these, never
+        # the task group's scope, which also covers the body of the caller's ``async with``.
+        with anyio.CancelScope() as scope:
+            self._background.add(scope)
+            try:
+                await self._run_flight(entry, flight)
+            finally:
+                self._background.discard(scope)
 
     async def _run_inline(self, entry: _Entry, flight: _Flight) -> None:
         # Without a task group the leader runs the flight itself; shielded, so cancelling
@@ -353,7 +363,6 @@ class TokenManager:
         entry.error = None
         entry.failures = 0
         entry.retry_at = -math.inf
-        entry.warned = False
 
     def _failed(self, entry: _Entry, flight: _Flight, error: KeylessM2MError) -> None:
         self.stats.failures += 1
@@ -363,17 +372,26 @@ class TokenManager:
         entry.error = error
         entry.retry_at = monotonic() + delay
         flight.error = error
+        # One line per outage streak doubling (1st, 2nd, 4th, 8th... failure), not a flood.
+        level = logging.WARNING if entry.failures & (entry.failures - 1) == 0 else logging.DEBUG
         token, _, usable_until = entry.current
         if token is not None and monotonic() < usable_until:
-            logger.warning(
-                "token refresh failed (%s: %s); serving the current token, usable for %.0f s more",
+            logger.log(
+                level,
+                "token refresh failed %d time(s) (%s: %s); serving the current token, usable for %.0f s more",
+                entry.failures,
                 type(error).__name__,
                 error,
                 usable_until - monotonic(),
             )
         else:
-            logger.warning(
-                "token fetch failed (%s: %s); next attempt in %.1f s", type(error).__name__, error, delay
+            logger.log(
+                level,
+                "token fetch failed %d time(s) (%s: %s); next attempt in %.1f s",
+                entry.failures,
+                type(error).__name__,
+                error,
+                delay,
             )
 
     # -- invalidation ---------------------------------------------------------------------
@@ -398,12 +416,13 @@ class TokenManager:
         *,
         resource: ResourceArg = None,
         audience: str | None = None,
-    ) -> BearerAuth:
+        library: str = "httpx",
+    ) -> BearerFlow:
         """An ``httpx.Auth`` adding ``Authorization: Bearer`` and retrying once after a 401
         ``invalid_token``: ``httpx.AsyncClient(auth=tokens.auth())``."""
-        from .integrations.httpx import BearerAuth
+        from .integrations.httpx import bearer_auth_class
 
-        return BearerAuth(self, scope=scope, resource=resource, audience=audience)
+        return bearer_auth_class(library)(self, scope=scope, resource=resource, audience=audience)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -423,16 +442,24 @@ class TokenManager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        task_group = self._task_group
+        task_group, self._task_group = self._task_group, None
+        self._shutdown()
         try:
-            await self.aclose()
-        finally:
             if task_group is not None:
+                # Let cancelled background flights unwind before their HTTP client closes.
                 await task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            await self.endpoint.aclose()
 
     async def aclose(self) -> None:
         """Stop background refreshes, wake waiters with ``ManagerClosedError``, close the
-        HTTP client the manager created. Idempotent."""
+        HTTP client the manager created. Idempotent. Inside ``async with`` the HTTP client
+        is closed on exit, once background work has stopped."""
+        self._shutdown()
+        if self._task_group is None:
+            await self.endpoint.aclose()
+
+    def _shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
@@ -442,10 +469,8 @@ class TokenManager:
             if flight is not None and flight.token is None:
                 flight.error = flight.error or ManagerClosedError("the TokenManager was closed")
                 flight.done.set()
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-        self._task_group = None
-        await self.endpoint.aclose()
+        for scope in list(self._background):
+            scope.cancel()
 
     @property
     def closed(self) -> bool:

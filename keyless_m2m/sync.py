@@ -24,7 +24,7 @@ from .token import AccessToken
 
 if TYPE_CHECKING:
     from .client_auth import ClientAuth
-    from .integrations.httpx import BearerAuth
+    from .integrations.httpx import BearerFlow
 
 __all__ = ["SyncTokenManager"]
 
@@ -96,12 +96,17 @@ class SyncTokenManager:
         return self._portal.call(self._manager.invalidate, token)
 
     def auth(
-        self, scope: ScopeArg = None, *, resource: ResourceArg = None, audience: str | None = None
-    ) -> BearerAuth:
+        self,
+        scope: ScopeArg = None,
+        *,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+        library: str = "httpx",
+    ) -> BearerFlow:
         """An ``httpx.Auth`` for ``httpx.Client(auth=tokens.auth())``."""
-        from .integrations.httpx import BearerAuth
+        from .integrations.httpx import bearer_auth_class
 
-        return BearerAuth(self, scope=scope, resource=resource, audience=audience)
+        return bearer_auth_class(library)(self, scope=scope, resource=resource, audience=audience)
 
     def close(self) -> None:
         """Close the manager and stop the background thread. Idempotent."""

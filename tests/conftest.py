@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jwt
@@ -37,9 +38,7 @@ _KEY_CACHE: dict[str, Any] = {}
 def make_key(kind: str) -> Any:
     """A private key per kind, generated once per session (RSA generation is slow)."""
     if kind not in _KEY_CACHE:
-        if kind == "rsa":
-            _KEY_CACHE[kind] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        elif kind == "rsa-b":
+        if kind == "rsa" or kind == "rsa-b":
             _KEY_CACHE[kind] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         elif kind == "p256":
             _KEY_CACHE[kind] = ec.generate_private_key(ec.SECP256R1())
@@ -90,3 +89,11 @@ def verify_jws(token: str, public_jwk: dict[str, Any], *, audience: str | None =
 @pytest.fixture
 def verifier() -> Callable[..., dict[str, Any]]:
     return verify_jws
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect after every test so a leaked socket or unclosed client is reported by the
+    test that leaked it (``filterwarnings = error`` turns it into a failure there)."""
+    yield
+    gc.collect()

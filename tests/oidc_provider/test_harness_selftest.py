@@ -61,9 +61,7 @@ CLIENTS = [
     _pkjwt_client("rsa-client", RSAAlgorithm.to_jwk(RSA_KEY.public_key(), as_dict=True)),
     _pkjwt_client("es256-client", ECAlgorithm.to_jwk(P256_KEY.public_key(), as_dict=True), "ES256"),
     _pkjwt_client("es384-client", ECAlgorithm.to_jwk(P384_KEY.public_key(), as_dict=True), "ES384"),
-    _pkjwt_client(
-        "eddsa-client", OKPAlgorithm.to_jwk(ED25519_KEY.public_key(), as_dict=True), "EdDSA"
-    ),
+    _pkjwt_client("eddsa-client", OKPAlgorithm.to_jwk(ED25519_KEY.public_key(), as_dict=True), "EdDSA"),
     {
         "client_id": "basic-client",
         "client_secret": SECRET,
@@ -176,9 +174,7 @@ def test_private_key_jwt(op: Any, http: httpx.Client, client_id: str, key: Any, 
 
 
 def test_aud_issuer_accepted(op: Any, http: httpx.Client) -> None:
-    _assert_token(
-        _pkjwt_request(http, op, _assertion("es256-client", P256_KEY, "ES256", op.issuer))
-    )
+    _assert_token(_pkjwt_request(http, op, _assertion("es256-client", P256_KEY, "ES256", op.issuer)))
 
 
 def test_wrong_aud_rejected(op: Any, http: httpx.Client) -> None:
@@ -202,17 +198,13 @@ def test_replayed_jti_rejected(op: Any, http: httpx.Client) -> None:
 
 
 def test_wrong_key_rejected(op: Any, http: httpx.Client) -> None:
-    resp = _pkjwt_request(
-        http, op, _assertion("rsa-client", OTHER_RSA_KEY, "RS256", op.token_endpoint)
-    )
+    resp = _pkjwt_request(http, op, _assertion("rsa-client", OTHER_RSA_KEY, "RS256", op.token_endpoint))
     _assert_error(resp, "invalid_client")
 
 
 def test_pinned_alg_mismatch_rejected(op: Any, http: httpx.Client) -> None:
     # es384-client pins ES384; an otherwise valid ES256 assertion from another key fails.
-    resp = _pkjwt_request(
-        http, op, _assertion("es384-client", P256_KEY, "ES256", op.token_endpoint)
-    )
+    resp = _pkjwt_request(http, op, _assertion("es384-client", P256_KEY, "ES256", op.token_endpoint))
     _assert_error(resp, "invalid_client")
 
 
@@ -239,9 +231,7 @@ def test_client_secret_post(op: Any, http: httpx.Client) -> None:
     _assert_token(http.post(op.token_endpoint, data=data))
 
 
-@pytest.mark.parametrize(
-    "scope", ["pockets.delete", "pockets.admin", "pockets.read pockets.delete"]
-)
+@pytest.mark.parametrize("scope", ["pockets.delete", "pockets.admin", "pockets.read pockets.delete"])
 def test_scope_outside_allowed_set(op: Any, http: httpx.Client, scope: str) -> None:
     # pockets.delete: unknown to the server; pockets.admin: known but not granted to the client.
     resp = _pkjwt_request(

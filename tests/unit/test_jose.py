@@ -7,13 +7,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from keyless_m2m import ConfigurationError, SigningError
 from keyless_m2m._jose import (
+    ALGORITHMS,
     b64url,
     b64url_decode,
     check_signature_length,
     choose_algorithm,
     der_to_raw,
     jwk_thumbprint,
-    ALGORITHMS,
 )
 
 RFC7638_JWK = {
@@ -49,7 +49,11 @@ def test_thumbprint_rejects_unknown_kty() -> None:
             b"\x80" + b"\x11" * 31 + b"\x00" * 31 + b"\x7f",
         ),
         # P-521 halves are 66 bytes; a 65-byte r gets one leading zero
-        (encode_dss_signature(1 << 519, 3), 66, b"\x00" + (1 << 519).to_bytes(65, "big") + (3).to_bytes(66, "big")),
+        (
+            encode_dss_signature(1 << 519, 3),
+            66,
+            b"\x00" + (1 << 519).to_bytes(65, "big") + (3).to_bytes(66, "big"),
+        ),
     ],
 )
 def test_der_to_raw_known_vectors(der: bytes, size: int, raw: bytes) -> None:

@@ -36,7 +36,8 @@ async def test_every_algorithm_verifies_independently(alg: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "alg"), [("rsa", "RS256"), ("p256", "ES256"), ("p384", "ES384"), ("p521", "ES512"), ("ed25519", "EdDSA")]
+    ("kind", "alg"),
+    [("rsa", "RS256"), ("p256", "ES256"), ("p384", "ES384"), ("p521", "ES512"), ("ed25519", "EdDSA")],
 )
 def test_algorithm_is_inferred(kind: str, alg: str) -> None:
     assert LocalSigner.from_pem(pem_of(make_key(kind)))._alg.name == alg
@@ -45,8 +46,14 @@ def test_algorithm_is_inferred(kind: str, alg: str) -> None:
 # Ed25519 has no traditional (PKCS#1/SEC1) encoding, only PKCS#8.
 @pytest.mark.parametrize(
     ("kind", "fmt"),
-    [("rsa", "pkcs8"), ("rsa", "traditional"), ("p256", "pkcs8"), ("p256", "traditional"),
-     ("p521", "traditional"), ("ed25519", "pkcs8")],
+    [
+        ("rsa", "pkcs8"),
+        ("rsa", "traditional"),
+        ("p256", "pkcs8"),
+        ("p256", "traditional"),
+        ("p521", "traditional"),
+        ("ed25519", "pkcs8"),
+    ],
 )
 def test_pem_formats_and_encryption(kind: str, fmt: str) -> None:
     key = make_key(kind)

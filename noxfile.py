@@ -1,0 +1,78 @@
+"""Sessions: tests (3.11-3.13), lint, typecheck, docs, demo, bench.
+
+``python3 -m nox`` runs the default sessions (what CI runs): tests on every Python, lint,
+typecheck and docs. Every session installs what it needs itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def _group(name: str) -> list[str]:
+    return list(nox.project.dependency_groups(PYPROJECT, name))
+
+
+def _install_oidc_provider(session: nox.Session) -> None:
+    """npm ci the pinned oidc-provider (test authorization server) if it is not there yet."""
+    session.run(
+        "python",
+        "-c",
+        "from tests.oidc_provider import harness as h; h.ensure_installed() is None or h.npm_install()",
+    )
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The whole suite: unit + integration against real local servers."""
+    session.install("-e", ".[all]", *_group("test"))
+    _install_oidc_provider(session)
+    session.run("pytest", *session.posargs, env={"PYTHONDEVMODE": "0"})
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "keyless_m2m", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "keyless_m2m")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[all]", *_group("lint"))
+    session.run("mypy", "--strict", "keyless_m2m")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    session.install(*_group("docs"))
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site"))
+
+
+@nox.session(python="3.11")
+def demo(session: nox.Session) -> None:
+    """Install and run the README's first command."""
+    session.install("-e", ".")
+    session.run("keyless-m2m", "demo", *session.posargs)
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Side-by-side benchmarks against Authlib and httpx-auth (not part of CI)."""
+    session.install("-e", ".[all]", *_group("bench"), "trio")
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+if os.environ.get("CI"):
+    nox.options.reuse_existing_virtualenvs = False

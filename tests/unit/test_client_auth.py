@@ -1,0 +1,110 @@
+"""Client authentication: assertion claims and header, Basic form-encoding, secret hygiene."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from keyless_m2m import ClientSecretBasic, ClientSecretPost, ConfigurationError, PrivateKeyJWT
+from keyless_m2m._jose import b64url_decode
+from keyless_m2m.client_auth import CLIENT_ASSERTION_TYPE
+from keyless_m2m.signers import LocalSigner
+from tests.conftest import make_key, pem_of, verify_jws
+
+pytestmark = pytest.mark.anyio
+ENDPOINT = "https://auth.example/api/oauth2/token"
+
+
+def _header(assertion: str) -> dict[str, Any]:
+    return dict(json.loads(b64url_decode(assertion.split(".")[0])))
+
+
+@pytest.fixture
+def signer() -> LocalSigner:
+    return LocalSigner.from_pem(pem_of(make_key("ed25519")))
+
+
+async def test_assertion_claims_and_header(signer: LocalSigner) -> None:
+    auth = PrivateKeyJWT("my-client", signer)
+    prepared = await auth.prepare(ENDPOINT)
+    assert prepared.signed
+    assert prepared.form["client_assertion_type"] == CLIENT_ASSERTION_TYPE
+    assert prepared.form["client_id"] == "my-client"
+    assertion = prepared.form["client_assertion"]
+    description = await signer.describe()
+    claims = verify_jws(assertion, dict(description.public_jwk), audience=ENDPOINT)
+    assert claims["iss"] == claims["sub"] == "my-client"
+    assert claims["exp"] - claims["iat"] == 60
+    assert len(b64url_decode(claims["jti"])) * 8 >= 128
+    assert _header(assertion) == {"alg": "EdDSA", "kid": description.key_id, "typ": "JWT"}
+
+
+async def test_every_assertion_has_a_new_jti(signer: LocalSigner) -> None:
+    auth = PrivateKeyJWT("c", signer)
+    jtis = set()
+    for _ in range(50):
+        token = await auth.assertion(ENDPOINT)
+        jtis.add(json.loads(b64url_decode(token.split(".")[1]))["jti"])
+    assert len(jtis) == 50
+
+
+async def test_issuer_mode_follows_rfc7523bis(signer: LocalSigner) -> None:
+    auth = PrivateKeyJWT("c", signer, issuer="https://auth.example")
+    assertion = await auth.assertion(ENDPOINT)
+    claims = verify_jws(
+        assertion, dict((await signer.describe()).public_jwk), audience="https://auth.example"
+    )
+    assert claims["aud"] == "https://auth.example"
+    assert _header(assertion)["typ"] == "client-authentication+jwt"
+
+
+async def test_explicit_audience_typ_and_extra_claims(signer: LocalSigner) -> None:
+    auth = PrivateKeyJWT("c", signer, audience="urn:aud", lifetime=300, typ="", extra_claims={"tenant": "t1"})
+    assertion = await auth.assertion(ENDPOINT)
+    claims = json.loads(b64url_decode(assertion.split(".")[1]))
+    assert claims["aud"] == "urn:aud" and claims["tenant"] == "t1" and claims["exp"] - claims["iat"] == 300
+    assert "typ" not in _header(assertion)
+
+
+def test_bad_configuration_is_refused(signer: LocalSigner) -> None:
+    with pytest.raises(ConfigurationError, match="lifetime"):
+        PrivateKeyJWT("c", signer, lifetime=301)
+    with pytest.raises(ConfigurationError, match="lifetime"):
+        PrivateKeyJWT("c", signer, lifetime=0)
+    with pytest.raises(ConfigurationError, match="exp, iss"):
+        PrivateKeyJWT("c", signer, extra_claims={"iss": "x", "exp": 1})
+    with pytest.raises(ConfigurationError, match="client_id"):
+        PrivateKeyJWT("", signer)
+    with pytest.raises(ConfigurationError, match="signer"):
+        PrivateKeyJWT("c", object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="client_secret"):
+        ClientSecretBasic("c", "")
+
+
+async def test_client_secret_basic_form_encodes_both_parts() -> None:
+    auth = ClientSecretBasic("my client:1", "p@ss:wörd+%/")
+    prepared = await auth.prepare(ENDPOINT)
+    scheme, _, value = prepared.headers["Authorization"].partition(" ")
+    assert scheme == "Basic"
+    assert base64.b64decode(value).decode() == "my+client%3A1:p%40ss%3Aw%C3%B6rd%2B%25%2F"
+    assert dict(prepared.form) == {}
+    assert not prepared.signed
+
+
+async def test_client_secret_post() -> None:
+    prepared = await ClientSecretPost("id", "sekrit-value").prepare(ENDPOINT)
+    assert dict(prepared.form) == {"client_id": "id", "client_secret": "sekrit-value"}
+
+
+async def test_reprs_hide_secrets(signer: LocalSigner) -> None:
+    for auth in (ClientSecretBasic("id", "sekrit-value"), ClientSecretPost("id", "sekrit-value")):
+        assert "sekrit" not in repr(auth)
+        prepared = await auth.prepare(ENDPOINT)
+        assert "sekrit" not in repr(prepared) and "c2Vrcml0" not in repr(prepared)
+    jwt_auth = PrivateKeyJWT("id", signer)
+    prepared = await jwt_auth.prepare(ENDPOINT)
+    assert prepared.form["client_assertion"] not in repr(prepared)
+    assert "PRIVATE" not in repr(jwt_auth)
