@@ -185,6 +185,41 @@ class TokenManager:
     def __repr__(self) -> str:
         return f"TokenManager(endpoint={self.endpoint.url!r}, client_auth={self.endpoint.client_auth!r})"
 
+    @classmethod
+    def from_issuer(cls, issuer: str, client_auth: ClientAuth, **options: Any) -> Self:
+        """A manager whose token endpoint comes from ``issuer``'s metadata (RFC 8414, then
+        OpenID Connect Discovery; see :mod:`keyless_m2m.discovery`).
+
+        >>> async with TokenManager.from_issuer("https://auth.example", auth,
+        ...                                     scope="pockets.read") as tokens:  # doctest: +SKIP
+        ...     token = await tokens.get_token()
+
+        Synchronous and offline, like the constructor, so it reads the same way. Before
+        the first token request (once, inside the single flight) the metadata is fetched
+        or taken from the cache, its ``issuer`` compared with ``issuer``, and the client's
+        method and signing algorithm checked against what the server supports; a problem
+        there is a :class:`~keyless_m2m.DiscoveryError` from ``get_token()``. To fail at
+        start-up instead, ``await tokens.endpoint.discover()``. ``options`` are the
+        constructor's (``scope=``, ``refresh_window=``...) and the endpoint's
+        (``timeout=``, ``allow_insecure_http=``, ``metadata_max_age=``...).
+        """
+        import inspect
+
+        from .discovery import DiscoveredTokenEndpoint
+
+        # The constructor's own keywords stay with the manager, the rest configure the
+        # endpoint; read from the signature so the two lists cannot drift apart.
+        own = set(inspect.signature(cls.__init__).parameters) - {
+            "self",
+            "token_endpoint",
+            "client_auth",
+            "endpoint",
+            "endpoint_options",
+        }
+        manager_options = {name: options.pop(name) for name in list(options) if name in own}
+        endpoint = DiscoveredTokenEndpoint(issuer, client_auth, **options)
+        return cls(endpoint=endpoint, **manager_options)
+
     # -- the hot path -------------------------------------------------------------------
 
     async def get_token(

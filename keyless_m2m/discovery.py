@@ -1,0 +1,378 @@
+"""Authorization server metadata: RFC 8414, then OpenID Connect Discovery.
+
+:func:`discover` finds an issuer's metadata, checks that it describes that issuer, and
+caches it; :func:`check_client_auth` says whether the server accepts the client's
+authentication method and signing algorithm; :class:`DiscoveredTokenEndpoint` is the
+token endpoint behind :meth:`TokenManager.from_issuer
+<keyless_m2m.TokenManager.from_issuer>`, which discovers and checks once, before its
+first token request::
+
+    async with TokenManager.from_issuer("https://auth.example", auth, scope="pockets.read") as tokens:
+        token = await tokens.get_token()     # metadata fetched and checked first, once
+
+Where the metadata lives (RFC 8414 section 3.1 and OpenID Connect Discovery section 4):
+
+=============================  ===================================================================
+issuer                         tried in this order
+=============================  ===================================================================
+``https://auth.example``       ``https://auth.example/.well-known/oauth-authorization-server``,
+                               ``https://auth.example/.well-known/openid-configuration``
+``https://auth.example/t/a``   ``https://auth.example/.well-known/oauth-authorization-server/t/a``,
+                               ``https://auth.example/t/a/.well-known/openid-configuration``
+=============================  ===================================================================
+
+The ``issuer`` in the document must equal the issuer asked for, character for character
+(both specifications require it; it is what stops one server passing itself off as
+another). A mismatch is a :class:`~keyless_m2m.DiscoveryError`, not a reason to try the
+next location.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from time import monotonic
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+
+from .client_auth import ClientAuth
+from .endpoint import TokenEndpoint, check_endpoint_url
+from .errors import ConfigurationError, DiscoveryError, TransportError
+from .signers import Signer
+from .token import AccessToken
+
+__all__ = [
+    "DiscoveredTokenEndpoint",
+    "ServerMetadata",
+    "check_client_auth",
+    "clear_metadata_cache",
+    "client_auth_algorithm",
+    "discover",
+    "metadata_urls",
+]
+
+logger = logging.getLogger("keyless_m2m")
+
+RFC8414_SUFFIX = "/.well-known/oauth-authorization-server"
+OIDC_SUFFIX = "/.well-known/openid-configuration"
+MAX_METADATA_BYTES = 256 * 1024
+DEFAULT_MAX_AGE = 3600.0
+
+# issuer -> (cached until, monotonic clock; metadata)
+_CACHE: dict[str, tuple[float, ServerMetadata]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    """The parts of an authorization server's metadata a client-credentials client uses.
+
+    The ``*_supported`` lists are ``None`` when the server does not publish them. ``raw``
+    is the whole document; ``url`` where it was found; ``clock_skew`` the server's
+    ``Date`` header minus this machine's clock when it was fetched, in seconds (the
+    header has a one-second resolution; ``None`` without a usable header).
+    """
+
+    issuer: str
+    token_endpoint: str
+    token_endpoint_auth_methods_supported: tuple[str, ...] | None
+    token_endpoint_auth_signing_alg_values_supported: tuple[str, ...] | None
+    grant_types_supported: tuple[str, ...] | None
+    url: str
+    raw: Mapping[str, Any] = field(repr=False)
+    clock_skew: float | None = field(default=None, repr=False)
+
+
+def metadata_urls(issuer: str) -> list[str]:
+    """Where to look for ``issuer``'s metadata, in order (RFC 8414, then OpenID)."""
+    parts = urlsplit(issuer)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    path = parts.path.rstrip("/")
+    return [origin + RFC8414_SUFFIX + path, origin + path + OIDC_SUFFIX]
+
+
+def clear_metadata_cache() -> None:
+    """Forget every cached metadata document (the next :func:`discover` fetches)."""
+    _CACHE.clear()
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    """A server-supplied value, safe and short enough to put in a message."""
+    text = repr(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _check_issuer(issuer: Any, allow_insecure_http: bool) -> str:
+    url = check_endpoint_url(issuer, allow_insecure_http=allow_insecure_http, what="issuer")
+    if urlsplit(url).query:
+        raise ConfigurationError(f"an issuer identifier has no ?query (RFC 8414), got {url!r}")
+    return url
+
+
+def _string_list(data: Mapping[str, Any], name: str, url: str) -> tuple[str, ...] | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DiscoveryError(f"the metadata at {url} has a {name} that is not a list of strings")
+    return tuple(value)
+
+
+def _clock_skew(date_header: str | None, local: datetime) -> float | None:
+    if not date_header:
+        return None
+    try:
+        server = parsedate_to_datetime(date_header)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if server is None:
+        return None
+    if server.tzinfo is None:
+        server = server.replace(tzinfo=UTC)
+    skew = (server - local).total_seconds()
+    return skew if math.isfinite(skew) else None
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _parse(
+    issuer: str,
+    url: str,
+    data: dict[str, Any],
+    date_header: str | None,
+    local: datetime,
+    allow_insecure_http: bool,
+) -> ServerMetadata:
+    said = data.get("issuer")
+    if said != issuer:
+        raise DiscoveryError(
+            f"issuer mismatch: asked for {issuer!r}, but the metadata at {url} says "
+            f"issuer={_shown(said)}; configure exactly the issuer the server publishes "
+            "(only if that server is the one you meant to trust)"
+        )
+    token_endpoint = data.get("token_endpoint")
+    if not isinstance(token_endpoint, str) or not token_endpoint:
+        raise DiscoveryError(f"the metadata at {url} has no token_endpoint")
+    try:
+        check_endpoint_url(token_endpoint, allow_insecure_http=allow_insecure_http)
+    except ConfigurationError as exc:
+        raise DiscoveryError(f"the metadata at {url} has an unusable token_endpoint: {exc}") from None
+    return ServerMetadata(
+        issuer=issuer,
+        token_endpoint=token_endpoint,
+        token_endpoint_auth_methods_supported=_string_list(
+            data, "token_endpoint_auth_methods_supported", url
+        ),
+        token_endpoint_auth_signing_alg_values_supported=_string_list(
+            data, "token_endpoint_auth_signing_alg_values_supported", url
+        ),
+        grant_types_supported=_string_list(data, "grant_types_supported", url),
+        url=url,
+        raw=data,
+        clock_skew=_clock_skew(date_header, local),
+    )
+
+
+async def _get(client: httpx.AsyncClient, url: str) -> tuple[int, bytes, str | None, datetime]:
+    """GET ``url``: (status, body up to the size cap, Date header, local time of the answer)."""
+    try:
+        async with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+            local = datetime.now(UTC)
+            chunks: list[bytes] = []
+            size = 0
+            async with aclosing(response.aiter_bytes()) as body:  # type: ignore[type-var]
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > MAX_METADATA_BYTES:
+                        raise DiscoveryError(f"the metadata at {url} exceeds {MAX_METADATA_BYTES} bytes")
+                    chunks.append(chunk)
+            return response.status_code, b"".join(chunks), response.headers.get("date"), local
+    except httpx.TransportError as exc:
+        raise TransportError(
+            f"cannot reach the authorization server metadata at {url}: {type(exc).__name__}"
+        ) from None
+
+
+async def discover(
+    issuer: str,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    timeout: float = 10.0,  # noqa: ASYNC109 - httpx's per-request timeout, as TokenEndpoint has
+    verify: Any = True,
+    allow_insecure_http: bool = False,
+    max_age: float = DEFAULT_MAX_AGE,
+) -> ServerMetadata:
+    """Fetch (or take from the cache) the metadata of ``issuer``.
+
+    >>> metadata = await discover("https://auth.example")      # doctest: +SKIP
+    >>> metadata.token_endpoint                                 # doctest: +SKIP
+    'https://auth.example/oauth2/token'
+
+    Tries the RFC 8414 location, then the OpenID one (see the module docstring); the
+    document's ``issuer`` must equal ``issuer``. Results are cached for ``max_age``
+    seconds per issuer (``max_age=0`` fetches and does not read the cache). Raises
+    :class:`~keyless_m2m.DiscoveryError` (retryable when a server answered 5xx/429),
+    :class:`~keyless_m2m.TransportError` when the server cannot be reached, and
+    :class:`~keyless_m2m.ConfigurationError` for an unusable issuer URL.
+    """
+    issuer = _check_issuer(issuer, allow_insecure_http)
+    if max_age > 0:
+        cached = _CACHE.get(issuer)
+        if cached is not None and monotonic() < cached[0]:
+            return cached[1]
+    client = http_client or httpx.AsyncClient(timeout=timeout, verify=verify, follow_redirects=False)
+    try:
+        metadata = await _discover(client, issuer, allow_insecure_http)
+    finally:
+        if http_client is None:
+            await client.aclose()
+    if max_age > 0:
+        _CACHE[issuer] = (monotonic() + max_age, metadata)
+    return metadata
+
+
+async def _discover(client: httpx.AsyncClient, issuer: str, allow_insecure_http: bool) -> ServerMetadata:
+    misses: list[str] = []
+    retryable = False
+    for url in metadata_urls(issuer):
+        status, body, date_header, local = await _get(client, url)
+        if status == 200:
+            data = _json_object(body)
+            if data is not None:
+                # A document, right or wrong, ends the search: a wrong one is an error,
+                # never a reason to trust another location.
+                return _parse(issuer, url, data, date_header, local, allow_insecure_http)
+            misses.append(f"{url}: HTTP 200 but not a JSON object")
+            continue
+        retryable = retryable or status == 429 or status >= 500
+        misses.append(f"{url}: HTTP {status}")
+    raise DiscoveryError(
+        f"no authorization server metadata for issuer {issuer!r} ({'; '.join(misses)})",
+        retryable=retryable,
+    )
+
+
+async def client_auth_algorithm(client_auth: ClientAuth) -> str | None:
+    """The JWS ``alg`` of the client's assertions (``None`` for client secrets)."""
+    signer = getattr(client_auth, "signer", None)
+    if isinstance(signer, Signer):
+        return (await signer.describe()).algorithm
+    return None
+
+
+def check_client_auth(metadata: ServerMetadata, method: str, algorithm: str | None = None) -> list[str]:
+    """Check that the server supports the client's ``method`` and assertion ``algorithm``.
+
+    Raises :class:`~keyless_m2m.DiscoveryError` naming what the server supports instead;
+    returns notes about what could not be checked because the server does not publish
+    it. A list the server leaves out is not second-guessed: RFC 8414 would have
+    ``client_secret_basic`` as the default method, but servers that omit the list often
+    support more, and the token request will tell.
+    """
+    notes: list[str] = []
+    grants = metadata.grant_types_supported
+    if grants is not None and "client_credentials" not in grants:
+        raise DiscoveryError(
+            f"the authorization server {metadata.issuer} does not list the client_credentials "
+            f"grant; it supports: {', '.join(grants) or 'none'}"
+        )
+    methods = metadata.token_endpoint_auth_methods_supported
+    if methods is None:
+        notes.append("the server does not publish token_endpoint_auth_methods_supported")
+    elif method not in methods:
+        raise DiscoveryError(
+            f"the authorization server {metadata.issuer} does not support the token endpoint "
+            f"auth method {method!r}; it supports: {', '.join(methods) or 'none'}"
+        )
+    if algorithm is not None:
+        algs = metadata.token_endpoint_auth_signing_alg_values_supported
+        if algs is None:
+            notes.append("the server does not publish token_endpoint_auth_signing_alg_values_supported")
+        elif algorithm not in algs:
+            raise DiscoveryError(
+                f"the authorization server {metadata.issuer} does not accept {algorithm} "
+                f"client assertions; it accepts: {', '.join(algs) or 'none'}"
+            )
+    return notes
+
+
+class DiscoveredTokenEndpoint(TokenEndpoint):
+    """A :class:`~keyless_m2m.endpoint.TokenEndpoint` found through the issuer's metadata.
+
+    Before its first token request it runs :meth:`discover`: fetch the metadata (cached,
+    see :func:`discover`), check the client's method and algorithm
+    (:func:`check_client_auth`), and take the token endpoint URL from it. Until then
+    :attr:`url` is the issuer. Call :meth:`discover` yourself to fail fast at start-up.
+    ``metadata_max_age`` bounds the shared cache's age; other options are
+    :class:`TokenEndpoint`'s.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        client_auth: ClientAuth,
+        *,
+        allow_insecure_http: bool = False,
+        metadata_max_age: float = DEFAULT_MAX_AGE,
+        **options: Any,
+    ) -> None:
+        issuer = _check_issuer(issuer, allow_insecure_http)
+        super().__init__(issuer, client_auth, allow_insecure_http=allow_insecure_http, **options)
+        self.issuer = issuer
+        self.metadata: ServerMetadata | None = None
+        self.metadata_max_age = metadata_max_age
+        self._allow_insecure_http = allow_insecure_http
+        self._discover_lock: anyio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"DiscoveredTokenEndpoint(issuer={self.issuer!r}, client_auth={self.client_auth!r})"
+
+    async def discover(self) -> ServerMetadata:
+        """Fetch and check the metadata once; later calls return it at once."""
+        if self.metadata is not None:
+            return self.metadata
+        if self._discover_lock is None:
+            self._discover_lock = anyio.Lock()
+        async with self._discover_lock:
+            if self.metadata is None:
+                metadata = await discover(
+                    self.issuer,
+                    http_client=self._client(),
+                    allow_insecure_http=self._allow_insecure_http,
+                    max_age=self.metadata_max_age,
+                )
+                algorithm = await client_auth_algorithm(self.client_auth)
+                for note in check_client_auth(metadata, self.client_auth.method, algorithm):
+                    logger.debug("discovery of %s: %s; not checked", self.issuer, note)
+                self.url = metadata.token_endpoint
+                self.metadata = metadata
+        return self.metadata
+
+    async def request(
+        self,
+        *,
+        scope: str | None = None,
+        resource: Sequence[str] = (),
+        audience: str | None = None,
+        extra_params: Mapping[str, str] | None = None,
+    ) -> AccessToken:
+        await self.discover()
+        return await super().request(
+            scope=scope, resource=resource, audience=audience, extra_params=extra_params
+        )
