@@ -678,6 +678,8 @@ class Doctor:
             self.method = settings.method()
         except ConfigurationError as exc:
             problems.append(str(exc))
+        if settings.assertion_aud == "issuer" and not settings.issuer:
+            problems.append(f"--assertion-aud issuer needs --issuer or {ENV_ISSUER}")
         if not settings.token_endpoint and not settings.issuer:
             problems.append(
                 f"no token endpoint or issuer (--token-endpoint / {ENV_TOKEN_ENDPOINT}, "
