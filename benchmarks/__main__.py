@@ -93,8 +93,13 @@ def _name(factory: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a ~30 s version (fewer callers, shorter runs)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="keyless-m2m vs Authlib and httpx-auth, side by side in one process.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a ~35 s version (1,000 callers only, shorter load runs)"
+    )
     parser.add_argument("--plot", metavar="PATH", help="write the latency-percentile plot (PNG) here")
     parser.add_argument("--json", metavar="PATH", help="write the raw results (JSON) here")
     parser.add_argument("--no-trio", action="store_true", help="skip the keyless-m2m-on-trio section")
