@@ -45,7 +45,7 @@ import anyio
 import httpx
 
 from .client_auth import ClientAuth
-from .endpoint import TokenEndpoint, check_endpoint_url
+from .endpoint import TokenEndpoint, check_endpoint_url, tls_verification
 from .errors import ConfigurationError, DiscoveryError, TransportError
 from .signers import Signer
 from .token import AccessToken
@@ -236,7 +236,9 @@ async def discover(
         cached = _CACHE.get(issuer)
         if cached is not None and monotonic() < cached[0]:
             return cached[1]
-    client = http_client or httpx.AsyncClient(timeout=timeout, verify=verify, follow_redirects=False)
+    client = http_client or httpx.AsyncClient(
+        timeout=timeout, verify=tls_verification(verify), follow_redirects=False
+    )
     try:
         metadata = await _discover(client, issuer, allow_insecure_http)
     finally:

@@ -13,7 +13,9 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
@@ -38,7 +40,7 @@ from .errors import (
 )
 from .token import AccessToken
 
-__all__ = ["TokenEndpoint", "TokenStats", "is_loopback_url", "parse_retry_after"]
+__all__ = ["TokenEndpoint", "TokenStats", "is_loopback_url", "parse_retry_after", "tls_verification"]
 
 logger = logging.getLogger("keyless_m2m")
 
@@ -92,23 +94,55 @@ def check_endpoint_url(url: str, *, allow_insecure_http: bool, what: str = "toke
     return url
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(min(int(value), 24 * 3600))
+def _http_date(value: str) -> datetime | None:
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    delta = (when - (now or datetime.now(UTC))).total_seconds()
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def parse_retry_after(
+    value: str | None, *, now: datetime | None = None, server_date: str | None = None
+) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
+
+    An HTTP-date is read relative to the response's ``Date`` header when ``server_date``
+    is given and valid (RFC 9110 section 10.2.3), so a server whose clock is off by
+    minutes still gets the pause it asked for; otherwise relative to ``now`` (the local
+    clock). The result is capped at 24 hours; ``None`` means "no usable value".
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value), 24 * 3600))
+    when = _http_date(value)
+    if when is None:
+        return None
+    reference = _http_date(server_date.strip()) if server_date else None
+    delta = (when - (reference or now or datetime.now(UTC))).total_seconds()
     return max(0.0, min(delta, 24 * 3600.0))
+
+
+def tls_verification(verify: Any) -> ssl.SSLContext | bool:
+    """What ``verify=`` may be: ``True`` (system CAs, the default), a CA bundle file or a
+    directory of CA certificates (``str`` or ``os.PathLike``), an ``ssl.SSLContext``, or
+    ``False`` (no verification: for tests against a self-signed loopback server only)."""
+    if verify is True or verify is False or isinstance(verify, ssl.SSLContext):
+        return verify
+    if isinstance(verify, str | os.PathLike):
+        path = os.fspath(verify)
+        try:
+            if os.path.isdir(path):
+                return ssl.create_default_context(capath=path)
+            return ssl.create_default_context(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            name = os.path.basename(path) or path
+            raise ConfigurationError(f"cannot load CA certificates from {name!r}: {exc}") from None
+    raise ConfigurationError("verify must be True, False, a CA bundle path or an ssl.SSLContext")
 
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
@@ -139,6 +173,14 @@ class TokenEndpoint:
     ``default_expires_in`` (300 s, used when the response has no ``expires_in``),
     ``max_response_bytes`` (256 KiB), ``allow_insecure_http`` (plain http:// for a
     non-loopback host).
+
+    Transport security: ``https://`` is required except for loopback hosts (unless
+    ``allow_insecure_http=True``); TLS certificates are verified against the system CAs,
+    or against ``verify=`` (a CA bundle path, a CA directory or an ``ssl.SSLContext``; see
+    :func:`tls_verification`); redirects are never followed, even when the
+    ``http_client`` you pass follows them elsewhere: a 3xx answer is an
+    :class:`~keyless_m2m.InvalidTokenResponseError`, so credentials are only ever posted
+    to the configured URL.
     """
 
     def __init__(
@@ -174,7 +216,7 @@ class TokenEndpoint:
         self.default_expires_in = default_expires_in
         self.max_response_bytes = max_response_bytes
         self.timeout = timeout
-        self.verify = verify
+        self.verify = tls_verification(verify)
         self.stats = stats if stats is not None else TokenStats()
         self._sleep = sleep
         self._http = http_client
@@ -279,7 +321,11 @@ class TokenEndpoint:
         client = self._client()
         content = urlencode(form).encode("ascii")
         headers["Content-Type"] = "application/x-www-form-urlencoded"
-        async with client.stream("POST", self.url, content=content, headers=headers) as response:
+        # follow_redirects=False per request: a client given by the user may follow them,
+        # and a redirected POST would carry the credentials to wherever Location points.
+        async with client.stream(
+            "POST", self.url, content=content, headers=headers, follow_redirects=False
+        ) as response:
             chunks: list[bytes] = []
             size = 0
             async with aclosing(response.aiter_bytes()) as body:  # type: ignore[type-var]
@@ -309,7 +355,11 @@ class TokenEndpoint:
         except (ValueError, UnicodeDecodeError, RecursionError):
             data = None
         retryable_status = status == 429 or status >= 500
-        retry_after = parse_retry_after(headers.get("retry-after")) if retryable_status else None
+        retry_after = (
+            parse_retry_after(headers.get("retry-after"), server_date=headers.get("date"))
+            if retryable_status
+            else None
+        )
 
         if isinstance(data, dict) and "error" in data:
             error = self._oauth_error(status, data, sent)
@@ -317,6 +367,12 @@ class TokenEndpoint:
                 error.retryable = True
                 raise _Retry(error, retry_after)
             raise error
+        if 300 <= status < 400:
+            raise InvalidTokenResponseError(
+                f"token endpoint answered HTTP {status} (a redirect); redirects are not followed "
+                "for token requests: configure the final token endpoint URL",
+                status_code=status,
+            )
         if status != 200:
             kind = headers.get("content-type", "no content type").split(";")[0]
             message = f"token endpoint answered HTTP {status} ({kind}) without an OAuth error"

@@ -258,3 +258,34 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now=now) == 0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
     assert parse_retry_after("99999999999") == 24 * 3600
+
+
+def test_retry_after_http_date_is_read_against_the_server_date() -> None:
+    # A server whose clock is 10 minutes ahead asks for a 30 s pause: 30 s, not 630 s.
+    local = datetime(2026, 1, 1, tzinfo=UTC)
+    server_now = local + timedelta(minutes=10)
+    retry_at = format_datetime(server_now + timedelta(seconds=30), usegmt=True)
+    date = format_datetime(server_now, usegmt=True)
+    assert parse_retry_after(retry_at, now=local, server_date=date) == 30
+    assert parse_retry_after(retry_at, now=local) == 630  # without a Date: the local clock
+    assert parse_retry_after(retry_at, now=local, server_date="garbage") == 630
+
+
+async def test_retry_after_date_from_a_skewed_server_is_honoured() -> None:
+    server_now = datetime.now(UTC) - timedelta(minutes=10)  # 10 minutes behind
+    headers = {
+        "Retry-After": format_datetime(server_now + timedelta(seconds=3), usegmt=True),
+        "Date": format_datetime(server_now, usegmt=True),
+    }
+    ep, sleeps = endpoint(Recorder(httpx.Response(503, headers=headers), ok()))
+    await ep.request()
+    assert len(sleeps) == 1 and 2.0 <= sleeps[0] <= 3.0  # not 0 (the local clock's reading)
+
+
+async def test_redirect_is_a_typed_error_that_names_the_reason() -> None:
+    rec = Recorder(httpx.Response(307, headers={"Location": "https://elsewhere.example/token"}))
+    ep, sleeps = endpoint(rec)
+    with pytest.raises(InvalidTokenResponseError, match="redirects are not followed") as info:
+        await ep.request()
+    assert info.value.status_code == 307 and not info.value.retryable
+    assert len(rec.requests) == 1 and sleeps == []
