@@ -22,10 +22,12 @@ import hmac
 import json
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -49,13 +51,25 @@ class RegisteredClient:
 
 @dataclass
 class Fault:
-    """A canned answer for the next ``count`` token requests (``count=None``: until cleared)."""
+    """A canned answer for the next ``count`` token requests (``count=None``: until cleared).
 
-    status: int = 503
+    ``status``/``body``/``headers`` are the answer; ``status=None`` answers as the server
+    normally would (a real token or refusal) and only shapes how it is delivered.
+    Delivery faults: ``drop_connection`` closes the connection without a byte of answer;
+    ``delay`` waits that many seconds before the status line (slow headers: a client read
+    timeout); ``slow_body`` sends the headers and half the body, then waits that long
+    before the rest (a stalled body); ``reset_after`` sends the headers and that many body
+    bytes, then resets the connection (TCP RST, the rest never arrives).
+    """
+
+    status: int | None = 503
     body: bytes | str | Mapping[str, Any] = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     count: int | None = 1
     drop_connection: bool = False
+    delay: float = 0.0
+    slow_body: float = 0.0
+    reset_after: int | None = None
 
 
 class AuthorizationServer:
@@ -82,10 +96,14 @@ class AuthorizationServer:
         self.token_requests = 0
         self.issued: list[str] = []
         self.on_request: Callable[[dict[str, list[str]]], None] | None = None
+        self.fault_policy: Callable[[int], Fault | None] | None = None
+        self.clock_offset = 0.0
+        self.statuses: list[int] = []  # per token request: the status sent, 0 if none was
+        self._stopping = threading.Event()
+        self._handler = _handler_for(self)
         self._seen_jti: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._httpd.daemon_threads = True
+        self._httpd = self._listen((host, port))
         self._thread: threading.Thread | None = None
         self._connections: set[Any] = set()
 
@@ -153,8 +171,17 @@ class AuthorizationServer:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    def _listen(self, address: tuple[str, int]) -> ThreadingHTTPServer:
+        httpd = ThreadingHTTPServer(address, self._handler)
+        httpd.daemon_threads = True
+        return httpd
+
     def start(self) -> AuthorizationServer:
+        """Serve (again: after :meth:`stop`, on the same address, with the same clients)."""
         if self._thread is None:
+            if self._httpd.socket.fileno() < 0:  # stopped: listen again on the same port
+                self._httpd = self._listen(self._httpd.server_address[:2])  # type: ignore[arg-type]
+            self._stopping.clear()
             self._thread = threading.Thread(
                 target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
             )
@@ -162,7 +189,10 @@ class AuthorizationServer:
         return self
 
     def stop(self) -> None:
-        """Stop listening and drop open keep-alive connections (clients then see refusals)."""
+        """Stop listening and drop open keep-alive connections (clients then see refusals).
+
+        Pending ``delay``/``slow_body`` faults end at once. :meth:`start` serves again."""
+        self._stopping.set()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
@@ -184,10 +214,11 @@ class AuthorizationServer:
 
     # -- the token endpoint -------------------------------------------------------------
 
-    def _next_fault(self) -> Fault | None:
+    def _next_fault(self, request_number: int) -> Fault | None:
         with self._lock:
             if not self.faults:
-                return None
+                policy = self.fault_policy
+                return policy(request_number) if policy is not None else None
             fault = self.faults[0]
             if fault.count is not None:
                 fault.count -= 1
@@ -311,8 +342,17 @@ def _handler_for(server: AuthorizationServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             return  # quiet: tests read counters, not logs
 
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            # The Date header follows the server's (possibly skewed) clock.
+            when = time.time() + server.clock_offset if timestamp is None else timestamp
+            return formatdate(when, usegmt=True)
+
         def _send(
-            self, status: int, body: bytes | str | Mapping[str, Any], headers: Mapping[str, str] = {}
+            self,
+            status: int,
+            body: bytes | str | Mapping[str, Any],
+            headers: Mapping[str, str] = {},
+            fault: Fault | None = None,
         ) -> None:
             if isinstance(body, Mapping):
                 payload = json.dumps(body).encode()
@@ -328,7 +368,26 @@ def _handler_for(server: AuthorizationServer) -> type[BaseHTTPRequestHandler]:
                 if name.lower() != "content-type":
                     self.send_header(name, value)
             self.end_headers()
+            if fault is not None and fault.reset_after is not None:
+                self.wfile.write(payload[: fault.reset_after])
+                self._reset()
+                return
+            if fault is not None and fault.slow_body > 0:
+                half = len(payload) // 2
+                self.wfile.write(payload[:half])
+                self.wfile.flush()
+                server._stopping.wait(fault.slow_body)
+                payload = payload[half:]
             self.wfile.write(payload)
+
+        def _reset(self) -> None:
+            # SO_LINGER 0: close() sends RST instead of FIN, as a crashing proxy would.
+            with contextlib.suppress(OSError):
+                self.wfile.flush()
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.close()
 
         def do_GET(self) -> None:
             if self.path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
@@ -337,6 +396,13 @@ def _handler_for(server: AuthorizationServer) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": "not_found"})
 
         def do_POST(self) -> None:
+            try:
+                self._token_request()
+            except (BrokenPipeError, ConnectionResetError):
+                # The client gave up first (its read timeout during a delay fault).
+                self.close_connection = True
+
+        def _token_request(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length).decode("utf-8", "replace")
             if self.path != server.token_path:
@@ -344,20 +410,30 @@ def _handler_for(server: AuthorizationServer) -> type[BaseHTTPRequestHandler]:
                 return
             with server._lock:
                 server.token_requests += 1
+                number = server.token_requests
             form = parse_qs(raw, keep_blank_values=True)
             if server.on_request is not None:
                 server.on_request(form)
             if server.latency:
                 time.sleep(server.latency)
-            fault = server._next_fault()
-            if fault is not None:
-                if fault.drop_connection:
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                self._send(fault.status, fault.body, fault.headers)
+            fault = server._next_fault(number)
+            if fault is not None and fault.delay > 0:
+                server._stopping.wait(fault.delay)
+            if fault is not None and fault.drop_connection:
+                self._record(0)
+                self.close_connection = True
+                self.connection.close()
+                return
+            if fault is not None and fault.status is not None:
+                self._record(0 if fault.reset_after is not None else fault.status)
+                self._send(fault.status, fault.body, fault.headers, fault)
                 return
             status, body = server.handle_token_request(form, self.headers.get("Authorization"))
-            self._send(status, body)
+            self._record(0 if fault is not None and fault.reset_after is not None else status)
+            self._send(status, body, {}, fault)
+
+        def _record(self, status: int) -> None:
+            with server._lock:
+                server.statuses.append(status)
 
     return Handler
