@@ -1,9 +1,11 @@
 """A small, real OAuth 2.0 authorization server for tests and the demo.
 
 It serves the client-credentials grant on loopback over real HTTP, verifies
-``private_key_jwt`` assertions (signature, ``iss``/``sub``, ``aud`` = token endpoint or
-issuer, ``exp``, replayed ``jti``) and client secrets (basic and post), and counts what
-it sees. Knobs inject latency and failures, so tests can assert counts instead of times::
+``private_key_jwt`` assertions (signature against the client's registered keys and their
+``alg``, ``iss``/``sub``, ``aud`` = token endpoint or issuer, ``exp``, ``iat``/``nbf`` not
+in the future, replayed ``jti``) and client secrets (basic and post), checks scopes, and
+counts what it sees. A refusal's ``error_description`` says which check failed. Knobs
+inject latency and failures, so tests can assert counts instead of times::
 
     with AuthorizationServer() as server:
         server.register_client("svc", jwks={"keys": [public_jwk]})
@@ -76,7 +78,9 @@ class AuthorizationServer:
     """Loopback authorization server; see the module docstring.
 
     ``expires_in`` sets the token lifetime; ``latency`` delays every token response;
-    ``faults`` queues :class:`Fault` answers; ``token_requests`` and ``issued`` count.
+    ``leeway`` is the clock tolerance (seconds) for ``exp``, ``iat`` and ``nbf``;
+    ``faults`` queues :class:`Fault` answers; ``token_requests``, ``issued`` and
+    ``refusals`` record what happened.
     """
 
     def __init__(
@@ -87,21 +91,24 @@ class AuthorizationServer:
         expires_in: float = 3600,
         latency: float = 0.0,
         token_path: str = "/token",  # noqa: S107 - a URL path
+        leeway: float = 5.0,
     ) -> None:
         self.expires_in = expires_in
+        self.leeway = leeway
         self.latency = latency
         self.token_path = token_path
         self.clients: dict[str, RegisteredClient] = {}
         self.faults: list[Fault] = []
         self.token_requests = 0
         self.issued: list[str] = []
+        self.refusals: list[str] = []  # "error: error_description" of each refused request
         self.on_request: Callable[[dict[str, list[str]]], None] | None = None
         self.fault_policy: Callable[[int], Fault | None] | None = None
         self.clock_offset = 0.0
         self.statuses: list[int] = []  # per token request: the status sent, 0 if none was
         self._stopping = threading.Event()
         self._handler = _handler_for(self)
-        self._seen_jti: dict[str, float] = {}
+        self._seen_jti: dict[tuple[str, str], float] = {}  # (client, jti) -> exp
         self._lock = threading.Lock()
         self._httpd = self._listen((host, port))
         self._thread: threading.Thread | None = None
@@ -128,18 +135,7 @@ class AuthorizationServer:
                 "client_secret_basic",
                 "client_secret_post",
             ],
-            "token_endpoint_auth_signing_alg_values_supported": [
-                "RS256",
-                "RS384",
-                "RS512",
-                "PS256",
-                "PS384",
-                "PS512",
-                "ES256",
-                "ES384",
-                "ES512",
-                "EdDSA",
-            ],
+            "token_endpoint_auth_signing_alg_values_supported": sorted(_ASYMMETRIC_ALGS),
         }
 
     # -- configuration ------------------------------------------------------------------
@@ -230,7 +226,14 @@ class AuthorizationServer:
         self, form: dict[str, list[str]], authorization: str | None
     ) -> tuple[int, dict[str, Any]]:
         """Decide one token request: (status, JSON body)."""
+        status, body = self._decide(form, authorization)
+        if status >= 400:
+            error, description = body.get("error"), body.get("error_description")
+            with self._lock:
+                self.refusals.append(f"{error}: {description}" if description else str(error))
+        return status, body
 
+    def _decide(self, form: dict[str, list[str]], authorization: str | None) -> tuple[int, dict[str, Any]]:
         def one(name: str) -> str | None:
             values = form.get(name)
             if values is None:
@@ -244,7 +247,11 @@ class AuthorizationServer:
             return client
         requested = frozenset((one("scope") or "").split())
         if client.scopes is not None and not requested <= client.scopes:
-            return 400, {"error": "invalid_scope", "error_description": "requested scope is not allowed"}
+            refused = " ".join(sorted(requested - client.scopes))
+            return 400, {
+                "error": "invalid_scope",
+                "error_description": f"client {_shown(client.client_id)} may not request: {refused}",
+            }
         token = "at_" + secrets.token_urlsafe(24)
         with self._lock:
             self.issued.append(token)
@@ -259,69 +266,122 @@ class AuthorizationServer:
         authorization: str | None,
         one: Callable[[str], str | None],
     ) -> RegisteredClient | tuple[int, dict[str, Any]]:
-        invalid = (401, {"error": "invalid_client"})
+        def invalid(reason: str) -> tuple[int, dict[str, Any]]:
+            # The reason names what failed, never the secret or the assertion.
+            return 401, {"error": "invalid_client", "error_description": reason}
+
         if authorization and authorization.lower().startswith("basic "):
             try:
                 decoded = base64.b64decode(authorization[6:], validate=True).decode()
                 raw_id, _, raw_secret = decoded.partition(":")
                 client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
             except ValueError:
-                return invalid
-            return self._check_secret(client_id, secret) or invalid
-        if one("client_assertion_type") == CLIENT_ASSERTION_TYPE:
-            return self._check_assertion(one("client_assertion") or "", one("client_id")) or invalid
-        post_id, post_secret = one("client_id"), one("client_secret")
-        if post_id and post_secret:
-            return self._check_secret(post_id, post_secret) or invalid
-        return invalid
+                return invalid("malformed Basic authorization header")
+            checked = self._check_secret(client_id, secret)
+        elif one("client_assertion_type") == CLIENT_ASSERTION_TYPE:
+            checked = self._check_assertion(one("client_assertion") or "", one("client_id"))
+        elif one("client_id") and one("client_secret"):
+            checked = self._check_secret(one("client_id") or "", one("client_secret") or "")
+        else:
+            return invalid("no client authentication")
+        return invalid(checked) if isinstance(checked, str) else checked
 
-    def _check_secret(self, client_id: str, secret: str) -> RegisteredClient | None:
+    def _check_secret(self, client_id: str, secret: str) -> RegisteredClient | str:
         client = self.clients.get(client_id)
-        if client is None or client.client_secret is None:
-            return None
+        if client is None:
+            return f"unknown client {_shown(client_id)}"
+        if client.client_secret is None:
+            return f"client {_shown(client_id)} has no client secret registered"
         if not hmac.compare_digest(client.client_secret.encode(), secret.encode()):
-            return None
+            return f"wrong client secret for client {_shown(client_id)}"
         return client
 
-    def _check_assertion(self, assertion: str, form_client_id: str | None) -> RegisteredClient | None:
+    def _check_assertion(self, assertion: str, form_client_id: str | None) -> RegisteredClient | str:
         try:
             token = jws.JWS()
             token.deserialize(assertion)
             claims = json.loads(token.objects["payload"])
             header = token.jose_header
         except (JWException, ValueError, KeyError, TypeError):
-            return None
+            return "the client assertion is not a compact JWS"
         if not isinstance(claims, dict):
-            return None
-        client = self.clients.get(str(claims.get("iss")))
-        if client is None or client.jwks is None or claims.get("sub") != client.client_id:
-            return None
+            return "the client assertion's claims are not a JSON object"
+        iss = claims.get("iss")
+        client = self.clients.get(iss) if isinstance(iss, str) else None
+        if client is None:
+            return f"iss {_shown(iss)} is not a registered client"
+        if claims.get("sub") != client.client_id:
+            return "sub must equal iss"
         if form_client_id is not None and form_client_id != client.client_id:
-            return None
-        keys = jwk.JWKSet.from_json(json.dumps(client.jwks))
-        candidates = [k for k in keys if header.get("kid") in (None, k.get("kid"))] or list(keys)
-        for key in candidates:
+            return "client_id does not match the assertion's iss"
+        if client.jwks is None:
+            return f"client {_shown(client.client_id)} has no registered keys"
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in _ASYMMETRIC_ALGS:
+            return f"alg {_shown(alg)} is not an asymmetric JWS algorithm"
+        keys = list(jwk.JWKSet.from_json(json.dumps(client.jwks)))
+        candidates = [k for k in keys if kid in (None, k.get("kid"))] or keys
+        usable = [k for k in candidates if k.get("alg") in (None, alg)]
+        if not usable:
+            registered = sorted({str(k.get("alg")) for k in candidates})
+            return (
+                f"client {_shown(client.client_id)}'s keys are registered for "
+                f"{', '.join(registered)}, not {alg}"
+            )
+        for key in usable:
             try:
-                token.verify(key, alg=header.get("alg"))
+                token.verify(key, alg=alg)
                 break
             except (JWException, ValueError, TypeError):
                 continue
         else:
-            return None
+            return (
+                f"the signature does not verify with client {_shown(client.client_id)}'s registered keys "
+                f"(assertion kid {_shown(kid)}, registered kids "
+                f"{', '.join(_shown(k.get('kid')) for k in keys)})"
+            )
         now = time.time()
+        leeway = self.leeway
         aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]
-        if not ({self.token_endpoint, self.issuer} & set(a for a in auds if isinstance(a, str))):
-            return None
-        exp, jti = claims.get("exp"), claims.get("jti")
-        if not isinstance(exp, int | float) or exp < now - 5 or not isinstance(jti, str) or not jti:
-            return None
+        if not ({self.token_endpoint, self.issuer} & {a for a in auds if isinstance(a, str)}):
+            return f"aud must be the token endpoint {self.token_endpoint} or the issuer {self.issuer}"
+        exp = _number(claims.get("exp"))
+        if exp is None:
+            return "exp is missing or not a number"
+        if exp < now - leeway:
+            return "the client assertion has expired (exp)"
+        for name in ("iat", "nbf"):  # optional in RFC 7523, checked when present
+            if name in claims:
+                value = _number(claims[name])
+                if value is None or value > now + leeway:
+                    return f"{name} is not a number or is in the future"
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            return "jti is missing"
         with self._lock:
-            self._seen_jti = {j: e for j, e in self._seen_jti.items() if e >= now - 5}
-            if jti in self._seen_jti:
-                return None  # replay
-            self._seen_jti[jti] = float(exp)
+            self._seen_jti = {j: e for j, e in self._seen_jti.items() if e >= now - leeway}
+            if (client.client_id, jti) in self._seen_jti:
+                return "jti has been used before (a replayed assertion)"
+            self._seen_jti[(client.client_id, jti)] = exp
         return client
+
+
+_ASYMMETRIC_ALGS = frozenset(
+    ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _shown(value: object) -> str:
+    """A claim or id as shown in an error description: quoted and cut short."""
+    text = repr(value)
+    return text if len(text) <= 66 else text[:63] + "..."
 
 
 def _handler_for(server: AuthorizationServer) -> type[BaseHTTPRequestHandler]:

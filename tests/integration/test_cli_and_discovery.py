@@ -24,6 +24,7 @@ import anyio
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from keyless_m2m import (
     ConfigurationError,
@@ -495,6 +496,42 @@ def test_cli_doctor_wrong_client_id(server: AuthorizationServer, tmp_path: Path)
     fix = next(line for line in out.splitlines() if "fix:" in line)
     assert "client 'nobody'" in fix and "keyless-m2m jwks" in fix
     assert out.splitlines()[-1] == "doctor: 1 of 7 checks failed"
+
+
+def test_cli_doctor_wrong_key(server: AuthorizationServer, tmp_path: Path) -> None:
+    # "svc" is registered with the session's P-256 key; this signer holds another one.
+    other = tmp_path / "other.pem"
+    other.write_bytes(pem_of(ec.generate_private_key(ec.SECP256R1())))
+    result = cli("doctor", env=env_for(server, tmp_path, KEYLESS_M2M_SIGNER=other.as_uri()))
+    assert result.returncode == 3
+    lines = result.stdout.splitlines()
+    for name in ("signer reachable", "sign + verify", "method and alg"):  # the key itself is fine
+        assert any(line.startswith("PASS") and name in line for line in lines), result.stdout
+    failed = next(line for line in lines if line.startswith("FAIL"))
+    assert failed.startswith("FAIL  token obtained") and "InvalidClientError" in failed
+    # the server's own reason, passed through
+    assert "the signature does not verify with client 'svc''s registered keys" in failed
+    description = LocalSigner.from_pem_file(other)._description
+    assert description is not None
+    kid = description.key_id
+    fix = next(line for line in lines if "fix:" in line)
+    assert f"registered JWKS holds this key (kid {kid!r}" in fix
+    assert f"keyless-m2m jwks {other.as_uri()}" in fix
+    assert lines[-1] == "doctor: 1 of 7 checks failed"
+    assert server.issued == []
+
+
+def test_cli_doctor_alg_the_key_is_not_registered_for(tmp_path: Path) -> None:
+    with AuthorizationServer() as srv:
+        srv.register_client("svc", public_jwk=jwk_of("rsa", "RS256"))
+        env = {**env_for(srv, tmp_path, KEYLESS_M2M_SIGNER=key_uri(tmp_path, "rsa")), "KEYLESS_M2M_SCOPE": ""}
+        assert cli("doctor", env=env).returncode == 0
+        result = cli("doctor", "--algorithm", "PS256", env=env)  # the right key, another alg
+        assert result.returncode == 3
+        assert "PASS  method and alg" in result.stdout  # the server supports PS256 in general...
+        assert "keys are registered for RS256, not PS256" in result.stdout  # ...not for this client
+        assert "is registered for PS256" in result.stdout  # the fix names what to check
+        assert len(srv.issued) == 1
 
 
 def test_cli_doctor_unsupported_alg(tmp_path: Path) -> None:
