@@ -56,7 +56,8 @@ class TokenStats:
     signed; ``failures``: token fetches (flights) that ended in an error; ``waits``: callers
     that had to wait for a flight; ``refreshes``: flights started (cold, background or
     after invalidation); ``served_stale``: calls answered with a still-valid token while a
-    refresh was failing.
+    refresh was failing; ``shared_hits``: fetches answered by the shared token cache
+    (another manager or process had fetched the token).
     """
 
     requests: int = 0
@@ -65,6 +66,7 @@ class TokenStats:
     waits: int = 0
     refreshes: int = 0
     served_stale: int = 0
+    shared_hits: int = 0
 
 
 def is_loopback_url(url: str) -> bool:

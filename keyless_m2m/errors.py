@@ -19,6 +19,9 @@ Every exception the library raises on purpose derives from :class:`KeylessM2MErr
     │   ├── TemporarilyUnavailableError temporarily_unavailable  (retryable)
     │   └── ServerError                 server_error (retryable)
     ├── DiscoveryError                  authorization server metadata is missing or wrong
+    ├── CacheError                      the shared token cache (Redis) failed
+    │   ├── CacheUnavailableError       it cannot be reached in time (retryable)
+    │   └── CacheDecryptionError        an entry cannot be decrypted (wrong or retired key)
     └── ManagerClosedError              a token manager was used after ``aclose()``
 
 Messages never contain a client secret, a client assertion, an access token or key
@@ -30,6 +33,9 @@ chain is cut and only the provider's error code is kept.
 from __future__ import annotations
 
 __all__ = [
+    "CacheDecryptionError",
+    "CacheError",
+    "CacheUnavailableError",
     "ConfigurationError",
     "DiscoveryError",
     "InvalidClientError",
@@ -184,6 +190,22 @@ class ServerError(TokenRequestError):
 
 class DiscoveryError(KeylessM2MError):
     """Authorization server metadata could not be fetched or does not fit the client."""
+
+
+class CacheError(KeylessM2MError):
+    """The shared token cache failed. The token manager never lets this reach callers: it
+    falls back to fetching tokens itself (see ``docs/scaling.md``)."""
+
+
+class CacheUnavailableError(CacheError):
+    """The shared cache did not answer within its timeout, or is known to be down."""
+
+    retryable = True
+
+
+class CacheDecryptionError(CacheError):
+    """A cached entry cannot be decrypted or authenticated with any configured key; the
+    entry is treated as a miss."""
 
 
 class ManagerClosedError(KeylessM2MError):

@@ -15,14 +15,20 @@ Semantics (each is a test on asyncio and trio):
   served (with a warning logged);
 - cancellation: a cancelled waiter never cancels the flight; a cancelled leader never
   strands the others;
-- ``invalidate(token)`` drops the entry only if it still holds that token.
+- ``invalidate(token)`` drops the entry only if it still holds that token;
+- shared tier: with ``cache=`` (a :class:`~keyless_m2m.cache.TokenCache`), a fetch first
+  reads the shared cache, then takes its lease, so managers in many processes make one
+  token request per refresh between them; a broken cache only costs the sharing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from time import monotonic
@@ -34,10 +40,11 @@ from anyio.abc import TaskGroup
 
 from .client_auth import ClientAuth
 from .endpoint import TokenEndpoint, TokenStats
-from .errors import ConfigurationError, KeylessM2MError, ManagerClosedError, SigningError
+from .errors import CacheError, ConfigurationError, KeylessM2MError, ManagerClosedError, SigningError
 from .token import AccessToken
 
 if TYPE_CHECKING:
+    from .cache import TokenCache
     from .integrations.httpx import BearerFlow
 
 __all__ = ["TokenManager", "TokenStats"]
@@ -63,7 +70,17 @@ class _Flight:
 
 
 class _Entry:
-    __slots__ = ("current", "error", "failures", "flight", "key", "retry_at", "scope")
+    __slots__ = (
+        "current",
+        "error",
+        "failures",
+        "flight",
+        "key",
+        "rejected",
+        "retry_at",
+        "scope",
+        "shared_key",
+    )
 
     def __init__(self, key: EntryKey) -> None:
         self.key = key
@@ -75,6 +92,10 @@ class _Entry:
         self.error: KeylessM2MError | None = None
         self.retry_at = -math.inf
         self.failures = 0
+        # The shared cache's name for this entry (computed on first use) and the last
+        # token invalidated here, which must not come back from the shared cache.
+        self.shared_key: str | None = None
+        self.rejected: AccessToken | None = None
 
 
 def _fresh_copy(error: KeylessM2MError) -> KeylessM2MError:
@@ -131,7 +152,15 @@ class TokenManager:
     ``expires_in`` says (default: a tenth of its lifetime, at most 10 s);
     ``failure_backoff`` / ``max_failure_backoff`` — after a failed fetch, new fetches for
     that entry wait 1 s, 2 s, 4 s ... up to 60 s (jittered). ``max_entries`` bounds the
-    cache (128). Other keyword options go to :class:`~keyless_m2m.endpoint.TokenEndpoint`
+    cache (128).
+
+    Sharing: ``cache`` — a :class:`~keyless_m2m.cache.TokenCache`
+    (:class:`~keyless_m2m.cache.RedisTokenCache` across processes,
+    :class:`~keyless_m2m.cache.MemoryTokenCache` across managers in one process) read
+    before every fetch; ``cache_lock_ttl`` — the lease a fetching manager holds on it
+    (10 s; a holder that dies releases it by expiry); ``cache_wait`` — how long a
+    manager waits for another's fetch before fetching itself (default twice the lease).
+    Other keyword options go to :class:`~keyless_m2m.endpoint.TokenEndpoint`
     (``http_client``, ``timeout``, ``verify``, ``max_attempts``, ``deadline``,
     ``allow_insecure_http``, ``default_expires_in``...).
     """
@@ -151,6 +180,9 @@ class TokenManager:
         failure_backoff: float = 1.0,
         max_failure_backoff: float = 60.0,
         max_entries: int = 128,
+        cache: TokenCache | None = None,
+        cache_lock_ttl: float = 10.0,
+        cache_wait: float | None = None,
         **endpoint_options: Any,
     ) -> None:
         self.stats = TokenStats()
@@ -167,6 +199,11 @@ class TokenManager:
         for name, value in (("refresh_window", refresh_window), ("expiry_leeway", expiry_leeway)):
             if value is not None and not (value >= 0):
                 raise ConfigurationError(f"{name} must be a non-negative number of seconds")
+        if not (cache_lock_ttl > 0) or (cache_wait is not None and not (cache_wait >= 0)):
+            raise ConfigurationError("cache_lock_ttl must be positive and cache_wait non-negative")
+        self.cache = cache
+        self.cache_lock_ttl = cache_lock_ttl
+        self.cache_wait = 2 * cache_lock_ttl if cache_wait is None else cache_wait
         self.endpoint = endpoint
         self.refresh_window = refresh_window
         self.expiry_leeway = expiry_leeway
@@ -361,14 +398,8 @@ class TokenManager:
             await self._run_flight(entry, flight)
 
     async def _run_flight(self, entry: _Entry, flight: _Flight) -> None:
-        started = monotonic()
         try:
-            token = await self.endpoint.request(
-                scope=entry.scope,
-                resource=entry.key[1],
-                audience=entry.key[2],
-                extra_params=self._extra_params,
-            )
+            token, issued = await self._obtain(entry)
         except KeylessM2MError as exc:
             self._failed(entry, flight, exc)
         except anyio.get_cancelled_exc_class():
@@ -381,20 +412,113 @@ class TokenManager:
             error.__cause__ = exc
             self._failed(entry, flight, error)
         else:
-            self._store(entry, token, started)
+            self._store(entry, token, issued)
             flight.token = token
         finally:
             if entry.flight is flight:
                 entry.flight = None
             flight.done.set()
 
-    def _store(self, entry: _Entry, token: AccessToken, started: float) -> None:
-        lifetime = token.expires_in
+    async def _request(self, entry: _Entry) -> tuple[AccessToken, float]:
+        """One fetch at the token endpoint: the token and when (monotonic) it was issued."""
+        started = monotonic()
+        token = await self.endpoint.request(
+            scope=entry.scope,
+            resource=entry.key[1],
+            audience=entry.key[2],
+            extra_params=self._extra_params,
+        )
+        return token, started
+
+    async def _obtain(self, entry: _Entry) -> tuple[AccessToken, float]:
+        cache = self.cache
+        if cache is None:
+            return await self._request(entry)
+        try:
+            return await self._obtain_shared(cache, entry)
+        except CacheError as exc:
+            # The cache is only an optimisation: fetch here (the cache logs its outages).
+            logger.debug("shared token cache not used for this fetch: %s", exc)
+            return await self._request(entry)
+
+    async def _obtain_shared(self, cache: TokenCache, entry: _Entry) -> tuple[AccessToken, float]:
+        """Read the shared cache; else take its lease, fetch, write, release; else wait for
+        whoever holds the lease (bounded by ``cache_wait``, then fetch here)."""
+        key = entry.shared_key or self._shared_key(entry)
+        give_up = monotonic() + self.cache_wait
+        while True:
+            adopted = self._adopt(entry, await cache.get(key))
+            if adopted is not None:
+                return adopted
+            fence = await cache.acquire(key, ttl=self.cache_lock_ttl)
+            if fence is not None:
+                break
+            remaining = give_up - monotonic()
+            if remaining <= 0:
+                logger.warning(
+                    "waited %.1f s for another process's token fetch; fetching here", self.cache_wait
+                )
+                return await self._request(entry)
+            await cache.wait(key, max_wait=remaining)
+        try:
+            # Someone may have written between our read and our lease.
+            adopted = self._adopt(entry, await cache.get(key))
+            if adopted is not None:
+                return adopted
+            token, issued = await self._request(entry)
+            ttl = issued + self._deadlines(token.expires_in)[1] - monotonic()
+            try:
+                if not await cache.put(key, token, fence=fence, ttl=ttl):
+                    logger.debug("a newer fetch already stored a token in the shared cache")
+            except CacheError as exc:
+                logger.debug("could not store the token in the shared cache: %s", exc)
+            return token, issued
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await cache.release(key, fence)
+                except CacheError as exc:  # the lease runs out by itself
+                    logger.debug("could not release the shared cache lease: %s", exc)
+
+    def _adopt(self, entry: _Entry, token: AccessToken | None) -> tuple[AccessToken, float] | None:
+        """A token from the shared cache, with its issue time on our monotonic clock, when it
+        is outside its refresh window (else it is what we are here to replace)."""
+        if token is None or (entry.rejected is not None and token == entry.rejected):
+            return None
+        now_wall = time.time()
+        age = max(0.0, now_wall - (token.expires_at.timestamp() - token.expires_in))
+        refresh_after, _ = self._deadlines(token.expires_in)
+        if age >= refresh_after:
+            return None
+        self.stats.shared_hits += 1
+        return token, monotonic() - age
+
+    def _shared_key(self, entry: _Entry) -> str:
+        scope, resources, audience = entry.key
+        identity = json.dumps(
+            [
+                self.endpoint.url,
+                getattr(self.endpoint.client_auth, "client_id", None),
+                sorted(scope),
+                list(resources),
+                audience,
+                sorted(self._extra_params.items()),
+            ]
+        )
+        entry.shared_key = hashlib.sha256(identity.encode()).hexdigest()[:40]
+        return entry.shared_key
+
+    def _deadlines(self, lifetime: float) -> tuple[float, float]:
+        """Seconds after issue when a token enters its refresh window, and when it stops
+        being usable."""
         leeway = self.expiry_leeway if self.expiry_leeway is not None else min(10.0, lifetime / 10)
-        usable_until = started + max(0.0, lifetime - leeway)
+        usable = max(0.0, lifetime - leeway)
         window = self.refresh_window if self.refresh_window is not None else min(300.0, lifetime / 4)
-        refresh_at = min(usable_until, max(started, usable_until - window))
-        entry.current = (token, refresh_at, usable_until)
+        return min(usable, max(0.0, usable - window)), usable
+
+    def _store(self, entry: _Entry, token: AccessToken, issued: float) -> None:
+        refresh_after, usable = self._deadlines(token.expires_in)
+        entry.current = (token, issued + refresh_after, issued + usable)
         entry.error = None
         entry.failures = 0
         entry.retry_at = -math.inf
@@ -440,6 +564,7 @@ class TokenManager:
         for entry in self._entries.values():
             if entry.current[0] is token or (entry.current[0] is not None and entry.current[0] == token):
                 entry.current = _NO_TOKEN
+                entry.rejected = token
                 return True
         return False
 
