@@ -103,6 +103,10 @@ def choose_algorithm(
                 raise ConfigurationError(f"key {key}: the key allows no JWS signing algorithm")
             name = fits[0]
         return ALGORITHMS[name]
+    if not isinstance(requested, str):  # e.g. a JWK whose "alg" member is not a string
+        raise ConfigurationError(
+            f"key {key}: the JWS algorithm must be a string, not {type(requested).__name__}"
+        )
     alg = ALGORITHMS.get(requested)
     if alg is None:
         raise ConfigurationError(f"unknown JWS algorithm {requested!r}; known: {', '.join(ALGORITHMS)}")

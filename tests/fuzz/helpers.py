@@ -1,0 +1,43 @@
+"""What every fuzz property checks: only typed errors, no secret anywhere in them."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import anyio
+
+from keyless_m2m import KeylessM2MError
+
+T = TypeVar("T")
+
+
+def texts_of(exc: BaseException) -> str:
+    """The exception's message, repr, attributes and traceback, chain included."""
+    parts = ["".join(traceback.format_exception(exc))]
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts += [str(current), repr(current), repr(getattr(current, "__dict__", {}))]
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+def assert_clean(exc: BaseException, secrets: Iterable[str]) -> None:
+    assert isinstance(exc, KeylessM2MError), f"untyped {type(exc).__name__}: {exc!r}"
+    haystack = texts_of(exc)
+    for secret in secrets:
+        assert secret not in haystack, f"secret {secret[:6]}... in {type(exc).__name__}"
+
+
+def run_bounded(fn: Callable[[], Awaitable[T]], *, seconds: float = 10.0, backend: str = "asyncio") -> T:
+    """Run ``fn`` on a fresh event loop; a hang is a failure (``TimeoutError``)."""
+
+    async def bounded() -> Any:
+        with anyio.fail_after(seconds):
+            return await fn()
+
+    result: T = anyio.run(bounded, backend=backend)
+    return result

@@ -1,0 +1,215 @@
+"""Fuzz what KMS backends answer: signatures of the wrong length, DER garbage, broken
+encodings. Through the JOSE helpers every backend uses, and through the AWS (botocore
+``Stubber``), GCP (a stand-in client with real proto messages) and Vault (a fake hvac
+client) signers. Property: a signature of exactly the JWS size for the algorithm, or a
+``SigningError`` that names the key and carries no credential."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keyless_m2m import SigningError
+from keyless_m2m._jose import ALGORITHMS, check_signature_length, der_to_raw
+from tests.conftest import make_key
+from tests.fuzz.helpers import assert_clean, run_bounded
+
+SIZES = {"ES256": 32, "ES384": 48, "ES512": 66}
+fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+der_like = st.one_of(
+    st.binary(max_size=160),
+    # structurally valid DER with out-of-range, zero, negative or huge integers
+    st.builds(
+        encode_dss_signature,
+        st.integers(min_value=0, max_value=2**600),
+        st.integers(min_value=0, max_value=2**600),
+    ),
+    st.builds(
+        lambda b, cut: encode_dss_signature(2**255 + 1, 2**255 + 3)[:cut] + b,
+        st.binary(max_size=4),
+        st.integers(0, 72),
+    ),
+    st.just(b"\x30\x80" + b"\x02\x01\x01" * 2 + b"\x00\x00"),  # indefinite length
+)
+
+
+def _expected_length(alg: str) -> int | None:
+    a = ALGORITHMS[alg]
+    if a.family == "EC":
+        return 2 * a.coordinate_size
+    if a.family == "OKP":
+        return 64
+    return None
+
+
+@given(der_like, st.sampled_from(sorted(SIZES)))
+def test_der_to_raw(der: bytes, alg: str) -> None:
+    try:
+        raw = der_to_raw(der, SIZES[alg])
+    except SigningError as exc:
+        assert_clean(exc, [])
+    else:
+        assert len(raw) == 2 * SIZES[alg]
+        assert raw[: SIZES[alg]] != bytes(SIZES[alg]) and raw[SIZES[alg] :] != bytes(SIZES[alg])
+
+
+@given(st.binary(max_size=700), st.sampled_from(sorted(ALGORITHMS)))
+def test_check_signature_length(signature: bytes, alg: str) -> None:
+    expected = _expected_length(alg)
+    try:
+        assert check_signature_length(ALGORITHMS[alg], signature, key="k") == signature
+    except SigningError as exc:
+        assert "k" in str(exc) and exc.key == "k"  # noqa: PT017 - either outcome is allowed
+        assert expected is None or len(signature) != expected
+    else:
+        assert len(signature) == expected if expected is not None else len(signature) >= 256
+
+
+# -- AWS KMS: answers from botocore's Stubber on a real boto3 client ------------------------------
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[tuple[Any, Any]]:
+    pytest.importorskip("boto3", reason="the aws extra is not installed")
+    from tests.unit import test_aws_signer as t
+
+    kms = t.boto3.session.Session().client(
+        "kms",
+        region_name=t.REGION,
+        aws_access_key_id=t.ACCESS_KEY_ID,
+        aws_secret_access_key=t.SECRET_ACCESS_KEY,
+    )
+    yield t, kms  # one real client for every example, a fresh Stubber for each
+    kms.close()
+
+
+@fixture_ok
+@given(st.one_of(der_like, st.binary(max_size=600)), st.sampled_from(["p256", "p384", "rsa"]))
+def test_aws_kms_signatures(aws: tuple[Any, Any], signature: bytes, kind: str) -> None:
+    from botocore.stub import Stubber
+
+    from keyless_m2m.signers import AwsKmsSigner
+
+    alg = {"p256": "ES256", "p384": "ES384", "rsa": "RS256"}[kind]
+    t, kms = aws
+    with Stubber(kms) as stub:
+        t.expect_describe(stub, kind)
+        stub.add_response(
+            "sign", {"KeyId": t.KEY_ARN, "Signature": signature, "SigningAlgorithm": t.KMS_ALG[alg]}
+        )
+        signer = AwsKmsSigner(t.KEY_ARN, client=kms, algorithm=alg)
+
+        async def sign() -> bytes:
+            await signer.describe()
+            return await signer.sign(b"header.claims")
+
+        try:
+            raw = run_bounded(sign)
+        except SigningError as exc:
+            assert_clean(exc, [t.ACCESS_KEY_ID, t.SECRET_ACCESS_KEY])
+        else:
+            expected = _expected_length(alg)
+            assert len(raw) == expected if expected is not None else len(raw) >= 256
+        run_bounded(signer.aclose)
+
+
+# -- GCP KMS: a stand-in client returning real proto-plus messages --------------------------------
+
+
+@pytest.fixture(scope="module")
+def gcp() -> Any:
+    pytest.importorskip("google.cloud.kms_v1", reason="the gcp extra is not installed")
+    from tests.unit import test_gcp_signer as t
+
+    return t
+
+
+@fixture_ok
+@given(der_like, st.sampled_from(["good", "bad", "missing"]), st.booleans())
+def test_gcp_kms_signatures(gcp: Any, signature: bytes, crc: str, verified: bool) -> None:
+    from keyless_m2m.signers import GcpKmsSigner
+
+    class Fuzzed(gcp.StubClient):  # type: ignore[misc, name-defined]
+        def asymmetric_sign(self, *, request: Any, **kwargs: Any) -> Any:
+            value = gcp.google_crc32c.value(signature)
+            return gcp.kms_v1.AsymmetricSignResponse(
+                signature=signature,
+                signature_crc32c={"good": value, "bad": (value + 1) % 2**32, "missing": None}[crc],
+                verified_digest_crc32c=verified,
+                name=self.name,
+            )
+
+    signer = GcpKmsSigner(
+        gcp.NAME, client=Fuzzed(make_key("p256"), "EC_SIGN_P256_SHA256"), max_attempts=2, backoff=0
+    )
+
+    async def sign() -> bytes:
+        await signer.describe()
+        return await signer.sign(b"header.claims")
+
+    try:
+        raw = run_bounded(sign)
+    except SigningError as exc:
+        assert_clean(exc, [])
+        assert exc.key == signer.key_name  # noqa: PT017 - either outcome is allowed
+    else:
+        assert len(raw) == 64 and crc == "good" and verified
+    run_bounded(signer.aclose)
+
+
+# -- Vault transit: a fake hvac client answering with fuzzed signature strings --------------------
+
+
+@pytest.fixture(scope="module")
+def vault() -> Any:
+    pytest.importorskip("hvac", reason="the vault extra is not installed")
+    from tests.unit import test_vault_signer as t
+
+    return t
+
+
+vault_signatures = st.one_of(
+    st.text(max_size=120),
+    st.builds(
+        lambda v, b: f"vault:v{v}:{b}",
+        st.integers(-2, 5),
+        st.binary(max_size=140).map(lambda x: base64.urlsafe_b64encode(x).decode()),
+    ),
+    st.builds(lambda b: f"vault:v1:{b}", st.text(max_size=100)),
+    st.integers(),
+    st.none(),
+)
+
+
+@fixture_ok
+@given(
+    vault_signatures, st.sampled_from([("ecdsa-p256", "ES256"), ("ed25519", "EdDSA"), ("rsa-2048", "PS256")])
+)
+def test_vault_transit_signatures(vault: Any, signature: Any, case: tuple[str, str]) -> None:
+    from keyless_m2m.signers.vault import VaultTransitSigner
+
+    client = vault.FakeClient()
+    key_type, alg = case
+    client.transit.add(key_type, key_type, make_key(vault.KEY_FOR_TYPE[key_type]))
+    client.transit.response_patch = {"signature": signature}
+    signer = VaultTransitSigner(key_type, client=client, algorithm=alg)
+
+    async def sign() -> bytes:
+        await signer.describe()
+        return await signer.sign(b"header.claims")
+
+    try:
+        raw = run_bounded(sign)
+    except SigningError as exc:
+        assert_clean(exc, [vault.TOKEN])
+    else:
+        expected = _expected_length(alg)
+        assert len(raw) == expected if expected is not None else len(raw) >= 256
+    run_bounded(signer.aclose)
