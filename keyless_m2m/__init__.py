@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from .client_auth import ClientAuth, ClientSecretBasic, ClientSecretPost, PrivateKeyJWT
 from .errors import (
+    CacheDecryptionError,
+    CacheError,
+    CacheUnavailableError,
     ConfigurationError,
     DiscoveryError,
     InvalidClientError,
@@ -36,6 +39,9 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AccessToken",
+    "CacheDecryptionError",
+    "CacheError",
+    "CacheUnavailableError",
     "ClientAuth",
     "ClientSecretBasic",
     "ClientSecretPost",

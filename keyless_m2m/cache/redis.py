@@ -414,8 +414,10 @@ class RedisTokenCache:
                         partial(function, *args), limiter=self._limiter, abandon_on_cancel=True
                     )
         except self._redis_module.ResponseError as exc:
-            # NOPERM, NOSCRIPT, OOM...: keep the error code, not the rest of the text.
-            code = str(exc).split(" ", 1)[0][:40]
+            # NOPERM, OOM, READONLY...: keep the error's name, not the rest of its text.
+            code = type(exc).__name__
+            if type(exc) is self._redis_module.ResponseError:
+                code = str(exc).split(" ", 1)[0][:40]
             raise self._availability.failed(f"Redis answered {code}") from None
         except (TimeoutError, OSError, self._redis_module.RedisError) as exc:
             raise self._availability.failed(type(exc).__name__) from None

@@ -428,3 +428,38 @@ async def test_lease_holder_killed_mid_refresh(
         workers.stop()
     assert result["errors"] == [] and len(result["tokens"]) == 1
     assert auth_server.token_requests == 2  # the dead holder's, then the other's after the TTL
+
+
+# -- the documented least-privilege ACL is enough -------------------------------------------
+
+
+def _documented_acl(namespace: str, password: str) -> list[str]:
+    text = (ROOT / "docs" / "scaling.md").read_text()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("ACL SETUSER keyless-m2m")]
+    words = line.replace("payments-api", namespace).replace("REPLACE_WITH_A_PASSWORD", password).split()
+    return words[2:]  # after "ACL SETUSER": the user name and its rules
+
+
+async def test_least_privilege_acl_from_the_docs_is_enough(
+    redis_server: RedisServer, namespace: str, auth_server: AuthorizationServer
+) -> None:
+    password = uuid.uuid4().hex
+    rules = _documented_acl(namespace, password)
+    async with RedisTokenCache(redis_server.url) as admin:
+        await admin._call("execute_command", "ACL", "SETUSER", *rules)
+    try:
+        url = f"redis://{rules[0]}:{password}@127.0.0.1:{redis_server.port}/0"
+        async with (
+            RedisTokenCache(url, namespace=namespace) as cache_a,
+            RedisTokenCache(url, namespace=namespace) as cache_b,
+            _manager(auth_server, cache_a) as a,
+            _manager(auth_server, cache_b) as b,
+        ):
+            assert await a.get_token() == await b.get_token()
+            assert b.stats.shared_hits == 1
+            # ...and that user cannot touch anything outside the namespace.
+            with pytest.raises(CacheUnavailableError, match="NoPermissionError"):
+                await cache_a._call("get", "other-namespace:key")
+    finally:
+        async with RedisTokenCache(redis_server.url) as admin:
+            await admin._call("execute_command", "ACL", "DELUSER", rules[0])
