@@ -463,3 +463,47 @@ async def test_least_privilege_acl_from_the_docs_is_enough(
     finally:
         async with RedisTokenCache(redis_server.url) as admin:
             await admin._call("execute_command", "ACL", "DELUSER", rules[0])
+
+
+# -- blocking code --------------------------------------------------------------------------
+
+
+def test_sync_manager_shares_through_a_blocking_redis_client(
+    redis_server: RedisServer, namespace: str, auth_server: AuthorizationServer
+) -> None:
+    import threading
+
+    import redis as redis_py
+
+    from keyless_m2m import SyncTokenManager
+
+    client = redis_py.Redis.from_url(redis_server.url)
+    results: list[str] = []
+    try:
+        options: dict[str, Any] = {"scope": "pockets.read"}
+        with (
+            SyncTokenManager(
+                auth_server.token_endpoint,
+                ClientSecretBasic(CLIENT_ID, SECRET),
+                cache=RedisTokenCache(client, namespace=namespace),
+                **options,
+            ) as one,
+            SyncTokenManager(
+                auth_server.token_endpoint,
+                ClientSecretBasic(CLIENT_ID, SECRET),
+                cache=RedisTokenCache(client, namespace=namespace),
+                **options,
+            ) as other,
+        ):
+            threads = [
+                threading.Thread(target=lambda m=m: results.append(m.get_token().value))
+                for m in [one, other] * 16
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+        assert len(results) == 32 and len(set(results)) == 1
+        assert auth_server.token_requests == 1
+    finally:
+        client.close()
