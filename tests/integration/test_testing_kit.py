@@ -188,3 +188,17 @@ def test_the_plugin_loads_the_kit_only_when_used(pytester: pytest.Pytester) -> N
     result = pytester.run(sys.executable, "-c", code)
     assert result.ret == 0, result.stderr.str()
     assert result.outlines[-1] == "[]"
+
+
+@anyio_test
+async def test_a_retryable_signing_error_is_retried_with_a_fresh_assertion(
+    server: AuthorizationServer,
+) -> None:
+    # The example in docs/testing.md ("An in-memory signer").
+    signer = InMemorySigner("PS256", latency=0.05)
+    server.register_client("svc", jwks=signer.jwks)
+    signer.fail_next(SigningError("KMS throttled", retryable=True))
+    async with TokenManager(server.token_endpoint, PrivateKeyJWT("svc", signer), backoff=0.01) as tokens:
+        token = await tokens.get_token()
+    assert (signer.sign_calls, signer.signatures) == (2, 1)
+    assert token.value == server.issued[0] and server.token_requests == 1
