@@ -1,7 +1,7 @@
-"""Sessions: tests (3.11-3.13), lint, typecheck, docs, demo, bench.
+"""Sessions: tests (3.11-3.13), lint, typecheck, docs, soak_ci, demo, bench, fuzz, soak, faults.
 
 ``python3 -m nox`` runs the default sessions (what CI runs): tests on every Python, lint,
-typecheck and docs. Every session installs what it needs itself.
+typecheck, docs and a 60 s soak. Every session installs what it needs itself.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs", "soak_ci"]
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
@@ -72,6 +72,34 @@ def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks against Authlib and httpx-auth (not part of CI)."""
     session.install("-e", ".[all]", *_group("bench"), "trio")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python="3.11")
+def fuzz(session: nox.Session) -> None:
+    """The fuzz properties with 3,000 examples each (the suite runs 60); not in CI."""
+    session.install("-e", ".[all]", *_group("test"))
+    session.run("pytest", "tests/fuzz", *session.posargs, env={"KEYLESS_M2M_FUZZ": "long"})
+
+
+@nox.session(python="3.11")
+def soak(session: nox.Session) -> None:
+    """2,000 tasks for 5 minutes against 5 s tokens and 5 % token-endpoint failures; not in CI."""
+    session.install("-e", ".", "psutil", "trio")
+    session.run("python", "-m", "benchmarks.soak", *(session.posargs or ["--duration", "300"]))
+
+
+@nox.session(python="3.11")
+def soak_ci(session: nox.Session) -> None:
+    """The soak for 60 s, once (not per Python): part of the default sessions."""
+    session.install("-e", ".", "psutil")
+    session.run("python", "-m", "benchmarks.soak", "--duration", "60")
+
+
+@nox.session(python="3.11")
+def faults(session: nox.Session) -> None:
+    """Print the fault-injection table of docs/reliability.md."""
+    session.install("-e", ".", "trio")
+    session.run("python", "-m", "benchmarks.faults", *session.posargs)
 
 
 if os.environ.get("CI"):

@@ -1,0 +1,246 @@
+"""KMS faults seen through a ``TokenManager``: the cached token is served while it is valid.
+
+The per-backend files test each fault's error mapping on the signer itself; this file
+adds what they cannot show: a manager holding a valid token keeps serving it while the KMS
+throttles, times out, loses the permission or has the key disabled, a manager with no
+token gets the typed ``SigningError``, retries are bounded, and service comes back by
+itself once the fault ends. Doubles: moto in process (faults injected at botocore's
+``before-send`` hook, since moto neither throttles nor checks IAM), the GCP gRPC fake and
+the Azure HTTPS fake.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from keyless_m2m import PrivateKeyJWT, SigningError, TokenManager
+from keyless_m2m.signers import Signer
+from keyless_m2m.testing.authorization_server import AuthorizationServer
+from tests.conftest import make_key
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+ATTEMPTS = 2  # the token endpoint's max_attempts for a retryable SigningError
+
+
+@dataclass
+class Backend:
+    """A signer and switches for its double's faults; ``calls()`` counts sign calls seen."""
+
+    signer: Signer
+    inject: Callable[[str], None]
+    heal: Callable[[], None]
+    calls: Callable[[], int]
+
+
+async def _served_while_kms_fails(backend: Backend, fault: str, retryable: bool) -> None:
+    with AuthorizationServer(expires_in=3600) as server:
+        server.register_client("svc", public_jwk=(await backend.signer.describe()).public_jwk)
+        options: dict[str, Any] = {
+            "max_attempts": ATTEMPTS,
+            "backoff": 0.0,
+            "failure_backoff": 0.01,
+            "max_failure_backoff": 0.02,
+        }
+        # refresh_window = the lifetime: every call after the first refreshes in the background
+        async with TokenManager(
+            server.token_endpoint, PrivateKeyJWT("svc", backend.signer), refresh_window=3600, **options
+        ) as warm:
+            first = await warm.get_token()
+            backend.inject(fault)
+            with anyio.fail_after(20):
+                while warm.stats.failures < 1 or warm.stats.served_stale < 1:
+                    assert await warm.get_token() is first  # the KMS fails, callers don't
+                    await anyio.sleep(0.005)
+            assert server.token_requests == 1  # signing fails before any token request
+
+            # a manager without a token sees the typed error, after bounded tries
+            cold = TokenManager(server.token_endpoint, PrivateKeyJWT("svc", backend.signer), **options)
+            before = backend.calls()
+            with pytest.raises(SigningError) as info:
+                await cold.get_token()
+            await cold.aclose()
+            assert info.value.retryable is retryable
+            tries = backend.calls() - before
+            assert 1 <= tries <= (ATTEMPTS * 4 if retryable else 1)  # endpoint x SDK retries
+            assert server.token_requests == 1
+
+            backend.heal()
+            with anyio.fail_after(20):
+                while (await warm.get_token()).value == first.value:
+                    await anyio.sleep(0.005)
+            assert warm.stats.served_stale > 0
+
+
+# -- AWS KMS: moto in process, faults at botocore's before-send hook ------------------------------
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[Backend]:
+    boto3 = pytest.importorskip("boto3", reason="the aws extra is not installed")
+    moto = pytest.importorskip("moto")
+    from botocore.awsrequest import AWSResponse
+
+    from keyless_m2m.signers import AwsKmsSigner
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "absent"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "absent"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with moto.mock_aws():
+        from botocore.config import Config
+
+        # no SDK retries here (its throttling backoff is up to seconds): the endpoint retries
+        config = Config(retries={"mode": "standard", "max_attempts": 1})
+        client = boto3.client("kms", region_name="us-east-1", config=config)
+        key = client.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+        state: dict[str, Any] = {"fault": None, "calls": 0}
+        answers = {
+            "throttling": (400, "ThrottlingException"),
+            "timeout": (503, "KMSInternalException"),
+            "revoked": (400, "AccessDeniedException"),
+            "disabled": (400, "DisabledException"),
+        }
+
+        class _Raw:
+            def __init__(self, body: bytes) -> None:
+                self.body = body
+
+            def stream(self, **kwargs: Any) -> Iterator[bytes]:
+                yield self.body
+
+        def before_send(request: Any, **kwargs: Any) -> Any:
+            if b"TrentService.Sign" not in str(request.headers.get("X-Amz-Target", "")).encode():
+                return None
+            state["calls"] += 1
+            if state["fault"] is None:
+                return None
+            status, code = answers[state["fault"]]
+            body = json.dumps({"__type": code, "message": "injected"}).encode()
+            return AWSResponse(
+                request.url, status, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body)
+            )
+
+        client.meta.events.register("before-send.kms.Sign", before_send)
+        signer = AwsKmsSigner(key, client=client)
+
+        def inject(fault: str) -> None:
+            state["fault"] = fault
+
+        def heal() -> None:
+            state["fault"] = None
+
+        yield Backend(signer, inject, heal, lambda: int(state["calls"]))
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "retryable"), [("throttling", True), ("timeout", True), ("revoked", False), ("disabled", False)]
+)
+async def test_aws_kms_faults(aws: Backend, fault: str, retryable: bool) -> None:
+    await _served_while_kms_fails(aws, fault, retryable)
+
+
+# -- GCP KMS: the gRPC fake -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gcp_fake() -> Iterator[Any]:
+    pytest.importorskip("google.cloud.kms_v1", reason="the gcp extra is not installed")
+    from keyless_m2m.testing.gcp_kms import FakeCloudKms
+
+    kms = FakeCloudKms()
+    kms.add_key("faults", "EC_SIGN_P256_SHA256", private_key=make_key("p256"))
+    kms.start()
+    yield kms
+    kms.stop()
+
+
+@pytest.fixture
+async def gcp(gcp_fake: Any) -> AsyncIterator[Backend]:
+    name = f"{gcp_fake.key_ring_name}/cryptoKeys/faults/cryptoKeyVersions/1"
+    gcp_fake.reset_faults()
+    gcp_fake.allow(name)
+    gcp_fake.set_state(name, "ENABLED")
+    signer = gcp_fake.signer(name, backoff=0.0, max_attempts=2)
+
+    def inject(fault: str) -> None:
+        if fault == "throttling":
+            gcp_fake.fail_next("RESOURCE_EXHAUSTED", times=10_000, method="AsymmetricSign")
+        elif fault == "timeout":
+            gcp_fake.fail_next("DEADLINE_EXCEEDED", times=10_000, method="AsymmetricSign")
+        elif fault == "revoked":
+            gcp_fake.deny(name)
+        else:
+            gcp_fake.set_state(name, "DISABLED")
+
+    def heal() -> None:
+        gcp_fake.reset_faults()
+        gcp_fake.allow(name)
+        gcp_fake.set_state(name, "ENABLED")
+
+    def calls() -> int:
+        return int(gcp_fake.calls["AsymmetricSign"])
+
+    yield Backend(signer, inject, heal, calls)
+    heal()
+    await signer.aclose()
+
+
+@pytest.mark.parametrize(
+    ("fault", "retryable"), [("throttling", True), ("timeout", True), ("revoked", False), ("disabled", False)]
+)
+async def test_gcp_kms_faults(gcp: Backend, fault: str, retryable: bool) -> None:
+    await _served_while_kms_fails(gcp, fault, retryable)
+
+
+# -- Azure Key Vault: the HTTPS fake --------------------------------------------------------------
+
+
+@pytest.fixture
+async def azure() -> AsyncIterator[Backend]:
+    pytest.importorskip("azure.keyvault.keys", reason="the azure extra is not installed")
+    from keyless_m2m.testing.azure_key_vault import FakeKeyVault
+
+    with FakeKeyVault() as vault:
+        vault.add_key("faults", make_key("p256"))
+        signer = vault.signer("faults", retry_total=1, retry_backoff_factor=0.0)
+        state = {"fault": ""}
+
+        def inject(fault: str) -> None:
+            state["fault"] = fault
+            if fault == "disabled":
+                vault.set_enabled("faults", False)
+            else:
+                status = {"throttling": 429, "timeout": 0, "revoked": 403}[fault]
+                vault.fail_next(
+                    10_000, status=status, operation="sign", retry_after=0.0 if status == 429 else None
+                )
+
+        def heal() -> None:
+            vault.clear_faults()
+            vault.set_enabled("faults", True)
+
+        def calls() -> int:
+            return sum(1 for r in vault.requests if r.operation == "sign")
+
+        yield Backend(signer, inject, heal, calls)
+        await signer.aclose()
+
+
+@pytest.mark.parametrize(
+    ("fault", "retryable"), [("throttling", True), ("timeout", True), ("revoked", False), ("disabled", False)]
+)
+async def test_azure_key_vault_faults(azure: Backend, fault: str, retryable: bool) -> None:
+    await _served_while_kms_fails(azure, fault, retryable)
