@@ -407,9 +407,14 @@ class TokenManager:
                 flight.error = ManagerClosedError("the TokenManager was closed during a token fetch")
             raise
         except Exception as exc:
-            # A user-supplied signer or client auth raised something of its own.
-            error = SigningError(f"client authentication failed: {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
+            # A user-supplied signer or client auth raised something of its own. Its text
+            # and traceback may hold anything (a key, a vault token): keep only its type.
+            # A signer that raises a KeylessM2MError subclass chooses its own message.
+            error = SigningError(
+                f"client authentication failed: the signer or client auth raised {type(exc).__name__} "
+                "(its message is not shown: it may hold secrets; raise a KeylessM2MError to choose one)"
+            )
+            error.__suppress_context__ = True
             self._failed(entry, flight, error)
         else:
             self._store(entry, token, issued)

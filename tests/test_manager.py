@@ -26,6 +26,7 @@ from keyless_m2m import (
     TokenManager,
     TransportError,
 )
+from keyless_m2m.errors import SigningError
 from keyless_m2m.signers import KeyDescription, LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
 from tests.conftest import make_key, pem_of
@@ -552,3 +553,32 @@ async def test_invalid_response_is_never_cached(server: AuthorizationServer, sig
         await anyio.sleep(0.02)
         after = await tokens.get_token(scope="a")
         assert after.value and after != good
+
+
+class LeakySigner(CountingSigner):
+    """A user's own signer whose exception text carries a secret."""
+
+    async def sign(self, signing_input: bytes) -> bytes:
+        raise RuntimeError("vault said no to token hvs.CANARY-secret-in-exception")
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+async def test_a_user_signers_exception_text_is_not_passed_on(
+    server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    signer = LeakySigner()
+    await signer.inner.describe()
+    with caplog.at_level(logging.DEBUG):
+        async with manager(server, signer) as tokens:
+            with pytest.raises(SigningError, match="RuntimeError") as caught:
+                await tokens.get_token()
+    texts = [f"{e!s} {e!r}" for e in _chain(caught.value)]
+    texts += [r.getMessage() for r in caplog.records]
+    assert texts and not any("CANARY" in t for t in texts)
