@@ -293,6 +293,9 @@ class GcpKmsSigner(CachedDescriptionSigner):
                 "a Cloud KMS signer URI looks like "
                 "gcpkms://projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/N"
             )
+        if "@" in rest.lstrip("/").split("/", 1)[0]:
+            # user:password@ has no meaning here; refused before the name is echoed anywhere.
+            raise ConfigurationError("gcpkms URIs must not carry credentials")
         return cls(rest.lstrip("/"), **options)
 
     # -- clients ---------------------------------------------------------------------------

@@ -204,6 +204,11 @@ class VaultTransitSigner(CachedDescriptionSigner):
         ``url=``/``token=``/``client=``; ``algorithm=`` and ``key_id=`` go through too.
         """
         parts = urlsplit(uri)
+        if "@" in parts.netloc:
+            # A token pasted into the URI must not come back in this or any later message.
+            raise ConfigurationError(
+                "hashivault URIs must not carry credentials: set VAULT_TOKEN or pass token="
+            )
         name = unquote(parts.netloc or parts.path.strip("/"))
         if parts.scheme != "hashivault" or not name or (parts.netloc and parts.path.strip("/")):
             raise ConfigurationError(
@@ -212,7 +217,8 @@ class VaultTransitSigner(CachedDescriptionSigner):
         try:
             query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
         except ValueError:
-            raise ConfigurationError(f"cannot parse the query of {uri!r}") from None
+            # Not echoed: the query may hold a token pasted there by mistake.
+            raise ConfigurationError("cannot parse the hashivault URI's query") from None
         unknown = set(query) - {"mount", "version"}
         if unknown:
             raise ConfigurationError(
@@ -226,7 +232,7 @@ class VaultTransitSigner(CachedDescriptionSigner):
             if "key_version" in options:
                 raise ConfigurationError("the version is given both in the URI and as key_version=")
             if not re.fullmatch(r"[0-9]+", query["version"]):
-                raise ConfigurationError(f"version must be a positive integer, got {query['version']!r}")
+                raise ConfigurationError("the hashivault URI's version must be a positive integer")
             options["key_version"] = int(query["version"])
         return cls(name, **options)
 
