@@ -387,6 +387,9 @@ def _shown(value: object) -> str:
 def _handler_for(server: AuthorizationServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes; with Nagle on, the body waits for the
+        # client's delayed ACK (~40 ms on Linux) on every kept-alive response.
+        disable_nagle_algorithm = True
 
         def setup(self) -> None:
             super().setup()
