@@ -10,12 +10,10 @@ is a strict xfail, so it starts failing the day moto behaves like AWS.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +32,7 @@ from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenMa
 from keyless_m2m.signers import AwsKmsSigner, signer_from_uri
 from tests.conftest import missing_server, verify_jws
 from tests.contract import SignerContract, sign_jws
+from tests.processes import stop_process
 
 # Skip (not error) in a test environment without the aws extra.
 boto3 = pytest.importorskip("boto3", reason="the aws extra (boto3) is not installed")
@@ -87,15 +86,7 @@ def _answers_http(port: int) -> bool:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+    stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import shutil
 import ssl
 import subprocess
@@ -22,10 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from keyless_m2m import (
     ClientSecretPost,
@@ -36,6 +30,7 @@ from keyless_m2m import (
 )
 from keyless_m2m.endpoint import TokenEndpoint, tls_verification
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
+from keyless_m2m.testing.tls import loopback_tls
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -43,54 +38,6 @@ SECRET = "transport-secret-5f3a9c"
 
 
 # -- a loopback HTTPS token endpoint with its own throwaway CA --------------------------------
-
-
-def _ca_and_leaf(directory: Path) -> tuple[Path, Path]:
-    """(CA certificate PEM, server cert+key PEM) for 127.0.0.1."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyless-m2m test CA")])
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(leaf_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, leaf_path = directory / "ca.pem", directory / "server.pem"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    leaf_path.write_bytes(
-        leaf.public_bytes(serialization.Encoding.PEM)
-        + leaf_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return ca_path, leaf_path
 
 
 class _TokenHandler(BaseHTTPRequestHandler):
@@ -113,9 +60,8 @@ class _TokenHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def https_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    ca_path, leaf_path = _ca_and_leaf(tmp_path_factory.mktemp("tls"))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(leaf_path)
+    ca_file, context = loopback_tls(str(tmp_path_factory.mktemp("tls")))
+    ca_path = Path(ca_file)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_TokenHandler,), {"requests": 0}))
     httpd.daemon_threads = True
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)

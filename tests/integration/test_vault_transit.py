@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from keyless_m2m.signers.vault import VaultTransitSigner
 from tests.conftest import missing_server, verify_jws
 from tests.contract import SignerContract, sign_jws
 from tests.oidc_provider import harness
+from tests.processes import stop_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -86,16 +86,7 @@ def _free_port() -> int:
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop the server by its PID (its own process group, started with it)."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+    stop_process(proc, group=True, grace=15)
 
 
 @contextlib.contextmanager
