@@ -19,7 +19,18 @@ def missing_server(reason: str) -> None:
     """An integration server is missing: fail in CI (it must be installed), skip elsewhere."""
     if IN_CI:
         pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_module(name: str, reason: str | None = None) -> Any:
+    """``pytest.importorskip`` that fails under ``CI=true``: CI installs every extra and
+    every test double, so a missing one is a broken set-up, not a reason to skip."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing_server(reason or f"{name} is not installed")
 
 
 @pytest.fixture(

@@ -29,7 +29,7 @@ from keyless_m2m import (
 from keyless_m2m.errors import SigningError
 from keyless_m2m.signers import KeyDescription, LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
-from tests.conftest import make_key, pem_of
+from tests.conftest import make_key, pem_of, require_module
 
 pytestmark = pytest.mark.anyio
 FAST_RETRY = {"backoff": 0.01, "max_backoff": 0.02, "max_attempts": 2}
@@ -438,7 +438,7 @@ def test_sync_httpx_client_through_sync_manager(server: AuthorizationServer) -> 
 
 
 def test_httpx2_fork_when_installed(server: AuthorizationServer) -> None:
-    httpx2 = pytest.importorskip("httpx2")
+    httpx2 = require_module("httpx2")
     server.register_client("basic", client_secret="s3cr3t-value")
     calls: list[str] = []
 

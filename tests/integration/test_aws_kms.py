@@ -30,13 +30,13 @@ from jwcrypto import jwk as jwcrypto_jwk
 
 from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m.signers import AwsKmsSigner, signer_from_uri
-from tests.conftest import missing_server, verify_jws
+from tests.conftest import missing_server, require_module, verify_jws
 from tests.contract import SignerContract, sign_jws
 from tests.processes import stop_process
 
-# Skip (not error) in a test environment without the aws extra.
-boto3 = pytest.importorskip("boto3", reason="the aws extra (boto3) is not installed")
-Config = pytest.importorskip("botocore.config").Config
+# Skip without the aws extra, except under CI=true (CI installs it: missing is a failure).
+boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
+Config = require_module("botocore.config").Config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -22,14 +22,14 @@ from keyless_m2m.testing.azure_key_vault import (
     FakeKeyVault,
     FakeKeyVaultCredential,
 )
-from tests.conftest import ALG_KEYS, make_key, verify_jws
+from tests.conftest import ALG_KEYS, make_key, require_module, verify_jws
 from tests.contract import SignerContract, sign_jws
 from tests.integration.conftest import AuthServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
-az = pytest.importorskip("azure.core.exceptions", reason="the azure extra is not installed")
-pytest.importorskip("azure.keyvault.keys", reason="the azure extra is not installed")
-pytest.importorskip("azure.identity", reason="the azure extra is not installed")
+az = require_module("azure.core.exceptions", reason="the azure extra is not installed")
+require_module("azure.keyvault.keys", reason="the azure extra is not installed")
+require_module("azure.identity", reason="the azure extra is not installed")
 
 # Keep the SDK's own retries fast: Retry-After from the fake is 0.01 s, backoff tiny.
 FAST_RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}

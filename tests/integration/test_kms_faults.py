@@ -22,7 +22,7 @@ import pytest
 from keyless_m2m import PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m.signers import Signer
 from keyless_m2m.testing.authorization_server import AuthorizationServer
-from tests.conftest import make_key
+from tests.conftest import make_key, require_module
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -83,8 +83,8 @@ async def _served_while_kms_fails(backend: Backend, fault: str, retryable: bool)
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[Backend]:
-    boto3 = pytest.importorskip("boto3", reason="the aws extra is not installed")
-    moto = pytest.importorskip("moto")
+    boto3 = require_module("boto3", reason="the aws extra is not installed")
+    moto = require_module("moto")
     from botocore.awsrequest import AWSResponse
 
     from keyless_m2m.signers import AwsKmsSigner
@@ -157,7 +157,7 @@ async def test_aws_kms_faults(aws: Backend, fault: str, retryable: bool) -> None
 
 @pytest.fixture(scope="module")
 def gcp_fake() -> Iterator[Any]:
-    pytest.importorskip("google.cloud.kms_v1", reason="the gcp extra is not installed")
+    require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
     from keyless_m2m.testing.gcp_kms import FakeCloudKms
 
     kms = FakeCloudKms()
@@ -210,7 +210,7 @@ async def test_gcp_kms_faults(gcp: Backend, fault: str, retryable: bool) -> None
 
 @pytest.fixture
 async def azure() -> AsyncIterator[Backend]:
-    pytest.importorskip("azure.keyvault.keys", reason="the azure extra is not installed")
+    require_module("azure.keyvault.keys", reason="the azure extra is not installed")
     from keyless_m2m.testing.azure_key_vault import FakeKeyVault
 
     with FakeKeyVault() as vault:

@@ -36,7 +36,7 @@ from keyless_m2m import (
 )
 from keyless_m2m.signers import LocalSigner, Signer
 from keyless_m2m.testing.authorization_server import AuthorizationServer
-from tests.conftest import make_key, missing_server, pem_of
+from tests.conftest import make_key, missing_server, pem_of, require_module
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -212,8 +212,8 @@ async def token_flow(
 
 @pytest.fixture
 def aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
-    pytest.importorskip("boto3", reason="the aws extra is not installed")
-    pytest.importorskip("moto")
+    require_module("boto3", reason="the aws extra is not installed")
+    require_module("moto")
     credentials = {
         "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
         "AWS_SECRET_ACCESS_KEY": "canary-aws-secret-" + secrets.token_hex(12),
@@ -293,7 +293,7 @@ async def test_aws_kms(
 
 @pytest.fixture(scope="module")
 def gcp_kms() -> Iterator[Any]:
-    pytest.importorskip("google.cloud.kms_v1", reason="the gcp extra is not installed")
+    require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
     from keyless_m2m.testing.gcp_kms import FakeCloudKms
 
     kms = FakeCloudKms()
@@ -327,7 +327,7 @@ async def test_gcp_kms(canary: Canary, caplog: pytest.LogCaptureFixture, gcp_kms
 
 
 async def test_azure_key_vault(canary: Canary, caplog: pytest.LogCaptureFixture) -> None:
-    pytest.importorskip("azure.keyvault.keys", reason="the azure extra is not installed")
+    require_module("azure.keyvault.keys", reason="the azure extra is not installed")
     from keyless_m2m.testing.azure_key_vault import AsyncFakeKeyVaultCredential, FakeKeyVault
 
     bearer = "canary-azure-bearer-" + secrets.token_urlsafe(18)
@@ -364,7 +364,7 @@ async def test_azure_key_vault(canary: Canary, caplog: pytest.LogCaptureFixture)
 
 @pytest.fixture(scope="module")
 def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    pytest.importorskip("hvac", reason="the vault extra is not installed")
+    require_module("hvac", reason="the vault extra is not installed")
     from tests.integration.test_vault_transit import running_server
 
     with running_server("openbao", tmp_path_factory.mktemp("openbao-canary")) as server:
@@ -434,7 +434,7 @@ class Redis:
 
 @pytest.fixture
 async def redis(canary: Canary) -> AsyncIterator[Redis]:
-    pytest.importorskip("redis", reason="the redis extra is not installed")
+    require_module("redis", reason="the redis extra is not installed")
     from keyless_m2m.cache import RedisTokenCache
     from tests.integration.redis_server import RedisServer, redis_server_binary
 

@@ -26,13 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from keyless_m2m import ConfigurationError, MissingExtraError, SigningError
 from keyless_m2m._jose import ALGORITHMS, public_jwk
 from keyless_m2m.signers import AwsKmsSigner, Signer, signer_from_uri
-from tests.conftest import ALG_KEYS, make_key, verify_jws
+from tests.conftest import ALG_KEYS, make_key, require_module, verify_jws
 from tests.contract import SignerContract, sign_jws
 
 # Skip (not error) in a test environment without the aws extra.
-boto3 = pytest.importorskip("boto3", reason="the aws extra (boto3) is not installed")
-botocore_errors = pytest.importorskip("botocore.exceptions")
-Stubber = pytest.importorskip("botocore.stub").Stubber
+boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
+botocore_errors = require_module("botocore.exceptions")
+Stubber = require_module("botocore.stub").Stubber
 
 pytestmark = pytest.mark.anyio
 

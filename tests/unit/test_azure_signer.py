@@ -10,10 +10,11 @@ from keyless_m2m import ConfigurationError, SigningError
 from keyless_m2m.signers import AzureKeyVaultSigner, signer_from_uri
 from keyless_m2m.signers.azure import map_azure_error, parse_key_vault_uri
 from keyless_m2m.testing.azure_key_vault import AsyncFakeKeyVaultCredential, FakeKeyVaultCredential
+from tests.conftest import require_module
 
-az = pytest.importorskip("azure.core.exceptions", reason="the azure extra is not installed")
-identity = pytest.importorskip("azure.identity", reason="the azure extra is not installed")
-pytest.importorskip("azure.keyvault.keys", reason="the azure extra is not installed")
+az = require_module("azure.core.exceptions", reason="the azure extra is not installed")
+identity = require_module("azure.identity", reason="the azure extra is not installed")
+require_module("azure.keyvault.keys", reason="the azure extra is not installed")
 
 VERSION = "0123456789abcdef0123456789abcdef"
 

@@ -13,12 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from keyless_m2m.errors import ConfigurationError, SigningError
 from keyless_m2m.signers import GcpKmsSigner, signer_from_uri
 from keyless_m2m.signers.gcp import GCP_TO_JWS, jws_algorithm_for, parse_key_version_name
-from tests.conftest import make_key, verify_jws
+from tests.conftest import make_key, require_module, verify_jws
 from tests.contract import sign_jws
 
-kms_v1 = pytest.importorskip("google.cloud.kms_v1", reason="the gcp extra is not installed")
-google_crc32c = pytest.importorskip("google_crc32c")
-core_exceptions = pytest.importorskip("google.api_core.exceptions")
+kms_v1 = require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
+google_crc32c = require_module("google_crc32c")
+core_exceptions = require_module("google.api_core.exceptions")
 
 NAME = "projects/my-proj/locations/europe-west1/keyRings/m2m/cryptoKeys/assertions/cryptoKeyVersions/3"
 CRYPTO_KEY = NAME.rsplit("/cryptoKeyVersions/", 1)[0]
