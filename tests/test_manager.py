@@ -582,3 +582,16 @@ async def test_a_user_signers_exception_text_is_not_passed_on(
     texts = [f"{e!s} {e!r}" for e in _chain(caught.value)]
     texts += [r.getMessage() for r in caplog.records]
     assert texts and not any("CANARY" in t for t in texts)
+
+
+def test_auth_of_the_wrong_kind_of_manager_is_a_clear_type_error(server: AuthorizationServer) -> None:
+    server.register_client("basic", client_secret="s3cr3t-value")
+    tokens = TokenManager(server.token_endpoint, ClientSecretBasic("basic", "s3cr3t-value"))
+    with httpx.Client(auth=tokens.auth(), transport=httpx.MockTransport(Api())) as http:
+        with pytest.raises(TypeError, match="SyncTokenManager"):
+            http.get("https://api.example/")
+    with SyncTokenManager(server.token_endpoint, ClientSecretBasic("basic", "s3cr3t-value")) as sync:
+        flow = sync.auth().async_auth_flow(httpx.Request("GET", "https://api.example/"))
+        with pytest.raises(TypeError, match=r"TokenManager\.auth"):
+            anyio.run(flow.__anext__)
+    assert server.token_requests == 0
