@@ -11,7 +11,6 @@ the Azure HTTPS fake.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from keyless_m2m import PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m.signers import Signer
 from keyless_m2m.testing.authorization_server import AuthorizationServer
+from tests.aws_faults import KmsSignFaults
 from tests.conftest import make_key, require_module
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -85,7 +85,6 @@ async def _served_while_kms_fails(backend: Backend, fault: str, retryable: bool)
 def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[Backend]:
     boto3 = require_module("boto3", reason="the aws extra is not installed")
     moto = require_module("moto")
-    from botocore.awsrequest import AWSResponse
 
     from keyless_m2m.signers import AwsKmsSigner
 
@@ -105,43 +104,23 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[Backend]:
         config = Config(retries={"mode": "standard", "max_attempts": 1})
         client = boto3.client("kms", region_name="us-east-1", config=config)
         key = client.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
-        state: dict[str, Any] = {"fault": None, "calls": 0}
+        faults = KmsSignFaults()
         answers = {
             "throttling": (400, "ThrottlingException"),
             "timeout": (503, "KMSInternalException"),
             "revoked": (400, "AccessDeniedException"),
             "disabled": (400, "DisabledException"),
         }
-
-        class _Raw:
-            def __init__(self, body: bytes) -> None:
-                self.body = body
-
-            def stream(self, **kwargs: Any) -> Iterator[bytes]:
-                yield self.body
-
-        def before_send(request: Any, **kwargs: Any) -> Any:
-            if b"TrentService.Sign" not in str(request.headers.get("X-Amz-Target", "")).encode():
-                return None
-            state["calls"] += 1
-            if state["fault"] is None:
-                return None
-            status, code = answers[state["fault"]]
-            body = json.dumps({"__type": code, "message": "injected"}).encode()
-            return AWSResponse(
-                request.url, status, {"Content-Type": "application/x-amz-json-1.1"}, _Raw(body)
-            )
-
-        client.meta.events.register("before-send.kms.Sign", before_send)
+        faults.install(client)
         signer = AwsKmsSigner(key, client=client)
 
         def inject(fault: str) -> None:
-            state["fault"] = fault
+            faults.fault = answers[fault]
 
         def heal() -> None:
-            state["fault"] = None
+            faults.fault = None
 
-        yield Backend(signer, inject, heal, lambda: int(state["calls"]))
+        yield Backend(signer, inject, heal, lambda: faults.calls)
         client.close()
 
 

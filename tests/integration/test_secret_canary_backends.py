@@ -11,7 +11,6 @@ token, AWS secret key, Redis password, cache encryption key) or private key mate
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import secrets
 import traceback
@@ -36,6 +35,7 @@ from keyless_m2m import (
 )
 from keyless_m2m.signers import LocalSigner, Signer
 from keyless_m2m.testing.authorization_server import AuthorizationServer
+from tests.aws_faults import KmsSignFaults
 from tests.conftest import make_key, missing_server, pem_of, require_module
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -236,7 +236,6 @@ async def test_aws_kms(
     canary: Canary, caplog: pytest.LogCaptureFixture, aws_credentials: dict[str, str]
 ) -> None:
     import boto3
-    from botocore.awsrequest import AWSResponse
     from botocore.config import Config
     from moto import mock_aws
 
@@ -246,24 +245,16 @@ async def test_aws_kms(
     # botocore's own DEBUG logs print the request headers, X-Amz-Security-Token included:
     # third-party logging this library cannot redact (keep botocore at INFO or above).
     canary.forbid("AWS session token", aws_credentials["AWS_SESSION_TOKEN"], except_in_logs_of="botocore")
-    state: dict[str, str | None] = {"fault": None}
-
-    class _Body:
-        def __init__(self, body: bytes) -> None:
-            self.body = body
-
-        def stream(self, **kwargs: Any) -> Iterator[bytes]:
-            yield self.body
-
-    def before_send(request: Any, **kwargs: Any) -> Any:
-        # moto checks neither IAM nor the key state on Sign: answer as AWS would.
-        if state["fault"] is None:
-            return None
-        body = json.dumps({"__type": state["fault"], "message": "injected by the canary"}).encode()
-        return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.1"}, _Body(body))
+    sign_faults = KmsSignFaults()
 
     def fault(code: str) -> tuple[Callable[[], None], Callable[[], None]]:
-        return (lambda: state.update(fault=code)), (lambda: state.update(fault=None))
+        def inject() -> None:
+            sign_faults.fault = (400, code)
+
+        def heal() -> None:
+            sign_faults.fault = None
+
+        return inject, heal
 
     with mock_aws():
         client = boto3.client(  # explicit credentials: mock_aws replaces the environment's
@@ -276,7 +267,7 @@ async def test_aws_kms(
         )
         try:
             key = client.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
-            client.meta.events.register("before-send.kms.Sign", before_send)
+            sign_faults.install(client)
             signer = AwsKmsSigner(key, client=client)
             faults = {"denied": fault("AccessDeniedException"), "disabled": fault("DisabledException")}
             try:
