@@ -3,6 +3,7 @@ processes, the lease and fencing tokens, encryption at rest, and a Redis that go
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,21 @@ def _manager(server: AuthorizationServer, cache: TokenCache, **options: Any) -> 
     )
 
 
+@contextlib.asynccontextmanager
+async def _two_processes(
+    url: str, namespace: str, server: AuthorizationServer, **cache_options: Any
+) -> AsyncIterator[tuple[TokenManager, TokenManager, RedisTokenCache]]:
+    """Two managers, each with its own RedisTokenCache, as two processes would have;
+    also yields the first one's cache."""
+    async with (
+        RedisTokenCache(url, namespace=namespace, **cache_options) as cache_a,
+        RedisTokenCache(url, namespace=namespace, **cache_options) as cache_b,
+        _manager(server, cache_a) as a,
+        _manager(server, cache_b) as b,
+    ):
+        yield a, b, cache_a
+
+
 def _token(value: str = "tok-value-a", lifetime: float = 300) -> AccessToken:
     now = datetime.now(UTC)
     return AccessToken(
@@ -86,12 +102,7 @@ def _token(value: str = "tok-value-a", lifetime: float = 300) -> AccessToken:
 async def test_two_managers_share_one_token_request(
     redis_server: RedisServer, namespace: str, auth_server: AuthorizationServer
 ) -> None:
-    async with (
-        RedisTokenCache(redis_server.url, namespace=namespace) as cache_a,
-        RedisTokenCache(redis_server.url, namespace=namespace) as cache_b,
-        _manager(auth_server, cache_a) as a,
-        _manager(auth_server, cache_b) as b,
-    ):
+    async with _two_processes(redis_server.url, namespace, auth_server) as (a, b, _):
         first = await a.get_token()
         second = await b.get_token()
         assert first == second
@@ -126,12 +137,7 @@ async def _keys(cache: RedisTokenCache, namespace: str) -> list[str]:
 async def test_invalidated_token_is_not_served_back_from_redis(
     redis_server: RedisServer, namespace: str, auth_server: AuthorizationServer
 ) -> None:
-    async with (
-        RedisTokenCache(redis_server.url, namespace=namespace) as cache_a,
-        RedisTokenCache(redis_server.url, namespace=namespace) as cache_b,
-        _manager(auth_server, cache_a) as a,
-        _manager(auth_server, cache_b) as b,
-    ):
+    async with _two_processes(redis_server.url, namespace, auth_server) as (a, b, _):
         old = await a.get_token()
         assert await b.get_token() == old
         # The API rejected the token: both managers invalidate it, one new request in all.
@@ -248,12 +254,7 @@ async def test_redis_down_falls_back_then_shares_again(
 ) -> None:
     redis = RedisServer(_binary()).start()
     try:
-        async with (
-            RedisTokenCache(redis.url, namespace=namespace, timeout=0.3) as cache_a,
-            RedisTokenCache(redis.url, namespace=namespace, timeout=0.3) as cache_b,
-            _manager(auth_server, cache_a) as a,
-            _manager(auth_server, cache_b) as b,
-        ):
+        async with _two_processes(redis.url, namespace, auth_server, timeout=0.3) as (a, b, cache_a):
             token = await a.get_token()
             redis.stop()
             with caplog.at_level(logging.DEBUG, logger="keyless_m2m"):
@@ -449,12 +450,7 @@ async def test_least_privilege_acl_from_the_docs_is_enough(
         await admin._call("execute_command", "ACL", "SETUSER", *rules)
     try:
         url = f"redis://{rules[0]}:{password}@127.0.0.1:{redis_server.port}/0"
-        async with (
-            RedisTokenCache(url, namespace=namespace) as cache_a,
-            RedisTokenCache(url, namespace=namespace) as cache_b,
-            _manager(auth_server, cache_a) as a,
-            _manager(auth_server, cache_b) as b,
-        ):
+        async with _two_processes(url, namespace, auth_server) as (a, b, cache_a):
             assert await a.get_token() == await b.get_token()
             assert b.stats.shared_hits == 1
             # ...and that user cannot touch anything outside the namespace.
