@@ -40,7 +40,9 @@ def tests(session: nox.Session) -> None:
     _install_oidc_provider(session)
     # Not PYTHONDEVMODE=0: any non-empty value turns development mode (and asyncio debug)
     # on, whose slow-callback warnings land on the CLI subprocesses' stderr.
-    session.run("pytest", *session.posargs)
+    # One pytest worker per core (pytest-xdist): each worker starts its own local servers on
+    # free loopback ports. `nox -s tests -- -n 0` runs in one process.
+    session.run("pytest", "-n", "auto", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -307,6 +307,7 @@ async def test_reads_keyspec_or_the_deprecated_field(kms: Any, stub: Any, field:
         ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", None),
         ("ML_KEM_768", "KEY_AGREEMENT", None),
     ],
+    ids=lambda value: value if isinstance(value, str) else "der" if value else "none",
 )
 async def test_key_specs_without_a_jws_algorithm_are_configuration_errors(
     kms: Any, stub: Any, spec: str, usage: str, der: bytes | None
