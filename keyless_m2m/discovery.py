@@ -36,7 +36,6 @@ from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from time import monotonic
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,7 +44,7 @@ import anyio
 import httpx
 
 from .client_auth import ClientAuth
-from .endpoint import TokenEndpoint, check_endpoint_url, tls_verification
+from .endpoint import TokenEndpoint, check_endpoint_url, parse_http_date, tls_verification
 from .errors import ConfigurationError, DiscoveryError, TransportError
 from .signers import Signer
 from .token import AccessToken
@@ -129,16 +128,9 @@ def _string_list(data: Mapping[str, Any], name: str, url: str) -> tuple[str, ...
 
 
 def _clock_skew(date_header: str | None, local: datetime) -> float | None:
-    if not date_header:
-        return None
-    try:
-        server = parsedate_to_datetime(date_header)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    server = parse_http_date(date_header) if date_header else None
     if server is None:
         return None
-    if server.tzinfo is None:
-        server = server.replace(tzinfo=UTC)
     skew = (server - local).total_seconds()
     return skew if math.isfinite(skew) else None
 

@@ -40,7 +40,14 @@ from .errors import (
 )
 from .token import AccessToken
 
-__all__ = ["TokenEndpoint", "TokenStats", "is_loopback_url", "parse_retry_after", "tls_verification"]
+__all__ = [
+    "TokenEndpoint",
+    "TokenStats",
+    "is_loopback_url",
+    "parse_http_date",
+    "parse_retry_after",
+    "tls_verification",
+]
 
 logger = logging.getLogger("keyless_m2m")
 
@@ -96,7 +103,8 @@ def check_endpoint_url(url: str, *, allow_insecure_http: bool, what: str = "toke
     return url
 
 
-def _http_date(value: str) -> datetime | None:
+def parse_http_date(value: str) -> datetime | None:
+    """An HTTP-date (``Date``, ``Retry-After``) as an aware UTC datetime, or ``None``."""
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -121,10 +129,10 @@ def parse_retry_after(
     value = value.strip()
     if value.isdigit():
         return float(min(int(value), 24 * 3600))
-    when = _http_date(value)
+    when = parse_http_date(value)
     if when is None:
         return None
-    reference = _http_date(server_date.strip()) if server_date else None
+    reference = parse_http_date(server_date.strip()) if server_date else None
     delta = (when - (reference or now or datetime.now(UTC))).total_seconds()
     return max(0.0, min(delta, 24 * 3600.0))
 

@@ -449,7 +449,7 @@ class TokenManager:
     async def _obtain_shared(self, cache: TokenCache, entry: _Entry) -> tuple[AccessToken, float]:
         """Read the shared cache; else take its lease, fetch, write, release; else wait for
         whoever holds the lease (bounded by ``cache_wait``, then fetch here)."""
-        key = entry.shared_key or self._shared_key(entry)
+        key = self._shared_key(entry)
         give_up = monotonic() + self.cache_wait
         while True:
             adopted = self._adopt(entry, await cache.get(key))
@@ -499,6 +499,10 @@ class TokenManager:
         return token, monotonic() - age
 
     def _shared_key(self, entry: _Entry) -> str:
+        """The entry's name in the shared cache (a hash: it covers the client, never a
+        secret), computed on first use."""
+        if entry.shared_key is not None:
+            return entry.shared_key
         scope, resources, audience = entry.key
         identity = json.dumps(
             [

@@ -195,8 +195,8 @@ class _Availability:
     def failed(self, reason: str) -> CacheUnavailableError:
         self.failures += 1
         backoff = min(self.max_backoff, self.first_backoff * 2 ** (self.failures - 1))
-        self.down_until = monotonic() + backoff
         now = monotonic()
+        self.down_until = now + backoff
         if self.failures == 1 or now - self._last_warning >= 60.0:
             self._last_warning = now
             logger.warning(
@@ -351,19 +351,8 @@ class RedisTokenCache:
         _, lock, _, channel = self.names(key)
         timeout = max(0.0, min(max_wait, self.poll_interval))
         client = await self._connected()
-        try:
-            with anyio.fail_after(timeout + self.timeout):
-                if self._client_is_async:
-                    await _wait_async(client, channel, lock, timeout)
-                else:
-                    await anyio.to_thread.run_sync(
-                        partial(_wait_blocking, client, channel, lock, timeout),
-                        limiter=self._limiter,
-                        abandon_on_cancel=True,
-                    )
-        except (TimeoutError, OSError, self._redis_module.RedisError) as exc:
-            raise self._availability.failed(type(exc).__name__) from None
-        self._availability.succeeded()
+        waiter = _wait_async if self._client_is_async else _wait_blocking
+        await self._bounded(partial(waiter, client, channel, lock, timeout), timeout + self.timeout)
 
     async def __aenter__(self) -> RedisTokenCache:
         return self
@@ -372,10 +361,9 @@ class RedisTokenCache:
         await self.aclose()
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is None or not self._owns_client:
-            self._client = client
+        if self._client is None or not self._owns_client:
             return
+        client, self._client = self._client, None
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
             if self._client_is_async:
                 await client.aclose()
@@ -404,14 +392,18 @@ class RedisTokenCache:
 
     async def _call(self, method: str, *args: Any) -> Any:
         client = await self._connected()
-        function: Callable[..., Any] = getattr(client, method)
+        return await self._bounded(partial(getattr(client, method), *args), self.timeout)
+
+    async def _bounded(self, call: Callable[[], Any], seconds: float) -> Any:
+        """Run ``call`` on the client (awaited, or in a worker thread for a blocking client)
+        within ``seconds``; a failure marks Redis down and becomes a CacheUnavailableError."""
         try:
-            with anyio.fail_after(self.timeout):
+            with anyio.fail_after(seconds):
                 if self._client_is_async:
-                    result = await function(*args)
+                    result = await call()
                 else:
                     result = await anyio.to_thread.run_sync(
-                        partial(function, *args), limiter=self._limiter, abandon_on_cancel=True
+                        call, limiter=self._limiter, abandon_on_cancel=True
                     )
         except self._redis_module.ResponseError as exc:
             # NOPERM, OOM, READONLY...: keep the error's name, not the rest of its text.

@@ -4,6 +4,7 @@ the lazy import of an optional SDK."""
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -66,6 +67,15 @@ def running_async_library() -> str | None:
     except RuntimeError:
         return None
     return "asyncio"
+
+
+def refuse_uri_credentials(uri: str, what: str, hint: str = "") -> None:
+    """Refuse ``user:password@`` in a signer URI's authority, before any part of the URI is
+    shown in a message: no backend takes credentials there, and one pasted by mistake
+    must not come back in this or any later error."""
+    authority = re.split(r"[/?#]", uri.partition("://")[2].lstrip("/"), maxsplit=1)[0]
+    if "@" in authority:
+        raise ConfigurationError(f"{what} must not carry credentials{hint}")
 
 
 def import_extra(module: str, extra: str) -> ModuleType:

@@ -40,7 +40,7 @@ from .._jose import (
     load_public_der,
 )
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
-from ._base import CachedDescriptionSigner, KeyDescription, import_extra
+from ._base import CachedDescriptionSigner, KeyDescription, import_extra, refuse_uri_credentials
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -267,6 +267,7 @@ class AwsKmsSigner(CachedDescriptionSigner):
         ``https://`` otherwise. ``kid=`` (or ``key_id=``, since the URI already names the
         KMS key) sets the JWS key id; other options go to the constructor.
         """
+        refuse_uri_credentials(uri, "awskms URIs")
         try:
             parts = urlsplit(uri)
             port = parts.port
@@ -279,8 +280,6 @@ class AwsKmsSigner(CachedDescriptionSigner):
             raise ConfigurationError("an AWS KMS signer URI starts with awskms://")
         if parts.query or parts.fragment:
             raise ConfigurationError("awskms URIs take no query or fragment; pass options instead")
-        if parts.username is not None or parts.password is not None:
-            raise ConfigurationError("awskms URIs must not carry credentials")
         key_id = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
         if not key_id:
             raise ConfigurationError(

@@ -25,7 +25,14 @@ import anyio.to_thread
 
 from .._jose import ALGORITHMS, Algorithm, PublicKey, choose_algorithm
 from ..errors import ConfigurationError, SigningError
-from ._base import CachedDescriptionSigner, KeyDescription, ensure_kid, import_extra, running_async_library
+from ._base import (
+    CachedDescriptionSigner,
+    KeyDescription,
+    ensure_kid,
+    import_extra,
+    refuse_uri_credentials,
+    running_async_library,
+)
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -62,6 +69,7 @@ def parse_key_vault_uri(uri: str) -> tuple[str, str, str | None]:
     """
     if not isinstance(uri, str):
         raise ConfigurationError("an Azure Key Vault key URI must be a string")
+    refuse_uri_credentials(uri.strip(), "an Azure Key Vault key URI")
     try:
         parts = urlsplit(uri.strip())
         port = parts.port
@@ -69,8 +77,6 @@ def parse_key_vault_uri(uri: str) -> tuple[str, str, str | None]:
         raise ConfigurationError("not a valid Azure Key Vault key URI") from None
     scheme = parts.scheme.lower()
     host = parts.hostname or ""
-    if parts.username is not None or parts.password is not None:
-        raise ConfigurationError("an Azure Key Vault key URI must not carry user information")
     if parts.query or parts.fragment:
         raise ConfigurationError("an Azure Key Vault key URI takes no query or fragment")
     segments = [unquote(s) for s in parts.path.split("/") if s]

@@ -34,7 +34,14 @@ from anyio.lowlevel import RunVar
 
 from .._jose import ALGORITHMS, Algorithm, der_to_raw, key_family, load_public_pem
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
-from ._base import CachedDescriptionSigner, KeyDescription, ensure_kid, import_extra, running_async_library
+from ._base import (
+    CachedDescriptionSigner,
+    KeyDescription,
+    ensure_kid,
+    import_extra,
+    refuse_uri_credentials,
+    running_async_library,
+)
 
 if TYPE_CHECKING:
     from google.api_core.client_options import ClientOptions
@@ -293,9 +300,7 @@ class GcpKmsSigner(CachedDescriptionSigner):
                 "a Cloud KMS signer URI looks like "
                 "gcpkms://projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/N"
             )
-        if "@" in rest.lstrip("/").split("/", 1)[0]:
-            # user:password@ has no meaning here; refused before the name is echoed anywhere.
-            raise ConfigurationError("gcpkms URIs must not carry credentials")
+        refuse_uri_credentials(uri, "gcpkms URIs")
         return cls(rest.lstrip("/"), **options)
 
     # -- clients ---------------------------------------------------------------------------

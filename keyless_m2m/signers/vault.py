@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from .._jose import ALGORITHMS, Algorithm, KeyFamily, PublicKey, b64url_decode, choose_algorithm, key_family
 from .._jose import load_public_pem as _load_public_pem
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
-from ._base import CachedDescriptionSigner, KeyDescription, ensure_kid, import_extra
+from ._base import CachedDescriptionSigner, KeyDescription, ensure_kid, import_extra, refuse_uri_credentials
 
 if TYPE_CHECKING:
     import hvac
@@ -203,12 +203,8 @@ class VaultTransitSigner(CachedDescriptionSigner):
         Address and token come from ``VAULT_ADDR``/``VAULT_TOKEN`` unless ``options`` give
         ``url=``/``token=``/``client=``; ``algorithm=`` and ``key_id=`` go through too.
         """
+        refuse_uri_credentials(uri, "hashivault URIs", ": set VAULT_TOKEN or pass token=")
         parts = urlsplit(uri)
-        if "@" in parts.netloc:
-            # A token pasted into the URI must not come back in this or any later message.
-            raise ConfigurationError(
-                "hashivault URIs must not carry credentials: set VAULT_TOKEN or pass token="
-            )
         name = unquote(parts.netloc or parts.path.strip("/"))
         if parts.scheme != "hashivault" or not name or (parts.netloc and parts.path.strip("/")):
             raise ConfigurationError(

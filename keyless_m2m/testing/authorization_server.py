@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, unquote_plus
 from jwcrypto import jwk, jws
 from jwcrypto.common import JWException
 
+from .._jose import ALGORITHMS
 from ..client_auth import CLIENT_ASSERTION_TYPE
 
 __all__ = ["AuthorizationServer", "Fault", "RegisteredClient"]
@@ -135,7 +136,7 @@ class AuthorizationServer:
                 "client_secret_basic",
                 "client_secret_post",
             ],
-            "token_endpoint_auth_signing_alg_values_supported": sorted(_ASYMMETRIC_ALGS),
+            "token_endpoint_auth_signing_alg_values_supported": sorted(ALGORITHMS),
         }
 
     # -- configuration ------------------------------------------------------------------
@@ -317,7 +318,7 @@ class AuthorizationServer:
         if client.jwks is None:
             return f"client {_shown(client.client_id)} has no registered keys"
         alg, kid = header.get("alg"), header.get("kid")
-        if alg not in _ASYMMETRIC_ALGS:
+        if alg not in ALGORITHMS:
             return f"alg {_shown(alg)} is not an asymmetric JWS algorithm"
         keys = list(jwk.JWKSet.from_json(json.dumps(client.jwks)))
         candidates = [k for k in keys if kid in (None, k.get("kid"))] or keys
@@ -367,9 +368,7 @@ class AuthorizationServer:
         return client
 
 
-_ASYMMETRIC_ALGS = frozenset(
-    ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
-)
+_NO_FAULT = Fault(status=None, count=None)  # the server's own answer, delivered as usual
 
 
 def _number(value: object) -> float | None:
@@ -415,7 +414,7 @@ def _handler_for(server: AuthorizationServer) -> type[BaseHTTPRequestHandler]:
             status: int,
             body: bytes | str | Mapping[str, Any],
             headers: Mapping[str, str] = {},
-            fault: Fault | None = None,
+            fault: Fault = _NO_FAULT,
         ) -> None:
             if isinstance(body, Mapping):
                 payload = json.dumps(body).encode()
@@ -431,11 +430,11 @@ def _handler_for(server: AuthorizationServer) -> type[BaseHTTPRequestHandler]:
                 if name.lower() != "content-type":
                     self.send_header(name, value)
             self.end_headers()
-            if fault is not None and fault.reset_after is not None:
+            if fault.reset_after is not None:
                 self.wfile.write(payload[: fault.reset_after])
                 self._reset()
                 return
-            if fault is not None and fault.slow_body > 0:
+            if fault.slow_body > 0:
                 half = len(payload) // 2
                 self.wfile.write(payload[:half])
                 self.wfile.flush()
@@ -479,21 +478,21 @@ def _handler_for(server: AuthorizationServer) -> type[BaseHTTPRequestHandler]:
                 server.on_request(form)
             if server.latency:
                 time.sleep(server.latency)
-            fault = server._next_fault(number)
-            if fault is not None and fault.delay > 0:
+            fault = server._next_fault(number) or _NO_FAULT
+            if fault.delay > 0:
                 server._stopping.wait(fault.delay)
-            if fault is not None and fault.drop_connection:
+            if fault.drop_connection:
                 self._record(0)
                 self.close_connection = True
                 self.connection.close()
                 return
-            if fault is not None and fault.status is not None:
-                self._record(0 if fault.reset_after is not None else fault.status)
-                self._send(fault.status, fault.body, fault.headers, fault)
-                return
-            status, body = server.handle_token_request(form, self.headers.get("Authorization"))
-            self._record(0 if fault is not None and fault.reset_after is not None else status)
-            self._send(status, body, {}, fault)
+            if fault.status is not None:
+                status, body, headers = fault.status, fault.body, fault.headers
+            else:
+                status, body = server.handle_token_request(form, self.headers.get("Authorization"))
+                headers = {}
+            self._record(0 if fault.reset_after is not None else status)
+            self._send(status, body, headers, fault)
 
         def _record(self, status: int) -> None:
             with server._lock:
