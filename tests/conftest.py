@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gc
 import os
+import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import jwt
 import pytest
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def missing_server(reason: str) -> None:
+def missing_server(reason: str) -> NoReturn:
     """An integration server is missing: fail in CI (it must be installed), skip elsewhere."""
     if IN_CI:
         pytest.fail(f"CI=true and {reason}", pytrace=False)
@@ -31,6 +32,23 @@ def require_module(name: str, reason: str | None = None) -> Any:
         return importlib.import_module(name)
     except ImportError:
         missing_server(reason or f"{name} is not installed")
+
+
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc``, its ``__cause__`` (else its ``__context__``), and so on; each one once."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def exception_texts(exc: BaseException) -> list[str]:
+    """The traceback, then the message, repr and attributes of each exception in the chain."""
+    texts = ["".join(traceback.format_exception(exc))]
+    for current in exception_chain(exc):
+        texts += [str(current), repr(current), repr(getattr(current, "__dict__", {}))]
+    return texts
 
 
 @pytest.fixture(

@@ -1,12 +1,21 @@
-"""Stopping the servers tests start: by PID, SIGTERM, a bounded wait, then SIGKILL."""
+"""The servers tests start: a free loopback port for one, and stopping it by PID
+(SIGTERM, a bounded wait, then SIGKILL)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 from typing import Any
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (free when asked; a server binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def stop_process(proc: subprocess.Popen[Any], *, group: bool = False, grace: float = 5.0) -> None:

@@ -29,7 +29,7 @@ from keyless_m2m import (
 from keyless_m2m.errors import SigningError
 from keyless_m2m.signers import KeyDescription, LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
-from tests.conftest import make_key, pem_of, require_module
+from tests.conftest import exception_chain, make_key, pem_of, require_module
 
 pytestmark = pytest.mark.anyio
 FAST_RETRY = {"backoff": 0.01, "max_backoff": 0.02, "max_attempts": 2}
@@ -562,14 +562,6 @@ class LeakySigner(CountingSigner):
         raise RuntimeError("vault said no to token hvs.CANARY-secret-in-exception")
 
 
-def _chain(exc: BaseException | None) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 async def test_a_user_signers_exception_text_is_not_passed_on(
     server: AuthorizationServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -579,7 +571,7 @@ async def test_a_user_signers_exception_text_is_not_passed_on(
         async with manager(server, signer) as tokens:
             with pytest.raises(SigningError, match="RuntimeError") as caught:
                 await tokens.get_token()
-    texts = [f"{e!s} {e!r}" for e in _chain(caught.value)]
+    texts = [f"{e!s} {e!r}" for e in exception_chain(caught.value)]
     texts += [r.getMessage() for r in caplog.records]
     assert texts and not any("CANARY" in t for t in texts)
 

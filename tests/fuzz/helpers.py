@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import anyio
 
 from keyless_m2m import KeylessM2MError
+from tests.conftest import exception_texts
 
 T = TypeVar("T")
 
 
-def texts_of(exc: BaseException) -> str:
-    """The exception's message, repr, attributes and traceback, chain included."""
-    parts = ["".join(traceback.format_exception(exc))]
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        parts += [str(current), repr(current), repr(getattr(current, "__dict__", {}))]
-        current = current.__cause__ or current.__context__
-    return "\n".join(parts)
-
-
 def assert_clean(exc: BaseException, secrets: Iterable[str]) -> None:
     assert isinstance(exc, KeylessM2MError), f"untyped {type(exc).__name__}: {exc!r}"
-    haystack = texts_of(exc)
+    haystack = "\n".join(exception_texts(exc))  # message, repr, attributes, traceback, chain
     for secret in secrets:
         assert secret not in haystack, f"secret {secret[:6]}... in {type(exc).__name__}"
 

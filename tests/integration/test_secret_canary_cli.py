@@ -22,10 +22,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keyless_m2m.errors import ConfigurationError
-from keyless_m2m.signers import LocalSigner, signer_from_uri
+from keyless_m2m.signers import signer_from_uri
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
 from tests.conftest import make_key, pem_of
-from tests.integration.test_cli_and_discovery import cli
+from tests.integration.test_cli_and_discovery import cli, jwk_of
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +33,6 @@ CLIENT_SECRET = "cli-canary-client-secret-" + secrets.token_hex(8)
 WRONG_SECRET = "cli-canary-wrong-secret-" + secrets.token_hex(8)
 VAULT_TOKEN = "hvs.cli-canary-vault-token-" + secrets.token_hex(8)
 TRUNCATED_TOKEN = "at_truncated-" + secrets.token_hex(12)
-
-
-def _jwk(key: Any) -> dict[str, Any]:
-    signer = LocalSigner(key, algorithm="ES256")
-    assert signer._description is not None
-    return dict(signer._description.public_jwk)
 
 
 class Forbidden:
@@ -125,7 +119,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Forbidden,
     servers["echo-token"] = AuthorizationServer()
     servers["truncated"] = AuthorizationServer()
     for server in servers.values():
-        server.register_client("svc", public_jwk=_jwk(key), scopes=["pockets.read"])
+        server.register_client("svc", public_jwk=jwk_of("p256", "ES256"), scopes=["pockets.read"])
         server.register_client("secret-client", client_secret=CLIENT_SECRET, scopes=["pockets.read"])
     forbidden.watch(servers["main"])
     forbidden.watch(servers["echo-error"], echo="error")
@@ -136,9 +130,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Forbidden,
         f'{{"access_token": "{TRUNCATED_TOKEN}", "token_type": "Bea',
         {"Content-Type": "application/json"},
     )
-    for server in servers.values():
-        server.start()
     try:
+        for server in servers.values():
+            server.start()
         yield forbidden, {"files": files, "servers": servers, "tmp": tmp}
     finally:
         for server in servers.values():
@@ -472,9 +466,8 @@ def test_cli_never_prints_a_secret(world: tuple[Forbidden, dict[str, Any]]) -> N
     ],
 )
 def test_signer_uri_with_a_credential_is_refused_without_echoing_it(uri: str) -> None:
+    vault_options = {"url": "http://127.0.0.1:1", "token": "t"} if uri.startswith("hashivault") else {}
     with pytest.raises(ConfigurationError) as info:
-        signer_from_uri(uri, url="http://127.0.0.1:1", token="t") if uri.startswith("hashivault") else (
-            signer_from_uri(uri)
-        )
+        signer_from_uri(uri, **vault_options)
     assert VAULT_TOKEN not in str(info.value)
     assert VAULT_TOKEN not in repr(info.value.__dict__)

@@ -21,9 +21,9 @@ import httpx
 import jwt
 import pytest
 
-from keyless_m2m.signers import LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
 from tests.conftest import ALG_KEYS, make_key, pem_of
+from tests.integration.test_cli_and_discovery import jwk_of
 
 with warnings.catch_warnings():
     # Authlib >= 1.7 prefers the httpx2 fork and warns once, at import, when it falls back
@@ -53,13 +53,6 @@ def joserfc_key(kind: str) -> Any:
     pem = pem_of(make_key(kind))
     key_class = RSAKey if kind.startswith("rsa") else OKPKey if kind == "ed25519" else ECKey
     return key_class.import_key(pem)
-
-
-def registered_jwk(kind: str, alg: str) -> dict[str, Any]:
-    """The public JWK (with kid and alg) as keyless-m2m prints it for registration."""
-    description = LocalSigner(make_key(kind), algorithm=alg)._description
-    assert description is not None
-    return dict(description.public_jwk)
 
 
 @pytest.fixture
@@ -118,7 +111,7 @@ async def test_authlib_private_key_jwt_is_accepted(
     server: AuthorizationServer, forms: list[dict[str, list[str]]], alg: str
 ) -> None:
     kind = ALG_KEYS[alg]
-    public = registered_jwk(kind, alg)
+    public = jwk_of(kind, alg)
     server.register_client("svc", public_jwk=public, scopes=["pockets.read"])
     token = await fetch(authlib_client(server, kind, alg), server, scope="pockets.read")
 
@@ -137,7 +130,7 @@ async def test_authlib_private_key_jwt_is_accepted(
 
 
 async def test_aud_may_be_the_issuer_but_not_another_url(server: AuthorizationServer) -> None:
-    server.register_client("svc", public_jwk=registered_jwk("p256", "ES256"))
+    server.register_client("svc", public_jwk=jwk_of("p256", "ES256"))
     assert await fetch(authlib_client(server, token_endpoint=server.issuer), server)
 
     elsewhere = authlib_client(server, token_endpoint="https://other.example/oauth2/token")
@@ -149,7 +142,7 @@ async def test_aud_may_be_the_issuer_but_not_another_url(server: AuthorizationSe
 
 
 async def test_replayed_jti_is_refused(server: AuthorizationServer) -> None:
-    server.register_client("svc", public_jwk=registered_jwk("p256", "ES256"))
+    server.register_client("svc", public_jwk=jwk_of("p256", "ES256"))
     same_jti = {"jti": "one-jti-for-two-assertions"}  # Authlib keeps a jti given in claims
     assert await fetch(authlib_client(server, claims=dict(same_jti)), server)
     error = await refused(authlib_client(server, claims=dict(same_jti)), server)
@@ -162,7 +155,7 @@ async def test_replayed_jti_is_refused(server: AuthorizationServer) -> None:
 async def test_a_captured_assertion_cannot_be_replayed(
     server: AuthorizationServer, forms: list[dict[str, list[str]]]
 ) -> None:
-    server.register_client("svc", public_jwk=registered_jwk("p256", "ES256"))
+    server.register_client("svc", public_jwk=jwk_of("p256", "ES256"))
     assert await fetch(authlib_client(server), server)
     form = {name: values[0] for name, values in forms[0].items()}
     async with httpx.AsyncClient() as http:
@@ -186,7 +179,7 @@ async def test_a_captured_assertion_cannot_be_replayed(
 async def test_bad_claims_are_refused(
     server: AuthorizationServer, claims: dict[str, Any], reason: str
 ) -> None:
-    server.register_client("svc", public_jwk=registered_jwk("p256", "ES256"))
+    server.register_client("svc", public_jwk=jwk_of("p256", "ES256"))
     now = int(time.time())
     # Times are offsets from now; Authlib's claims override the ones it sets itself.
     overrides = {name: now + value if isinstance(value, int) else value for name, value in claims.items()}
@@ -197,7 +190,7 @@ async def test_bad_claims_are_refused(
 
 
 async def test_within_leeway_is_accepted(server: AuthorizationServer) -> None:
-    server.register_client("svc", public_jwk=registered_jwk("p256", "ES256"))
+    server.register_client("svc", public_jwk=jwk_of("p256", "ES256"))
     now = int(time.time())
     skewed = {"iat": now + 2, "nbf": now + 2, "exp": now + 62}  # a client clock 2 s ahead
     assert await fetch(authlib_client(server, claims=skewed), server)
@@ -207,7 +200,7 @@ async def test_within_leeway_is_accepted(server: AuthorizationServer) -> None:
 
 
 async def test_an_unregistered_key_is_refused(server: AuthorizationServer) -> None:
-    registered = registered_jwk("rsa", "RS256")
+    registered = jwk_of("rsa", "RS256")
     server.register_client("svc", public_jwk=registered)
     error = await refused(authlib_client(server, "rsa-b", "RS256"), server)
     assert error.error == "invalid_client"
@@ -219,7 +212,7 @@ async def test_an_unregistered_key_is_refused(server: AuthorizationServer) -> No
 
 
 async def test_the_registered_alg_is_enforced(server: AuthorizationServer) -> None:
-    server.register_client("svc", public_jwk=registered_jwk("rsa", "RS256"))
+    server.register_client("svc", public_jwk=jwk_of("rsa", "RS256"))
     error = await refused(authlib_client(server, "rsa", "PS256"), server)  # right key, other alg
     assert error.error == "invalid_client"
     assert server.refusals == ["invalid_client: client 'svc''s keys are registered for RS256, not PS256"]
@@ -228,7 +221,7 @@ async def test_the_registered_alg_is_enforced(server: AuthorizationServer) -> No
 async def test_symmetric_algs_are_refused(server: AuthorizationServer) -> None:
     # client_secret_jwt (HS256 keyed with the secret) is not private_key_jwt: a server
     # must not verify an HMAC with key material it publishes or registers as public.
-    server.register_client("svc", public_jwk=registered_jwk("p256", "ES256"), client_secret=SECRET)
+    server.register_client("svc", public_jwk=jwk_of("p256", "ES256"), client_secret=SECRET)
     client = AsyncOAuth2Client(
         "svc", SECRET, token_endpoint_auth_method=ClientSecretJWT(server.token_endpoint, alg="HS256")
     )
@@ -277,7 +270,7 @@ async def test_client_secret_basic_and_post(
 
 
 async def test_a_client_without_a_secret_cannot_use_one(server: AuthorizationServer) -> None:
-    server.register_client("svc", public_jwk=registered_jwk("p256", "ES256"))
+    server.register_client("svc", public_jwk=jwk_of("p256", "ES256"))
     error = await refused(
         AsyncOAuth2Client("svc", SECRET, token_endpoint_auth_method="client_secret_post"), server
     )

@@ -42,14 +42,12 @@ SECRET = "transport-secret-5f3a9c"
 
 class _TokenHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    requests = 0
 
     def log_message(self, format: str, *args: Any) -> None:
         return
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        type(self).requests += 1
         body = b'{"access_token":"tls-token","token_type":"Bearer","expires_in":300}'
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -62,7 +60,7 @@ class _TokenHandler(BaseHTTPRequestHandler):
 def https_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     ca_file, context = loopback_tls(str(tmp_path_factory.mktemp("tls")))
     ca_path = Path(ca_file)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_TokenHandler,), {"requests": 0}))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _TokenHandler)
     httpd.daemon_threads = True
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

