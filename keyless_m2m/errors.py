@@ -32,6 +32,8 @@ chain is cut and only the provider's error code is kept.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CacheDecryptionError",
     "CacheError",
@@ -71,6 +73,29 @@ class KeylessM2MError(Exception):
         if retryable is not None:
             self.retryable = retryable
 
+    # Subclasses take other constructor arguments than ``args`` holds (``ServerError(code,
+    # status_code=...)``), so the default reduction, ``cls(*args)``, cannot rebuild them.
+    # Rebuild without ``__init__`` instead, then restore the attributes (as trio's
+    # ``Cancelled.__reduce__`` does); a subclass with an ``__init__`` of its own needs nothing.
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args), dict(vars(self)))
+
+    def __copy__(self) -> KeylessM2MError:
+        """The same error without its traceback: the cause and context are kept, so one
+        shared error can be raised in many tasks, each with a traceback of its own."""
+        rebuild, arguments, state = self.__reduce__()[:3]
+        clone: KeylessM2MError = rebuild(*arguments)
+        clone.__dict__.update(state)
+        clone.__cause__ = self.__cause__
+        clone.__context__ = self.__context__
+        clone.__suppress_context__ = self.__suppress_context__
+        return clone
+
+
+def _rebuild(cls: type[KeylessM2MError], args: tuple[Any, ...]) -> KeylessM2MError:
+    """An instance of ``cls`` with ``args``, not initialised (unpickling restores the rest)."""
+    return cls.__new__(cls, *args)
+
 
 class ConfigurationError(KeylessM2MError, ValueError):
     """The library was configured in a way that cannot work (never retryable)."""
@@ -86,6 +111,10 @@ class MissingExtraError(ConfigurationError, ImportError):
         )
         self.extra = extra
         self.module = module
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Through __init__: ImportError keeps ``msg`` outside ``__dict__``.
+        return (type(self), (self.extra, self.module), dict(vars(self)))
 
 
 class SigningError(KeylessM2MError):
