@@ -3,8 +3,15 @@
 :class:`TokenEndpoint` turns a client-credentials request into an
 :class:`~keyless_m2m.AccessToken` or a typed error. It retries what may succeed later
 (network errors, 5xx, 429, ``temporarily_unavailable``) with exponential backoff and
-jitter, honours ``Retry-After``, and stops at ``max_attempts`` or ``deadline``. Every
-attempt carries fresh client credentials: a new assertion, a new ``jti``.
+jitter, honours ``Retry-After``, and stops at ``max_attempts`` or ``deadline`` (one
+policy: :mod:`keyless_m2m._retry`). Every attempt carries fresh client credentials: a new
+assertion, a new ``jti``.
+
+Bounds: ``deadline`` is a cancel scope around the whole request (discovery, every
+attempt's signing and HTTP exchange, and the pauses between attempts); ``timeout`` is one
+around each HTTP exchange (connect, send, headers and body together), so a server that
+trickles a byte at a time cannot hold a request past either. Whatever the server sends,
+only a :class:`~keyless_m2m.KeylessM2MError` comes out.
 """
 
 from __future__ import annotations
@@ -14,12 +21,10 @@ import json
 import logging
 import math
 import os
-import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -28,6 +33,8 @@ from urllib.parse import urlencode, urlsplit
 import anyio
 import httpx
 
+from ._http import ACCEPT_ENCODING, BodyError, read_body, transport_failure
+from ._retry import RetryPolicy
 from .client_auth import ClientAuth
 from .errors import (
     ConfigurationError,
@@ -64,7 +71,9 @@ class TokenStats:
     that had to wait for a flight; ``refreshes``: flights started (cold, background or
     after invalidation); ``served_stale``: calls answered with a still-valid token while a
     refresh was failing; ``shared_hits``: fetches answered by the shared token cache
-    (another manager or process had fetched the token).
+    (another manager or process had fetched the token); ``evictions``: still-valid tokens
+    dropped to keep the manager within ``max_entries``; ``handovers``: flights whose
+    leader was cancelled (outside ``async with``) and that a waiter started again.
     """
 
     requests: int = 0
@@ -74,10 +83,15 @@ class TokenStats:
     refreshes: int = 0
     served_stale: int = 0
     shared_hits: int = 0
+    evictions: int = 0
+    handovers: int = 0
 
 
 def is_loopback_url(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -89,11 +103,23 @@ def is_loopback_url(url: str) -> bool:
 def check_endpoint_url(url: str, *, allow_insecure_http: bool, what: str = "token endpoint") -> str:
     if not isinstance(url, str):
         raise ConfigurationError(f"{what} must be a URL string")
-    parts = urlsplit(url)
+    if not url.isprintable() or any(ch.isspace() for ch in url):
+        raise ConfigurationError(f"{what} must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+        httpx.URL(url)  # what httpx will refuse at request time (bad IDNA, brackets, ...)
+    except (ValueError, httpx.InvalidURL) as exc:  # UnicodeError (IDNA) is a ValueError
+        raise ConfigurationError(f"{what} is not a valid URL ({type(exc).__name__}): {url!r}") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigurationError(f"{what} must be an absolute https:// URL, got {url!r}")
     if parts.fragment:
         raise ConfigurationError(f"{what} must not have a #fragment")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            f"{what} must not carry credentials (user:password@): they would show in logs and "
+            "errors; use ClientSecretBasic or ClientSecretPost"
+        )
     if parts.scheme == "http" and not allow_insecure_http and not is_loopback_url(url):
         raise ConfigurationError(
             f"refusing plain http:// for the {what} {url!r}: credentials would travel in "
@@ -127,8 +153,9 @@ def parse_retry_after(
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(min(int(value), 24 * 3600))
+    if value.isascii() and value.isdigit():  # str.isdigit() is also true for "²"
+        digits = value.lstrip("0") or "0"  # int() refuses more than 4300 digits
+        return float(min(int(digits), 24 * 3600)) if len(digits) <= 12 else 24 * 3600.0
     when = parse_http_date(value)
     if when is None:
         return None
@@ -170,6 +197,35 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(slots=True)
+class _Progress:
+    """Where a request is, for the message of a deadline or timeout that cuts it short."""
+
+    step: str = "starting"
+    attempt: int = 0
+    last_error: KeylessM2MError | None = field(default=None)
+
+
+def _number(name: str, value: Any, *, zero_ok: bool = False) -> float:
+    """A finite, positive (or zero) number of seconds, else a ``ConfigurationError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+        sign = "non-negative" if zero_ok else "positive"
+        raise ConfigurationError(f"{name} must be a finite {sign} number")
+    return number
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be an integer of at least 1, got {value!r:.40}")
+    return value
+
+
 class TokenEndpoint:
     """The token endpoint of one authorization server, for one client.
 
@@ -177,12 +233,16 @@ class TokenEndpoint:
     >>> token = await endpoint.request(scope="pockets.read")                  # doctest: +SKIP
 
     Options: ``http_client`` (an ``httpx.AsyncClient`` you own; otherwise one is created
-    with ``timeout`` and ``verify`` and closed by :meth:`aclose`), ``max_attempts`` (4),
-    ``deadline`` (30 s for all attempts and waits), ``backoff`` (first delay, 0.5 s,
-    doubling up to ``max_backoff`` 10 s, with full jitter in [50 %, 100 %]),
+    with ``timeout`` and ``verify`` and closed by :meth:`aclose`), ``timeout`` (10 s for
+    one HTTP exchange: connect, send, headers and body together; also httpx's timeout for
+    each operation of the client created here), ``max_attempts`` (4), ``deadline`` (30 s
+    for the whole :meth:`request`: discovery, signing, every attempt and the pauses between
+    them), ``backoff`` (first delay, 0.5 s, doubling up to ``max_backoff`` 10 s, with
+    jitter in [50 %, 100 %]; see :class:`~keyless_m2m._retry.RetryPolicy`),
     ``default_expires_in`` (300 s, used when the response has no ``expires_in``),
-    ``max_response_bytes`` (256 KiB), ``allow_insecure_http`` (plain http:// for a
-    non-loopback host).
+    ``max_response_bytes`` (256 KiB, decoded), ``allow_insecure_http`` (plain http:// for
+    a non-loopback host). A wrong type or value is a
+    :class:`~keyless_m2m.ConfigurationError`.
 
     Transport security: ``https://`` is required except for loopback hosts (unless
     ``allow_insecure_http=True``); TLS certificates are verified against the system CAs,
@@ -190,7 +250,8 @@ class TokenEndpoint:
     :func:`tls_verification`); redirects are never followed, even when the
     ``http_client`` you pass follows them elsewhere: a 3xx answer is an
     :class:`~keyless_m2m.InvalidTokenResponseError`, so credentials are only ever posted
-    to the configured URL.
+    to the configured URL. Only ``gzip`` and ``deflate`` (one layer) are accepted as
+    content codings, decoded with the size cap applied as they stream.
     """
 
     def __init__(
@@ -211,21 +272,25 @@ class TokenEndpoint:
         stats: TokenStats | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        if not isinstance(allow_insecure_http, bool):
+            raise ConfigurationError("allow_insecure_http must be True or False")
         self.url = check_endpoint_url(url, allow_insecure_http=allow_insecure_http)
         if not isinstance(client_auth, ClientAuth):
             raise ConfigurationError("client_auth must be PrivateKeyJWT, ClientSecretBasic, ...")
-        if max_attempts < 1:
-            raise ConfigurationError("max_attempts must be at least 1")
-        if not (default_expires_in > 0):
-            raise ConfigurationError("default_expires_in must be positive")
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise ConfigurationError("http_client must be an httpx.AsyncClient")
+        if stats is not None and not isinstance(stats, TokenStats):
+            raise ConfigurationError("stats must be a TokenStats")
+        if not callable(sleep):
+            raise ConfigurationError("sleep must be an async callable")
         self.client_auth = client_auth
-        self.max_attempts = max_attempts
-        self.deadline = deadline
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.default_expires_in = default_expires_in
-        self.max_response_bytes = max_response_bytes
-        self.timeout = timeout
+        self.max_attempts = _count("max_attempts", max_attempts)
+        self.deadline = _number("deadline", deadline)
+        self.backoff = _number("backoff", backoff, zero_ok=True)
+        self.max_backoff = _number("max_backoff", max_backoff, zero_ok=True)
+        self.default_expires_in = _number("default_expires_in", default_expires_in)
+        self.max_response_bytes = _count("max_response_bytes", max_response_bytes)
+        self.timeout = _number("timeout", timeout)
         self.verify = tls_verification(verify)
         self.stats = stats if stats is not None else TokenStats()
         self._sleep = sleep
@@ -234,6 +299,11 @@ class TokenEndpoint:
 
     def __repr__(self) -> str:
         return f"TokenEndpoint({self.url!r}, client_auth={self.client_auth!r})"
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The attempts, backoff and time budget of :meth:`request`."""
+        return RetryPolicy(self.max_attempts, self.backoff, self.max_backoff, self.deadline)
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -270,27 +340,53 @@ class TokenEndpoint:
         audience: str | None = None,
         extra_params: Mapping[str, str] | None = None,
     ) -> AccessToken:
-        """Get one token, retrying what may succeed later. Raises a ``KeylessM2MError``."""
+        """Get one token, retrying what may succeed later. Raises a ``KeylessM2MError``;
+        a request that runs past ``deadline`` raises ``TransportError(reason="deadline")``."""
         base_form = self.form_for(scope, resource, audience, extra_params)
-        give_up_at = time.monotonic() + self.deadline
+        progress = _Progress()
+        with anyio.move_on_after(self.deadline) as budget:
+            return await self._attempts(base_form, scope, progress, budget)
+        raise self._deadline_error(progress)
+
+    def _deadline_error(self, progress: _Progress) -> TransportError:
+        text = (
+            f"the token request to {self.url} did not finish within deadline={self.deadline:g}s: "
+            f"it was {progress.step}"
+        )
+        if progress.attempt:
+            text += f" (attempt {progress.attempt} of at most {self.max_attempts})"
+        if progress.last_error is not None:
+            last = progress.last_error
+            text += f"; the attempt before failed with {type(last).__name__}: {last}"
+        return TransportError(text, reason="deadline")
+
+    async def _prepare(self, progress: _Progress) -> None:
+        """What must happen before the first attempt, inside the deadline (discovery)."""
+
+    async def _attempts(
+        self,
+        base_form: list[tuple[str, str]],
+        scope: str | None,
+        progress: _Progress,
+        budget: anyio.CancelScope,
+    ) -> AccessToken:
+        await self._prepare(progress)
+        policy = self.retry_policy
         attempt = 0
         while True:
             attempt += 1
+            progress.attempt = attempt
             try:
-                return await self._attempt(base_form, scope)
+                return await self._attempt(base_form, scope, progress)
             except _Retry as retry:
                 error, retry_after = retry.error, retry.retry_after
             except SigningError as exc:
                 if not exc.retryable:
                     raise
                 error, retry_after = exc, None
-            if attempt >= self.max_attempts:
-                raise error
-            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-            delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
-            if retry_after is not None:
-                delay = max(delay, retry_after)
-            if time.monotonic() + delay > give_up_at:
+            progress.last_error = error
+            delay = policy.next_delay(attempt, retry_after, budget.deadline - anyio.current_time())
+            if delay is None:
                 raise error
             logger.info(
                 "token request to %s failed (%s), retry %d/%d in %.2fs",
@@ -300,9 +396,13 @@ class TokenEndpoint:
                 self.max_attempts - 1,
                 delay,
             )
+            progress.step = f"pausing {delay:.2f}s before the next attempt"
             await self._sleep(delay)
 
-    async def _attempt(self, base_form: list[tuple[str, str]], scope: str | None) -> AccessToken:
+    async def _attempt(
+        self, base_form: list[tuple[str, str]], scope: str | None, progress: _Progress
+    ) -> AccessToken:
+        progress.step = "waiting for client authentication (the signer)"
         prepared = await self.client_auth.prepare(self.url)
         if prepared.signed:
             self.stats.signatures += 1
@@ -314,62 +414,80 @@ class TokenEndpoint:
         started = time.monotonic()
         started_wall = datetime.now(UTC)
         logger.debug("token request to %s (%s)", self.url, self.client_auth.method)
-        try:
-            status, response_headers, body = await self._post(form, headers)
-        except httpx.TransportError as exc:
-            # Cut the chain: httpx exceptions hold the request, and its body the credentials.
-            raise _Retry(
-                TransportError(f"cannot reach the token endpoint {self.url}: {type(exc).__name__}"),
-                None,
-            ) from None
+        failure: tuple[str, str, bool] | None = None
+        with anyio.move_on_after(self.timeout) as exchange:
+            try:
+                status, response_headers, body = await self._post(form, headers, progress)
+            except Exception as exc:  # every failure of the exchange becomes typed
+                # Keep only the kind: httpx exceptions hold the request, and its body the
+                # credentials; the error is raised outside this block, so no chain either.
+                failure = transport_failure(exc, urlsplit(self.url).hostname or "")
+        if exchange.cancelled_caught:
+            error = TransportError(
+                f"no complete answer from the token endpoint {self.url} within timeout={self.timeout:g}s "
+                f"(it was {progress.step})",
+                reason="timeout",
+            )
+            raise _Retry(error, None)
+        if failure is not None:
+            reason, what, retryable = failure
+            error = TransportError(
+                f"cannot reach the token endpoint {self.url}: {what}", reason=reason, retryable=retryable
+            )
+            if not retryable:
+                raise error
+            raise _Retry(error, None)
         logger.debug("token endpoint answered HTTP %d in %.3fs", status, time.monotonic() - started)
         return self._parse(status, response_headers, body, scope, started_wall, sent)
 
     async def _post(
-        self, form: list[tuple[str, str]], headers: dict[str, str]
-    ) -> tuple[int, httpx.Headers, bytes]:
+        self, form: list[tuple[str, str]], headers: dict[str, str], progress: _Progress
+    ) -> tuple[int, httpx.Headers, bytes | BodyError]:
         client = self._client()
         content = urlencode(form).encode("ascii")
         headers["Content-Type"] = "application/x-www-form-urlencoded"
+        headers["Accept-Encoding"] = ACCEPT_ENCODING  # only codings whose output we can bound
+        progress.step = "sending the request and waiting for the response headers"
         # follow_redirects=False per request: a client given by the user may follow them,
         # and a redirected POST would carry the credentials to wherever Location points.
         async with client.stream(
             "POST", self.url, content=content, headers=headers, follow_redirects=False
         ) as response:
-            chunks: list[bytes] = []
-            size = 0
-            async with aclosing(response.aiter_bytes()) as body:  # type: ignore[type-var]
-                async for chunk in body:
-                    size += len(chunk)
-                    if size > self.max_response_bytes:
-                        break
-                    chunks.append(chunk)
-            if size > self.max_response_bytes:
-                raise InvalidTokenResponseError(
-                    f"token endpoint response exceeds {self.max_response_bytes} bytes",
-                    status_code=response.status_code,
-                )
-            return response.status_code, response.headers, b"".join(chunks)
+            progress.step = f"reading the response body (HTTP {response.status_code})"
+            try:
+                body: bytes | BodyError = await read_body(response, self.max_response_bytes)
+            except BodyError as exc:
+                body = exc
+            return response.status_code, response.headers, body
 
     def _parse(
         self,
         status: int,
         headers: httpx.Headers,
-        body: bytes,
+        body: bytes | BodyError,
         scope: str | None,
         started_wall: datetime,
         sent: list[str],
     ) -> AccessToken:
-        try:
-            data: Any = json.loads(body) if body else None
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            data = None
         retryable_status = status == 429 or status >= 500
         retry_after = (
             parse_retry_after(headers.get("retry-after"), server_date=headers.get("date"))
             if retryable_status
             else None
         )
+        if isinstance(body, BodyError):
+            refused = InvalidTokenResponseError(
+                f"token endpoint response (HTTP {status}) refused: {body}",
+                status_code=status,
+                retryable=retryable_status,
+            )
+            if retryable_status:
+                raise _Retry(refused, retry_after)
+            raise refused
+        try:
+            data: Any = json.loads(body) if body else None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            data = None
 
         if isinstance(data, dict) and "error" in data:
             error = self._oauth_error(status, data, sent)
@@ -444,12 +562,17 @@ class TokenEndpoint:
     def _expires_in(self, value: Any, bad: Callable[[str], InvalidTokenResponseError]) -> float:
         if value is None:
             return self.default_expires_in
-        if isinstance(value, str) and value.isdigit() and len(value) < 12:
-            value = int(value)  # some servers send "3600"; accept digits only
+        if isinstance(value, str):
+            # some servers send "3600"; accept ASCII digits only ("²".isdigit() is true too)
+            if not (value.isascii() and value.isdigit() and len(value) < 12):
+                raise bad("expires_in must be a number")
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad("expires_in must be a number")
-        if not math.isfinite(value) or value <= 0:
+        if isinstance(value, float) and not math.isfinite(value):  # no float(int): 10**400 overflows
+            raise bad("expires_in must be a positive number")
+        if value <= 0:
             raise bad("expires_in must be a positive number")
         if value > MAX_EXPIRES_IN:
-            raise bad(f"expires_in {value} is longer than a year")
+            raise bad("expires_in is longer than a year")
         return float(value)

@@ -23,12 +23,15 @@ Semantics (each is a test on asyncio and trio):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from time import monotonic
@@ -36,11 +39,19 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from .client_auth import ClientAuth
 from .endpoint import TokenEndpoint, TokenStats
-from .errors import CacheError, ConfigurationError, KeylessM2MError, ManagerClosedError, SigningError
+from .errors import (
+    CacheError,
+    ConfigurationError,
+    KeylessM2MError,
+    ManagerClosedError,
+    SigningError,
+    TransportError,
+)
 from .token import AccessToken
 
 if TYPE_CHECKING:
@@ -56,23 +67,31 @@ ResourceArg = str | Sequence[str] | None
 EntryKey = tuple[frozenset[str], tuple[str, ...], str | None]
 
 _NO_TOKEN: tuple[Any, float, float] = (None, -math.inf, -math.inf)
+# The endpoint enforces its deadline itself; this is the backstop around the whole fetch.
+_DEADLINE_GRACE = 1.0
 
 
 class _Flight:
-    """One token fetch, shared by everyone waiting for it."""
+    """One token fetch, shared by everyone waiting for it.
 
-    __slots__ = ("done", "error", "token")
+    ``abandoned``: its leader was cancelled before it ended (a flight run inline, outside
+    ``async with``); a waiter then starts the next one.
+    """
+
+    __slots__ = ("abandoned", "done", "error", "token")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.token: AccessToken | None = None
         self.error: KeylessM2MError | None = None
+        self.abandoned = False
 
 
 class _Entry:
     __slots__ = (
         "current",
         "error",
+        "evicted",
         "failures",
         "flight",
         "key",
@@ -96,17 +115,45 @@ class _Entry:
         # token invalidated here, which must not come back from the shared cache.
         self.shared_key: str | None = None
         self.rejected: AccessToken | None = None
+        # Dropped from the table to keep it within max_entries: whoever still holds the
+        # entry (a waiter, a lookup alias) gets a new one on its next call.
+        self.evicted = False
 
 
 def _fresh_copy(error: KeylessM2MError) -> KeylessM2MError:
     """A copy of a shared error for one waiter (raising one instance in thousands of tasks
     would grow its traceback without bound)."""
-    clone = type(error).__new__(type(error))
-    clone.__dict__.update(error.__dict__)
-    clone.args = error.args
+    clone = copy.copy(error)
     clone.__cause__ = error.__cause__
     clone.__suppress_context__ = True
     return clone
+
+
+# Every live manager, so that a forked child can mark them unusable (see _after_fork).
+_LIVE: weakref.WeakSet[TokenManager] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A manager copied into a forked child shares its parent's sockets, event-loop objects
+    # and (for SyncTokenManager) a portal thread that does not exist here: nothing in it
+    # can be used safely. Forget its tokens so the next call takes the slow path, which
+    # raises ManagerClosedError at once instead of hanging or reusing a parent's socket.
+    for manager in list(_LIVE):
+        manager._forked = True
+        for entry in manager._all_entries():
+            entry.current = _NO_TOKEN
+            entry.flight = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _seconds(value: Any, *, zero_ok: bool) -> bool:
+    """Whether ``value`` is a finite number of seconds (positive, or also zero)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and (value >= 0 if zero_ok else value > 0)
 
 
 def normalize_scope(scope: ScopeArg) -> frozenset[str]:
@@ -128,7 +175,10 @@ def _normalize_resource(resource: ResourceArg) -> tuple[str, ...]:
         return ()
     if isinstance(resource, str):
         return (resource,)
-    items = tuple(resource)
+    try:
+        items = tuple(resource)
+    except TypeError:
+        raise ConfigurationError("resource must be a URI string or a sequence of them") from None
     if not all(isinstance(r, str) and r for r in items):
         raise ConfigurationError("resource must be a URI string or a sequence of them")
     return tuple(sorted(set(items)))
@@ -193,14 +243,26 @@ class TokenManager:
         else:
             if endpoint_options:
                 raise ConfigurationError("pass endpoint options to the TokenEndpoint you give")
+            if not isinstance(endpoint, TokenEndpoint):
+                raise ConfigurationError("endpoint must be a TokenEndpoint")
             endpoint.stats = self.stats
-        if max_entries < 1:
-            raise ConfigurationError("max_entries must be at least 1")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ConfigurationError("max_entries must be an integer of at least 1")
         for name, value in (("refresh_window", refresh_window), ("expiry_leeway", expiry_leeway)):
-            if value is not None and not (value >= 0):
+            if value is not None and not _seconds(value, zero_ok=True):
                 raise ConfigurationError(f"{name} must be a non-negative number of seconds")
-        if not (cache_lock_ttl > 0) or (cache_wait is not None and not (cache_wait >= 0)):
-            raise ConfigurationError("cache_lock_ttl must be positive and cache_wait non-negative")
+        for name, value in (
+            ("failure_backoff", failure_backoff),
+            ("max_failure_backoff", max_failure_backoff),
+        ):
+            if not _seconds(value, zero_ok=True):
+                raise ConfigurationError(f"{name} must be a non-negative number of seconds")
+        if not _seconds(cache_lock_ttl, zero_ok=False) or (
+            cache_wait is not None and not _seconds(cache_wait, zero_ok=True)
+        ):
+            raise ConfigurationError("cache_lock_ttl must be positive and cache_wait non-negative seconds")
+        if extra_params is not None and not isinstance(extra_params, Mapping):
+            raise ConfigurationError("extra_params must be a mapping of form field names to values")
         self.cache = cache
         self.cache_lock_ttl = cache_lock_ttl
         self.cache_wait = 2 * cache_lock_ttl if cache_wait is None else cache_wait
@@ -212,12 +274,18 @@ class TokenManager:
         self.max_entries = max_entries
         self._extra_params = dict(extra_params or {})
         self._default_args: tuple[ScopeArg, ResourceArg, str | None] = (scope, resource, audience)
+        # The default entry lives outside the table and never counts against max_entries.
         self._entries: OrderedDict[EntryKey, _Entry] = OrderedDict()
         self._lookup: dict[tuple[Any, Any, Any], _Entry] = {}
-        self._default_entry = self._make_entry(scope, resource, audience)
+        self._default_entry = _Entry(self._entry_key(scope, resource, audience))
         self._task_group: TaskGroup | None = None
-        self._background: set[anyio.CancelScope] = set()
+        # Cancel scopes of running flights (background and inline): aclose() cancels them.
+        self._running: set[anyio.CancelScope] = set()
         self._closed = False
+        self._forked = False
+        self._loop: object | None = None  # the event loop this manager fetches on
+        self._warned_eviction = False
+        _LIVE.add(self)
 
     def __repr__(self) -> str:
         return f"TokenManager(endpoint={self.endpoint.url!r}, client_auth={self.endpoint.client_auth!r})"
@@ -289,14 +357,15 @@ class TokenManager:
         except TypeError:  # unhashable spelling (a list of scopes): normalise every time
             entry = None
             raw = None
-        if entry is None:
-            entry = self._make_entry(scope, resource, audience)
-            if raw is not None:
-                if len(self._lookup) >= 8 * self.max_entries:
-                    self._lookup.clear()
-                self._lookup[raw] = entry
-        else:
-            self._entries.move_to_end(entry.key)
+        if entry is not None and not entry.evicted:
+            if entry is not self._default_entry:
+                self._entries.move_to_end(entry.key)
+            return entry
+        entry = self._make_entry(self._entry_key(scope, resource, audience))
+        if raw is not None:
+            if len(self._lookup) >= 8 * self.max_entries:
+                self._lookup.clear()  # aliases of evicted entries: bounded, then forgotten
+            self._lookup[raw] = entry
         return entry
 
     def _peek(self, scope: ScopeArg, resource: ResourceArg, audience: str | None) -> _Entry | None:
@@ -308,62 +377,110 @@ class TokenManager:
         except TypeError:
             return None
 
-    def _make_entry(self, scope: ScopeArg, resource: ResourceArg, audience: str | None) -> _Entry:
+    def _entry_key(self, scope: ScopeArg, resource: ResourceArg, audience: str | None) -> EntryKey:
         default_scope, default_resource, default_audience = self._default_args
-        key: EntryKey = (
+        if audience is not None and not isinstance(audience, str):
+            raise ConfigurationError("audience must be a string")
+        return (
             normalize_scope(default_scope if scope is None else scope),
             _normalize_resource(default_resource if resource is None else resource),
             default_audience if audience is None else audience,
         )
+
+    def _make_entry(self, key: EntryKey) -> _Entry:
+        default = self._default_entry
+        if key == default.key:
+            return default
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
             return entry
         entry = _Entry(key)
         self._entries[key] = entry
-        if len(self._entries) > self.max_entries:
-            self._evict()
+        while len(self._entries) > self.max_entries:
+            # Least recently used first; never the entry just made (it is the newest). An
+            # evicted entry's waiters still get their flight's token; the next call for its
+            # key makes a new entry.
+            _, evicted = self._entries.popitem(last=False)
+            self._evicted(evicted)
         return entry
 
-    def _evict(self) -> None:
-        default = getattr(self, "_default_entry", None)
-        for key, entry in self._entries.items():
-            if entry is not default and entry.flight is None:
-                del self._entries[key]
-                stale = [raw for raw, e in self._lookup.items() if e is entry]
-                for raw in stale:
-                    del self._lookup[raw]
-                return
+    def _evicted(self, entry: _Entry) -> None:
+        token, _, usable_until = entry.current
+        entry.evicted = True
+        entry.current = _NO_TOKEN
+        if token is None or monotonic() >= usable_until:
+            return
+        self.stats.evictions += 1
+        if not self._warned_eviction:
+            self._warned_eviction = True
+            logger.warning(
+                "evicted a still-valid token to stay within max_entries=%d; more scope sets, "
+                "resources or audiences are in use than the cache holds, so tokens are fetched "
+                "again (raise max_entries; stats.evictions counts these)",
+                self.max_entries,
+            )
+
+    def _all_entries(self) -> list[_Entry]:
+        return [self._default_entry, *self._entries.values()]
 
     # -- fetching -------------------------------------------------------------------------
 
     async def _slow_path(self, entry: _Entry) -> AccessToken:
+        self._check_usable()
+        while True:
+            now = monotonic()
+            token, _refresh_at, usable_until = entry.current
+            if token is not None and now < usable_until:
+                # Refresh window: keep serving the valid token; refresh once, in the background.
+                if entry.flight is None and now >= entry.retry_at:
+                    flight = self._start(entry)
+                    if self._task_group is None:
+                        # Bare mode: this caller fetches the next token itself (inline);
+                        # everyone else keeps the current one meanwhile.
+                        await self._run_inline(entry, flight)
+                        if flight.token is not None:
+                            return flight.token
+                        if isinstance(flight.error, ManagerClosedError):
+                            raise _fresh_copy(flight.error)
+                elif entry.error is not None:
+                    self.stats.served_stale += 1
+                return token
+            waiting = entry.flight
+            if waiting is None:
+                if entry.error is not None and now < entry.retry_at:
+                    raise _fresh_copy(entry.error)
+                waiting = self._start(entry)
+                if self._task_group is None:
+                    await self._run_inline(entry, waiting)
+                    return self._result(waiting)
+            self.stats.waits += 1
+            await waiting.done.wait()
+            if not waiting.abandoned:
+                return self._result(waiting)
+            # Its leader was cancelled: take the flight over (or join whoever did first).
+            self._check_usable()
+
+    def _check_usable(self) -> None:
+        """Fail fast where a fetch cannot work: closed, forked, or another event loop."""
         if self._closed:
             raise ManagerClosedError("this TokenManager is closed")
-        now = monotonic()
-        token, _refresh_at, usable_until = entry.current
-        if token is not None and now < usable_until:
-            # Refresh window: keep serving the valid token; refresh once, in the background.
-            if entry.flight is None and now >= entry.retry_at:
-                flight = self._start(entry)
-                if self._task_group is None:
-                    await self._run_inline(entry, flight)
-                    return entry.current[0] or token
-            elif entry.error is not None:
-                self.stats.served_stale += 1
-            return token
-        waiting = entry.flight
-        if waiting is None:
-            if entry.error is not None and now < entry.retry_at:
-                raise _fresh_copy(entry.error)
-            flight = self._start(entry)
-            if self._task_group is None:
-                await self._run_inline(entry, flight)
-                return self._result(flight)
-            waiting = flight
-        self.stats.waits += 1
-        await waiting.done.wait()
-        return self._result(waiting)
+        if self._forked:
+            raise ManagerClosedError(
+                "this TokenManager was created before os.fork() and cannot be used in the child "
+                "process (it shares the parent's connections and event loop); create the "
+                "manager in each worker process instead (e.g. gunicorn post_fork, Celery "
+                "worker_process_init, or lazily on first use)"
+            )
+        loop = anyio.lowlevel.current_token().native_token
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise ConfigurationError(
+                "this TokenManager is bound to the event loop it first fetched a token on, and "
+                "another event loop is using it; create one TokenManager per event loop (or use "
+                "SyncTokenManager from threads)"
+            )
 
     @staticmethod
     def _result(flight: _Flight) -> AccessToken:
@@ -381,35 +498,49 @@ class TokenManager:
         return flight
 
     async def _run_background(self, entry: _Entry, flight: _Flight) -> None:
-        # Each background flight gets its own cancel scope: aclose() cancels these, never
-        # the task group's scope, which also covers the body of the caller's ``async with``.
+        # Each flight gets its own cancel scope: aclose() cancels these, never the task
+        # group's scope, which also covers the body of the caller's ``async with``.
         with anyio.CancelScope() as scope:
-            self._background.add(scope)
+            self._running.add(scope)
+            try:
+                await self._run_flight(entry, flight)
+            except BaseException:  # noqa: S110 - a background flight never fails its group
+                pass
+            finally:
+                self._running.discard(scope)
+
+    async def _run_inline(self, entry: _Entry, flight: _Flight) -> None:
+        # Without a task group the leader runs the flight in its own task, unshielded: a
+        # cancelled leader is released at once and the flight is marked abandoned, so a
+        # waiter starts the next one (a handover; see docs/token-manager.md). aclose()
+        # cancels the scope below, which ends the flight with ManagerClosedError.
+        with anyio.CancelScope() as scope:
+            self._running.add(scope)
             try:
                 await self._run_flight(entry, flight)
             finally:
-                self._background.discard(scope)
-
-    async def _run_inline(self, entry: _Entry, flight: _Flight) -> None:
-        # Without a task group the leader runs the flight itself; shielded, so cancelling
-        # the leader cannot strand the callers waiting on it (the endpoint's deadline
-        # bounds how long the shield holds).
-        with anyio.CancelScope(shield=True):
-            await self._run_flight(entry, flight)
+                self._running.discard(scope)
 
     async def _run_flight(self, entry: _Entry, flight: _Flight) -> None:
         try:
             token, issued = await self._obtain(entry)
-        except KeylessM2MError as exc:
+        except KeylessM2MError:
+            if self._closed:
+                exc = ManagerClosedError("the TokenManager was closed during a token fetch")
             self._failed(entry, flight, exc)
         except anyio.get_cancelled_exc_class():
-            if flight.error is None:
-                flight.error = ManagerClosedError("the TokenManager was closed during a token fetch")
+            if flight.error is None and flight.token is None:
+                if self._closed:
+                    flight.error = ManagerClosedError("the TokenManager was closed during a token fetch")
+                else:
+                    flight.abandoned = True
+                    self.stats.handovers += 1
             raise
         except Exception as exc:
-            # A user-supplied signer or client auth raised something of its own. Its text
-            # and traceback may hold anything (a key, a vault token): keep only its type.
-            # A signer that raises a KeylessM2MError subclass chooses its own message.
+            # A user-supplied signer or client auth raised something of its own (the
+            # endpoint turns everything from HTTP and the response into a KeylessM2MError).
+            # Its text and traceback may hold anything (a key, a vault token): keep only its
+            # type. A signer that raises a KeylessM2MError subclass chooses its own message.
             error = SigningError(
                 f"client authentication failed: the signer or client auth raised {type(exc).__name__} "
                 "(its message is not shown: it may hold secrets; raise a KeylessM2MError to choose one)"
@@ -417,8 +548,12 @@ class TokenManager:
             error.__suppress_context__ = True
             self._failed(entry, flight, error)
         else:
-            self._store(entry, token, issued)
-            flight.token = token
+            if self._closed:
+                # Closed while it ran: nothing fetched after aclose() is stored or served.
+                flight.error = ManagerClosedError("the TokenManager was closed during a token fetch")
+            else:
+                self._store(entry, token, issued)
+                flight.token = token
         finally:
             if entry.flight is flight:
                 entry.flight = None
@@ -436,21 +571,35 @@ class TokenManager:
         return token, started
 
     async def _obtain(self, entry: _Entry) -> tuple[AccessToken, float]:
+        """The whole fetch (shared-cache read and wait, discovery, signing, every attempt
+        and backoff) inside one cancel scope: the endpoint's ``deadline`` is a bound."""
+        deadline = float(self.endpoint.deadline)
+        give_up = monotonic() + deadline
+        with anyio.move_on_after(deadline + _DEADLINE_GRACE):
+            return await self._obtain_within(entry, give_up)
+        raise TransportError(f"no token within the deadline of {deadline:g} s")
+
+    async def _obtain_within(self, entry: _Entry, give_up: float) -> tuple[AccessToken, float]:
         cache = self.cache
         if cache is None:
             return await self._request(entry)
         try:
-            return await self._obtain_shared(cache, entry)
+            return await self._obtain_shared(cache, entry, give_up)
         except CacheError as exc:
             # The cache is only an optimisation: fetch here (the cache logs its outages).
             logger.debug("shared token cache not used for this fetch: %s", exc)
             return await self._request(entry)
 
-    async def _obtain_shared(self, cache: TokenCache, entry: _Entry) -> tuple[AccessToken, float]:
+    async def _obtain_shared(
+        self, cache: TokenCache, entry: _Entry, give_up: float
+    ) -> tuple[AccessToken, float]:
         """Read the shared cache; else take its lease, fetch, write, release; else wait for
-        whoever holds the lease (bounded by ``cache_wait``, then fetch here)."""
+        whoever holds the lease, at most ``cache_wait`` and at most half of what is left of
+        the deadline (a lease that never ends, from a crashed writer on a store that lost
+        its expiry, costs that much once per fetch, then this manager fetches itself)."""
         key = self._shared_key(entry)
-        give_up = monotonic() + self.cache_wait
+        now = monotonic()
+        stop_waiting = now + min(self.cache_wait, max(0.0, give_up - now) / 2)
         while True:
             adopted = self._adopt(entry, await cache.get(key))
             if adopted is not None:
@@ -458,10 +607,12 @@ class TokenManager:
             fence = await cache.acquire(key, ttl=self.cache_lock_ttl)
             if fence is not None:
                 break
-            remaining = give_up - monotonic()
+            remaining = stop_waiting - monotonic()
             if remaining <= 0:
                 logger.warning(
-                    "waited %.1f s for another process's token fetch; fetching here", self.cache_wait
+                    "waited %.1f s for another process's token fetch (its lease is still held); "
+                    "fetching here",
+                    monotonic() - now,
                 )
                 return await self._request(entry)
             await cache.wait(key, max_wait=remaining)
@@ -479,7 +630,7 @@ class TokenManager:
                 logger.debug("could not store the token in the shared cache: %s", exc)
             return token, issued
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.cache_lock_ttl):
                 try:
                     await cache.release(key, fence)
                 except CacheError as exc:  # the lease runs out by itself
@@ -527,7 +678,8 @@ class TokenManager:
 
     def _store(self, entry: _Entry, token: AccessToken, issued: float) -> None:
         refresh_after, usable = self._deadlines(token.expires_in)
-        entry.current = (token, issued + refresh_after, issued + usable)
+        if not entry.evicted:  # an evicted entry's waiters take the token from the flight
+            entry.current = (token, issued + refresh_after, issued + usable)
         entry.error = None
         entry.failures = 0
         entry.retry_at = -math.inf
@@ -570,7 +722,7 @@ class TokenManager:
         Returns whether anything was dropped: N concurrent 401s for one token cause one
         invalidation and, through single flight, one refresh.
         """
-        for entry in self._entries.values():
+        for entry in self._all_entries():
             if entry.current[0] is token or (entry.current[0] is not None and entry.current[0] == token):
                 entry.current = _NO_TOKEN
                 entry.rejected = token
@@ -596,8 +748,7 @@ class TokenManager:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._closed:
-            raise ManagerClosedError("this TokenManager is closed")
+        self._check_usable()
         if self._task_group is not None:
             raise ConfigurationError("this TokenManager is already entered")
         task_group = anyio.create_task_group()
@@ -616,9 +767,14 @@ class TokenManager:
         try:
             if task_group is not None:
                 # Let cancelled background flights unwind before their HTTP client closes.
-                await task_group.__aexit__(exc_type, exc, tb)
+                # The body's exception is NOT handed to the task group: it would come out
+                # wrapped in an ExceptionGroup. Background flights never raise (they
+                # record their outcome in the flight), so the group has nothing to add and
+                # whatever left the body leaves the ``async with`` as itself.
+                await task_group.__aexit__(None, None, None)
         finally:
-            await self.endpoint.aclose()
+            with anyio.CancelScope(shield=True):
+                await self.endpoint.aclose()
 
     async def aclose(self) -> None:
         """Stop background refreshes, wake waiters with ``ManagerClosedError``, close the
@@ -632,13 +788,13 @@ class TokenManager:
         if self._closed:
             return
         self._closed = True
-        for entry in self._entries.values():
+        for entry in self._all_entries():
             entry.current = _NO_TOKEN
             flight = entry.flight
             if flight is not None and flight.token is None:
                 flight.error = flight.error or ManagerClosedError("the TokenManager was closed")
                 flight.done.set()
-        for scope in list(self._background):
+        for scope in list(self._running):
             scope.cancel()
 
     @property

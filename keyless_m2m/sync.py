@@ -84,8 +84,7 @@ class SyncTokenManager:
             current = entry.current
             if monotonic() < current[1]:
                 return current[0]  # type: ignore[return-value]
-        if self._closed:
-            raise ManagerClosedError("this SyncTokenManager is closed")
+        self._check_usable()
         return self._portal.call(
             partial(self._manager.get_token, scope, resource=resource, audience=audience)
         )
@@ -93,7 +92,20 @@ class SyncTokenManager:
     def invalidate(self, token: AccessToken) -> bool:
         if self._closed:
             return False
+        self._check_usable()
         return self._portal.call(self._manager.invalidate, token)
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ManagerClosedError("this SyncTokenManager is closed")
+        if self._manager._forked:
+            # The portal's thread and loop do not exist in a forked child: calling into them
+            # would hang forever. Fail at once instead (see TokenManager._check_usable).
+            raise ManagerClosedError(
+                "this SyncTokenManager was created before os.fork() and cannot be used in the "
+                "child process; create the manager in each worker process instead (e.g. "
+                "gunicorn post_fork, Celery worker_process_init, or lazily on first use)"
+            )
 
     def auth(
         self,
@@ -109,11 +121,14 @@ class SyncTokenManager:
         return bearer_auth_class(library)(self, scope=scope, resource=resource, audience=audience)
 
     def close(self) -> None:
-        """Close the manager and stop the background thread. Idempotent."""
+        """Close the manager and stop the background thread. Idempotent. In a forked child
+        it only marks the copy closed (the parent's thread is not there to stop)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        if self._manager._forked:
+            return
         try:
             self._manager_cm.__exit__(None, None, None)
         finally:

@@ -19,17 +19,20 @@ class MemoryTokenCache:
 
     Useful when one process builds several managers for one client (a manager per tenant
     router, per request scope, per worker task) and they should share what they fetch. It
-    holds at most ``max_entries`` tokens, least recently used evicted first. All managers
-    using it must run on the same event loop.
+    holds at most ``max_entries`` tokens, least recently used evicted first, and at most
+    as many leases and wake-up events: all of its state is bounded, whatever the number of
+    keys seen. Fencing tokens come from one counter for the whole cache, so they increase
+    per key without remembering any key. All managers using it must run on the same event
+    loop.
     """
 
     def __init__(self, *, max_entries: int = 1024) -> None:
-        if max_entries < 1:
-            raise ConfigurationError("max_entries must be at least 1")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ConfigurationError("max_entries must be an integer of at least 1")
         self.max_entries = max_entries
         self._tokens: OrderedDict[str, tuple[AccessToken, int, float]] = OrderedDict()
-        self._leases: dict[str, tuple[int, float]] = {}
-        self._fences: dict[str, int] = {}
+        self._leases: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._fence = 0
         self._changed: dict[str, anyio.Event] = {}
 
     def __repr__(self) -> str:
@@ -58,14 +61,19 @@ class MemoryTokenCache:
         return True
 
     async def acquire(self, key: str, *, ttl: float) -> int | None:
+        now = monotonic()
         lease = self._leases.get(key)
-        if lease is not None and monotonic() < lease[1]:
+        if lease is not None and now < lease[1]:
             return None
-        stored = self._tokens.get(key)
-        fence = max(self._fences.get(key, 0), stored[1] if stored else 0) + 1
-        self._fences[key] = fence
-        self._leases[key] = (fence, monotonic() + ttl)
-        return fence
+        self._fence += 1
+        self._leases[key] = (self._fence, now + ttl)
+        self._leases.move_to_end(key)
+        while len(self._leases) > self.max_entries:
+            # The oldest lease goes first; expired ones are the usual victims. A live one
+            # dropped here only costs sharing (two managers may fetch), never a token.
+            stale, _ = self._leases.popitem(last=False)
+            self._notify(stale)
+        return self._fence
 
     async def release(self, key: str, fence: int) -> None:
         lease = self._leases.get(key)
@@ -80,12 +88,22 @@ class MemoryTokenCache:
         event = self._changed.get(key)
         if event is None:
             event = self._changed[key] = anyio.Event()
-        # A lease that runs out wakes nobody: never sleep past it.
-        with anyio.move_on_after(max(0.0, min(max_wait, lease[1] - monotonic()))):
-            await event.wait()
+        try:
+            # A lease that runs out wakes nobody: never sleep past it.
+            with anyio.move_on_after(max(0.0, min(max_wait, lease[1] - monotonic()))):
+                await event.wait()
+        finally:
+            # Nobody will set an event whose key has no live lease: forget it (other
+            # waiters for the key hold their own reference).
+            current = self._leases.get(key)
+            if (current is None or monotonic() >= current[1]) and self._changed.get(key) is event:
+                del self._changed[key]
 
     async def aclose(self) -> None:
         self._tokens.clear()
+        self._leases.clear()
+        for key in list(self._changed):
+            self._notify(key)
 
     def _notify(self, key: str) -> None:
         event = self._changed.pop(key, None)

@@ -50,6 +50,11 @@ if stored >= fence then
   redis.call('SET', KEYS[2], fence)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+-- Every lease is set with an expiry; one without (a crashed writer on a store that lost
+-- it) would never end: it is taken over.
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('DEL', KEYS[1])
+end
 if redis.call('SET', KEYS[1], fence, 'NX', 'PX', ARGV[1]) then
   return fence
 end

@@ -1,0 +1,450 @@
+"""The token manager's contract as a user meets it (issue 14): exceptions leave ``async with``
+as themselves, a caller's cancellation is honoured in every mode, closed means closed,
+fork and foreign event loops fail fast with a typed error, eviction never breaks an entry,
+and every bound of the in-memory shared cache holds. Asyncio and trio; counts, not times
+(the ``fail_after`` bounds below are generous ceilings, not measurements)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import pytest
+from anyio.from_thread import start_blocking_portal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keyless_m2m import (
+    AccessToken,
+    ClientSecretBasic,
+    ConfigurationError,
+    InvalidClientError,
+    KeylessM2MError,
+    ManagerClosedError,
+    SyncTokenManager,
+    TokenManager,
+)
+from keyless_m2m.cache import MemoryTokenCache
+from keyless_m2m.endpoint import TokenEndpoint
+from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
+
+pytestmark = pytest.mark.anyio
+SECRET = "s3cr3t-value-for-soundness"
+
+
+@pytest.fixture
+def server() -> Iterator[AuthorizationServer]:
+    with AuthorizationServer(expires_in=3600) as srv:
+        srv.register_client("svc", client_secret=SECRET)
+        yield srv
+
+
+def manager(server: AuthorizationServer, **options: Any) -> TokenManager:
+    options.setdefault("max_attempts", 1)
+    return TokenManager(
+        server.token_endpoint, ClientSecretBasic("svc", SECRET), scope="pockets.read", **options
+    )
+
+
+class CountingEndpoint(TokenEndpoint):
+    """A token endpoint without HTTP: answers every request at once (or after ``delay``)
+    with a token for exactly the scope, resources and audience asked for."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__("https://auth.example/token", ClientSecretBasic("svc", SECRET))
+        self.delay = delay
+        self.calls = 0
+
+    async def request(
+        self,
+        *,
+        scope: str | None = None,
+        resource: Sequence[str] = (),
+        audience: str | None = None,
+        extra_params: Mapping[str, str] | None = None,
+    ) -> AccessToken:
+        self.calls += 1
+        if self.delay:
+            await anyio.sleep(self.delay)
+        return AccessToken(
+            value=f"token-{self.calls}",
+            token_type="Bearer",
+            expires_at=datetime.now(UTC) + timedelta(seconds=3600),
+            scope=scope,
+            raw={"resource": list(resource), "audience": audience},
+            expires_in=3600.0,
+        )
+
+
+# 1. exceptions leave ``async with`` as themselves ---------------------------------------
+
+
+async def test_a_library_error_leaves_async_with_as_itself(server: AuthorizationServer) -> None:
+    server.fail_next(Fault(status=401, body={"error": "invalid_client"}))
+    with pytest.raises(InvalidClientError):
+        async with manager(server) as tokens:
+            await tokens.get_token()
+
+
+async def test_the_callers_own_error_leaves_async_with_as_itself(server: AuthorizationServer) -> None:
+    with pytest.raises(KeyError):  # noqa: PT012 - the block is what must not wrap the error
+        async with manager(server) as tokens:
+            await tokens.get_token()
+            raise KeyError("the caller's own")
+
+
+async def test_an_error_while_a_background_flight_runs_leaves_as_itself(server: AuthorizationServer) -> None:
+    server.latency = 0.5
+    tokens = manager(server)
+    with pytest.raises(ValueError, match="mine"):  # noqa: PT012 - as above
+        async with tokens:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tokens.get_token)  # a flight is in progress when the body fails
+                await anyio.sleep(0.1)
+                tg.cancel_scope.cancel()
+            raise ValueError("mine")
+    assert tokens.closed
+
+
+async def test_cancelling_the_body_exits_cleanly(server: AuthorizationServer) -> None:
+    server.latency = 2
+    with anyio.fail_after(5):
+        with anyio.move_on_after(0.2) as outer:
+            async with manager(server) as tokens:
+                await tokens.get_token()
+    assert outer.cancelled_caught
+
+
+# 7. a caller's cancellation is honoured in every mode -----------------------------------
+
+
+@pytest.mark.parametrize("in_context", [False, True], ids=["bare", "async-with"])
+async def test_a_cancelled_caller_is_released_at_once_and_others_still_get_the_token(
+    server: AuthorizationServer, in_context: bool
+) -> None:
+    server.latency = 1.5
+    tokens = manager(server)
+    async with contextlib.AsyncExitStack() as stack:
+        if in_context:
+            await stack.enter_async_context(tokens)
+        else:
+            stack.push_async_callback(tokens.aclose)
+        got: list[AccessToken] = []
+
+        async def waiter() -> None:
+            got.append(await tokens.get_token())
+
+        async with anyio.create_task_group() as tg:
+            with anyio.fail_after(1.0):  # the server takes 1.5 s: only a release gets us out
+                with anyio.move_on_after(0.1) as leader:
+                    await tokens.get_token()
+                tg.start_soon(waiter)
+                tg.start_soon(waiter)
+            assert leader.cancelled_caught
+        assert len(got) == 2 and got[0] is got[1]
+    # In bare mode the cancelled leader's request is abandoned and a waiter fetches again.
+    assert server.token_requests == (1 if in_context else 2)
+
+
+async def test_bare_mode_cancelled_leader_hands_the_flight_to_a_waiter(server: AuthorizationServer) -> None:
+    server.latency = 0.5
+    tokens = manager(server)
+    try:
+        got: list[AccessToken] = []
+        leader_scope = anyio.CancelScope()
+
+        async def leader() -> None:
+            with leader_scope:
+                await tokens.get_token()
+
+        async def waiter() -> None:
+            got.append(await tokens.get_token())
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(leader)
+                await anyio.sleep(0.05)
+                for _ in range(20):
+                    tg.start_soon(waiter)
+                await anyio.sleep(0.05)
+                leader_scope.cancel()
+        assert len(got) == 20 and len({t.value for t in got}) == 1
+        assert server.token_requests == 2
+        assert tokens.stats.handovers == 1
+    finally:
+        await tokens.aclose()
+
+
+# 8. closed means closed ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_context", [False, True], ids=["bare", "async-with"])
+async def test_a_flight_that_ends_after_aclose_is_not_served(
+    server: AuthorizationServer, in_context: bool
+) -> None:
+    server.latency = 0.5
+    tokens = manager(server)
+    outcomes: list[BaseException | AccessToken] = []
+
+    async def caller() -> None:
+        try:
+            outcomes.append(await tokens.get_token())
+        except KeylessM2MError as exc:
+            outcomes.append(exc)
+
+    async with contextlib.AsyncExitStack() as stack:
+        if in_context:
+            await stack.enter_async_context(tokens)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller)
+            await anyio.sleep(0.1)
+            await tokens.aclose()
+    await anyio.sleep(0.6)  # the server has answered by now, had anyone still listened
+    assert len(outcomes) == 1 and isinstance(outcomes[0], ManagerClosedError)
+    with pytest.raises(ManagerClosedError):
+        await tokens.get_token()
+    assert tokens.endpoint._http is None  # no HTTP client left open or created after close
+
+
+async def test_no_http_client_is_created_after_aclose(server: AuthorizationServer) -> None:
+    tokens = manager(server)
+    await tokens.aclose()
+    for _ in range(3):
+        with pytest.raises(ManagerClosedError):
+            await tokens.get_token(scope="other")
+    assert tokens.endpoint._http is None and server.token_requests == 0
+
+
+# 9. fork and foreign loops ---------------------------------------------------------------
+
+
+def _in_child(body: Any, timeout: float = 10.0) -> int:
+    """Run ``body()`` in a forked child; its return value is the exit status. The parent
+    waits at most ``timeout`` seconds, then kills the child (a hang is the failure)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 99
+        try:
+            status = body()
+        finally:
+            os._exit(status)
+    deadline = threading.Event()
+    for _ in range(int(timeout / 0.05)):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        deadline.wait(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return -1
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads: what users do
+def test_sync_manager_after_fork_fails_fast_with_a_typed_error(server: AuthorizationServer) -> None:
+    with SyncTokenManager(server.token_endpoint, ClientSecretBasic("svc", SECRET)) as tokens:
+        assert tokens.get_token().value
+
+        def child() -> int:
+            try:
+                tokens.get_token(scope="fresh")
+            except ManagerClosedError as exc:
+                return 3 if "fork" in str(exc) else 4
+            return 5
+
+        assert _in_child(child) == 3
+        assert tokens.get_token().value  # the parent is unaffected
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_async_manager_after_fork_fails_fast_with_a_typed_error(server: AuthorizationServer) -> None:
+    tokens = manager(server)
+    with start_blocking_portal() as portal:  # the parent's loop lives on in its own thread
+        portal.call(tokens.get_token)
+
+        def child() -> int:
+            try:
+                anyio.run(tokens.get_token)
+            except ManagerClosedError as exc:
+                return 3 if "fork" in str(exc) else 4
+            return 5
+
+        assert _in_child(child) == 3
+        assert portal.call(tokens.get_token).value  # the parent is unaffected
+        portal.call(tokens.aclose)
+
+
+def test_a_second_event_loop_fails_fast_instead_of_hanging(server: AuthorizationServer) -> None:
+    server.latency = 1.0
+    tokens = manager(server)
+    started = threading.Event()
+    first: list[Any] = []
+
+    def loop_a() -> None:
+        async def run() -> None:
+            started.set()
+            try:
+                first.append(await tokens.get_token())
+            finally:
+                await tokens.aclose()
+
+        anyio.run(run)
+
+    thread = threading.Thread(target=loop_a)
+    thread.start()
+    try:
+        assert started.wait(5)
+        threading.Event().wait(0.2)  # loop A's flight is in progress
+
+        async def from_loop_b() -> None:
+            with anyio.fail_after(3):
+                await tokens.get_token()
+
+        for backend in ("asyncio", "trio"):
+            with pytest.raises(ConfigurationError, match="event loop"):
+                anyio.run(from_loop_b, backend=backend)
+    finally:
+        thread.join(10)
+    assert first and first[0].value
+
+
+# 10. eviction never breaks an entry ------------------------------------------------------
+
+
+async def test_max_entries_one_serves_every_scope() -> None:
+    endpoint = CountingEndpoint()
+    async with TokenManager(endpoint=endpoint, scope="default", max_entries=1) as tokens:
+        for _ in range(3):
+            assert (await tokens.get_token("reports.read")).scope == "reports.read"
+            assert (await tokens.get_token("other")).scope == "other"
+            assert (await tokens.get_token()).scope == "default"
+
+
+async def test_many_concurrent_cold_audiences_with_the_default_bound() -> None:
+    endpoint = CountingEndpoint(delay=0.05)
+    async with TokenManager(endpoint=endpoint, scope="s") as tokens:
+        for _ in range(2):
+            got: dict[int, AccessToken] = {}
+
+            async def one(i: int, got: dict[int, AccessToken] = got) -> None:
+                got[i] = await tokens.get_token(audience=f"urn:api:{i}")
+
+            async with anyio.create_task_group() as tg:
+                for i in range(200):
+                    tg.start_soon(one, i)
+            assert all(got[i].raw["audience"] == f"urn:api:{i}" for i in range(200))
+        assert len(tokens._entries) <= tokens.max_entries
+
+
+async def test_evicting_a_fresh_token_is_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    endpoint = CountingEndpoint()
+    caplog.set_level(logging.WARNING, logger="keyless_m2m")
+    async with TokenManager(endpoint=endpoint, max_entries=2) as tokens:
+        default = await tokens.get_token()
+        for i in range(5):
+            await tokens.get_token(f"s{i}")
+        assert tokens.stats.evictions == 3
+        assert await tokens.get_token() is default  # the default entry does not count
+    assert len([r for r in caplog.records if "max_entries" in r.getMessage()]) == 1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    max_entries=st.integers(min_value=1, max_value=6),
+    batches=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b", "a b", "c", None, "b a"]), st.sampled_from([None, "x", "y"])
+            ),
+            min_size=1,
+            max_size=12,
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_property_any_concurrent_scope_sets_with_any_bound(
+    max_entries: int, batches: list[list[tuple[str | None, str | None]]], anyio_backend: Any
+) -> None:
+    """Any sequence of concurrent batches of (scope, audience) gets, for each call, a token
+    for exactly what was asked, and the table stays within its bound."""
+
+    async def run() -> None:
+        endpoint = CountingEndpoint(delay=0.001)
+        async with TokenManager(endpoint=endpoint, scope="d", max_entries=max_entries) as tokens:
+            for batch in batches:
+                async with anyio.create_task_group() as tg:
+                    for scope, audience in batch:
+                        tg.start_soon(check, tokens, scope, audience)
+                assert len(tokens._entries) <= max_entries
+
+    async def check(tokens: TokenManager, scope: str | None, audience: str | None) -> None:
+        token = await tokens.get_token(scope, audience=audience)
+        expected = " ".join(sorted((scope if scope is not None else "d").split()))
+        assert token.scope == expected and token.raw["audience"] == audience
+
+    backend, options = anyio_backend
+    anyio.run(run, backend=backend, backend_options=options)
+
+
+# 12-13. the in-memory shared cache is bounded; a lease that never ends costs little ------
+
+
+async def test_memory_cache_state_is_bounded() -> None:
+    cache = MemoryTokenCache(max_entries=10)
+    token = await CountingEndpoint().request()
+    for i in range(20_000):
+        key = f"k{i}"
+        fence = await cache.acquire(key, ttl=5)
+        assert fence is not None
+        await cache.put(key, token, fence=fence, ttl=60)
+        await cache.release(key, fence)
+    state = [
+        v
+        for v in (getattr(cache, n) for n in dir(cache) if n.startswith("_") and not n.startswith("__"))
+        if isinstance(v, dict)
+    ]
+    assert state and all(len(d) <= 10 for d in state)
+
+
+async def test_memory_cache_fences_still_increase_per_key() -> None:
+    cache = MemoryTokenCache(max_entries=2)
+    token = await CountingEndpoint().request()
+    first = await cache.acquire("k", ttl=5)
+    assert first is not None and await cache.acquire("k", ttl=5) is None
+    await cache.release("k", first)
+    for i in range(50):  # churn through other keys: the state for "k" is forgotten
+        f = await cache.acquire(f"o{i}", ttl=5)
+        assert f is not None
+        await cache.put(f"o{i}", token, fence=f, ttl=60)
+        await cache.release(f"o{i}", f)
+    second = await cache.acquire("k", ttl=5)
+    assert second is not None and second > first
+    # A writer holding the stale fence cannot overwrite what the newer one stored.
+    assert await cache.put("k", token, fence=second, ttl=60)
+    assert not await cache.put("k", token, fence=first, ttl=60)
+
+
+async def test_memory_cache_abandoned_waits_leave_nothing_behind() -> None:
+    cache = MemoryTokenCache(max_entries=4)
+    for i in range(200):
+        await cache.acquire(f"k{i}", ttl=0.01)
+        await cache.wait(f"k{i}", max_wait=0.0)
+    assert len(cache._changed) <= 4 and len(cache._leases) <= 4
+
+
+async def test_a_lease_that_never_ends_is_bounded_by_the_deadline(server: AuthorizationServer) -> None:
+    cache = MemoryTokenCache()
+    tokens = manager(server, cache=cache, deadline=1.0)
+    async with tokens:
+        key = tokens._shared_key(tokens._default_entry)
+        assert await cache.acquire(key, ttl=10_000) is not None  # a crashed writer's lease
+        with anyio.fail_after(3):  # cache_wait is 20 s by default
+            assert (await tokens.get_token()).value
+    assert server.token_requests == 1
