@@ -448,3 +448,30 @@ async def test_a_lease_that_never_ends_is_bounded_by_the_deadline(server: Author
         with anyio.fail_after(3):  # cache_wait is 20 s by default
             assert (await tokens.get_token()).value
     assert server.token_requests == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"resource": 123},
+        {"max_entries": "5"},
+        {"max_entries": True},
+        {"refresh_window": "x"},
+        {"expiry_leeway": float("nan")},
+        {"cache_lock_ttl": None},
+        {"cache_wait": "1"},
+        {"failure_backoff": None},
+        {"extra_params": ["a", "b"]},
+    ],
+    ids=lambda o: next(iter(o)),
+)
+def test_constructor_arguments_of_the_wrong_type_are_configuration_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        TokenManager(endpoint=CountingEndpoint(), **options)
+
+
+async def test_get_token_arguments_of_the_wrong_type_are_configuration_errors() -> None:
+    async with TokenManager(endpoint=CountingEndpoint()) as tokens:
+        for bad in ({"resource": 123}, {"audience": 5}, {"scope": 7}):
+            with pytest.raises(ConfigurationError):
+                await tokens.get_token(**bad)

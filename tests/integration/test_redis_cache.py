@@ -491,3 +491,19 @@ def test_sync_manager_shares_through_a_blocking_redis_client(
         assert auth_server.token_requests == 1
     finally:
         client.close()
+
+
+async def test_a_lease_without_expiry_does_not_hold_a_cold_fetch(
+    redis_server: RedisServer, namespace: str, auth_server: AuthorizationServer
+) -> None:
+    """A crashed writer's lease on a Redis that lost its expiry (PERSIST, a restore without
+    TTLs) would never end; a cold get_token() takes it over instead of waiting cache_wait."""
+    async with RedisTokenCache(redis_server.url, namespace=namespace) as cache:
+        async with _manager(auth_server, cache) as tokens:  # cache_wait: 20 s by default
+            key = tokens._shared_key(tokens._default_entry)
+            assert await cache.acquire(key, ttl=60) is not None
+            _, lock, _, _ = cache.names(key)
+            assert await cache._call("execute_command", "PERSIST", lock) == 1
+            with anyio.fail_after(3):
+                assert (await tokens.get_token()).value
+            assert auth_server.token_requests == 1 and tokens.stats.shared_hits == 0
