@@ -52,7 +52,7 @@ from .errors import (
     SigningError,
     TransportError,
 )
-from .token import AccessToken
+from .token import AccessToken, token_problem
 
 if TYPE_CHECKING:
     from .cache import TokenCache
@@ -154,6 +154,17 @@ def _seconds(value: Any, *, zero_ok: bool) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return math.isfinite(value) and (value >= 0 if zero_ok else value > 0)
+
+
+async def _read_shared(cache: TokenCache, key: str) -> tuple[AccessToken, float | None] | None:
+    """A shared entry and the seconds it has left on the store's clock (``None`` when the
+    store cannot say: a :class:`~keyless_m2m.cache.TokenCache` need only have ``get``)."""
+    get_with_ttl = getattr(cache, "get_with_ttl", None)
+    if get_with_ttl is not None:
+        found: tuple[AccessToken, float | None] | None = await get_with_ttl(key)
+        return found
+    token = await cache.get(key)
+    return None if token is None else (token, None)
 
 
 def normalize_scope(scope: ScopeArg) -> frozenset[str]:
@@ -504,8 +515,10 @@ class TokenManager:
             self._running.add(scope)
             try:
                 await self._run_flight(entry, flight)
-            except BaseException:  # noqa: S110 - a background flight never fails its group
-                pass
+            except Exception:
+                # A bug here, not a failed fetch (those are recorded in the flight): say so,
+                # but never fail the task group, which would wrap the caller's exception.
+                logger.exception("keyless-m2m: unexpected error in a background token fetch")
             finally:
                 self._running.discard(scope)
 
@@ -524,10 +537,11 @@ class TokenManager:
     async def _run_flight(self, entry: _Entry, flight: _Flight) -> None:
         try:
             token, issued = await self._obtain(entry)
-        except KeylessM2MError:
+        except KeylessM2MError as exc:
+            failure: KeylessM2MError = exc
             if self._closed:
-                exc = ManagerClosedError("the TokenManager was closed during a token fetch")
-            self._failed(entry, flight, exc)
+                failure = ManagerClosedError("the TokenManager was closed during a token fetch")
+            self._failed(entry, flight, failure)
         except anyio.get_cancelled_exc_class():
             if flight.error is None and flight.token is None:
                 if self._closed:
@@ -601,7 +615,7 @@ class TokenManager:
         now = monotonic()
         stop_waiting = now + min(self.cache_wait, max(0.0, give_up - now) / 2)
         while True:
-            adopted = self._adopt(entry, await cache.get(key))
+            adopted = self._adopt(entry, await _read_shared(cache, key))
             if adopted is not None:
                 return adopted
             fence = await cache.acquire(key, ttl=self.cache_lock_ttl)
@@ -618,7 +632,7 @@ class TokenManager:
             await cache.wait(key, max_wait=remaining)
         try:
             # Someone may have written between our read and our lease.
-            adopted = self._adopt(entry, await cache.get(key))
+            adopted = self._adopt(entry, await _read_shared(cache, key))
             if adopted is not None:
                 return adopted
             token, issued = await self._request(entry)
@@ -636,14 +650,33 @@ class TokenManager:
                 except CacheError as exc:  # the lease runs out by itself
                     logger.debug("could not release the shared cache lease: %s", exc)
 
-    def _adopt(self, entry: _Entry, token: AccessToken | None) -> tuple[AccessToken, float] | None:
+    def _adopt(
+        self, entry: _Entry, found: tuple[AccessToken, float | None] | None
+    ) -> tuple[AccessToken, float] | None:
         """A token from the shared cache, with its issue time on our monotonic clock, when it
-        is outside its refresh window (else it is what we are here to replace)."""
-        if token is None or (entry.rejected is not None and token == entry.rejected):
+        is outside its refresh window (else it is what we are here to replace).
+
+        A shared entry is a token response too, written by whoever can write to the store:
+        it obeys the rules a token response obeys (header-safe value, Bearer, a lifetime of
+        at most a year), or it is ignored. Its age comes from the time its entry has left on
+        the store's own clock when the store says (Redis does), so a process whose wall
+        clock is off serves it no longer than the writer would; otherwise from its issue
+        time by our wall clock.
+        """
+        if found is None:
             return None
-        now_wall = time.time()
-        age = max(0.0, now_wall - (token.expires_at.timestamp() - token.expires_in))
-        refresh_after, _ = self._deadlines(token.expires_in)
+        token, remaining = found
+        if entry.rejected is not None and token == entry.rejected:
+            return None
+        problem = token_problem(token)
+        if problem is not None:
+            logger.warning("shared token cache: ignoring an entry (%s)", problem)
+            return None
+        refresh_after, usable = self._deadlines(token.expires_in)
+        if remaining is not None:
+            age = max(0.0, usable - remaining)
+        else:
+            age = max(0.0, time.time() - (token.expires_at.timestamp() - token.expires_in))
         if age >= refresh_after:
             return None
         self.stats.shared_hits += 1

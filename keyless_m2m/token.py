@@ -1,7 +1,9 @@
-"""The access token a token endpoint issued."""
+"""The access token a token endpoint issued, and the rules every token obeys before it is
+served (from a token response or from a shared cache alike)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,3 +53,32 @@ class AccessToken:
 
     def __hash__(self) -> int:
         return hash(self.value)
+
+
+MAX_LIFETIME = 366 * 24 * 3600  # longer than a year is a broken server or a forgery, not a token
+
+
+def is_header_safe(value: str) -> bool:
+    """Whether ``value`` can go into an ``Authorization`` header as it is: printable ASCII,
+    no whitespace (so no CR/LF header injection)."""
+    return bool(value) and value.isascii() and value.isprintable() and not any(c.isspace() for c in value)
+
+
+def token_problem(token: AccessToken) -> str | None:
+    """Why ``token`` must not be served, or ``None``: a value that is not header-safe, a
+    type other than Bearer, a lifetime that is not a positive finite number of at most
+    :data:`MAX_LIFETIME` seconds, or an expiry further away than that lifetime."""
+    if not isinstance(token.value, str) or not is_header_safe(token.value):
+        return "access token value is not safe in an HTTP header"
+    if not isinstance(token.token_type, str) or token.token_type.lower() != "bearer":
+        return "token type is not Bearer"
+    lifetime = token.expires_in
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float):
+        return "lifetime is not a number"
+    if not math.isfinite(lifetime) or not 0 < lifetime <= MAX_LIFETIME:
+        return "lifetime is not between 0 and a year"
+    if not isinstance(token.expires_at, datetime) or token.expires_at.tzinfo is None:
+        return "expiry is not a timezone-aware time"
+    if token.scope is not None and not isinstance(token.scope, str):
+        return "scope is not a string"
+    return None

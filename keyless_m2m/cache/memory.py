@@ -39,14 +39,20 @@ class MemoryTokenCache:
         return f"MemoryTokenCache(entries={len(self._tokens)}, max_entries={self.max_entries})"
 
     async def get(self, key: str) -> AccessToken | None:
+        found = await self.get_with_ttl(key)
+        return None if found is None else found[0]
+
+    async def get_with_ttl(self, key: str) -> tuple[AccessToken, float | None] | None:
+        """The stored token and the seconds its entry has left."""
         stored = self._tokens.get(key)
         if stored is None:
             return None
-        if monotonic() >= stored[2]:
+        remaining = stored[2] - monotonic()
+        if remaining <= 0:
             del self._tokens[key]
             return None
         self._tokens.move_to_end(key)
-        return stored[0]
+        return stored[0], remaining
 
     async def put(self, key: str, token: AccessToken, *, fence: int, ttl: float) -> bool:
         stored = self._tokens.get(key)

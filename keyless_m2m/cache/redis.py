@@ -61,6 +61,10 @@ end
 return 0
 """
 
+_GET = """
+return {redis.call('HGET', KEYS[1], 'data'), redis.call('PTTL', KEYS[1])}
+"""
+
 _PUT = """
 local stored = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
 if stored > tonumber(ARGV[1]) then
@@ -117,6 +121,9 @@ class _Codec:
     def encode(self, token: AccessToken, aad: bytes) -> bytes:
         body = json.dumps(
             {
+                # The entry's own Redis name: an entry copied under another name (another
+                # client, scope or audience) is refused, sealed or not.
+                "key": aad.decode(),
                 "value": token.value,
                 "token_type": token.token_type,
                 "expires_at": token.expires_at.timestamp(),
@@ -151,12 +158,17 @@ class _Codec:
                 raise CacheDecryptionError("entry does not authenticate with its key") from None
         else:
             raise CacheError("unrecognised cache entry format")
-        return _token_from_json(body)
+        return _token_from_json(body, aad)
 
 
-def _token_from_json(body: bytes) -> AccessToken:
+def _token_from_json(body: bytes, aad: bytes) -> AccessToken:
     try:
         fields = json.loads(body)
+    except Exception:
+        raise CacheError("malformed cache entry") from None
+    if not isinstance(fields, dict) or fields.get("key") != aad.decode():
+        raise CacheError("entry is not this key's (copied from another key, or from an old version)")
+    try:
         value, token_type = fields["value"], fields["token_type"]
         expires_at, expires_in = float(fields["expires_at"]), float(fields["expires_in"])
         scope, raw = fields.get("scope"), fields.get("raw") or {}
@@ -269,6 +281,13 @@ class RedisTokenCache:
             if not keys:
                 raise ConfigurationError("encryption_key must not be an empty sequence")
         self._codec = _Codec(keys)
+        if not keys:
+            logger.warning(
+                "RedisTokenCache without encryption_key: entries are neither encrypted nor "
+                "authenticated, so anyone who can read this Redis can use your tokens and anyone "
+                "who can write to this Redis can choose the token your services send; pass "
+                "encryption_key= (see the threat model in docs/scaling.md)"
+            )
         self.namespace = namespace
         self.timeout = timeout
         self.poll_interval = poll_interval
@@ -322,16 +341,25 @@ class RedisTokenCache:
     # -- the protocol ---------------------------------------------------------------------
 
     async def get(self, key: str) -> AccessToken | None:
+        found = await self.get_with_ttl(key)
+        return None if found is None else found[0]
+
+    async def get_with_ttl(self, key: str) -> tuple[AccessToken, float | None] | None:
+        """The stored token and how many seconds its entry has left on Redis's own clock
+        (the writer set the entry to expire when the token stops being usable), so a
+        reader with a wrong wall clock still knows how long the token may be served."""
         tok = self.names(key)[0]
-        data = await self._call("hget", tok, "data")
+        data, pttl = await self._call("eval", _GET, 1, tok)
         if data is None:
             return None
         try:
-            return self._codec.decode(bytes(data), tok.encode())
+            token = self._codec.decode(bytes(data), tok.encode())
         except CacheError as exc:
             # Treated as a miss: the fetch that follows overwrites the entry.
             logger.warning("shared token cache: ignoring an entry (%s)", exc)
             return None
+        remaining = int(pttl) / 1000 if isinstance(pttl, int) and pttl >= 0 else None
+        return token, remaining
 
     async def put(self, key: str, token: AccessToken, *, fence: int, ttl: float) -> bool:
         tok, _, _, channel = self.names(key)

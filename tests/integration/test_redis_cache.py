@@ -507,3 +507,96 @@ async def test_a_lease_without_expiry_does_not_hold_a_cold_fetch(
             with anyio.fail_after(3):
                 assert (await tokens.get_token()).value
             assert auth_server.token_requests == 1 and tokens.stats.shared_hits == 0
+
+
+# -- forged entries and foreign clocks (issue 15) ------------------------------------------
+
+
+def _plain_entry(key_name: str, **fields: Any) -> bytes:
+    body = {
+        "value": "forged-token-value",
+        "token_type": "Bearer",
+        "expires_at": time.time() + 3600,
+        "expires_in": 3600,
+        "scope": "pockets.read",
+        "raw": {},
+        "key": key_name,
+    }
+    body.update(fields)
+    return b"p1." + json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"value": "abc\r\nX-Injected: 1"},
+        {"value": "has space"},
+        {"token_type": "DPoP"},
+        {"expires_in": 10 * 366 * 24 * 3600, "expires_at": time.time() + 10 * 366 * 24 * 3600},
+        {"expires_in": float("inf")},
+        {"key": "another-namespace:{0123}:tok"},
+        {"key": None},
+    ],
+    ids=["crlf", "space", "dpop", "ten-years", "infinite", "other-key", "no-key"],
+)
+async def test_a_forged_plaintext_entry_is_not_served(
+    redis_server: RedisServer, namespace: str, auth_server: AuthorizationServer, forged: dict[str, Any]
+) -> None:
+    async with RedisTokenCache(redis_server.url, namespace=namespace) as cache:
+        async with _manager(auth_server, cache) as tokens:
+            tok = cache.names(tokens._shared_key(tokens._default_entry))[0]
+            await cache._call("execute_command", "HSET", tok, "fence", 1, "data", _plain_entry(tok, **forged))
+            await cache._call("pexpire", tok, 3_000_000)
+            token = await tokens.get_token()
+            assert token.value != "forged-token-value" and "X-Injected" not in token.value
+            assert auth_server.token_requests == 1 and tokens.stats.shared_hits == 0
+
+
+async def test_a_well_formed_plaintext_entry_is_still_adopted(
+    redis_server: RedisServer, namespace: str, auth_server: AuthorizationServer
+) -> None:
+    """The control for the test above: the same entry, not forged, is served (so the
+    refusals are the validation's doing, not a format the cache no longer reads)."""
+    async with RedisTokenCache(redis_server.url, namespace=namespace) as cache:
+        async with _manager(auth_server, cache) as tokens:
+            tok = cache.names(tokens._shared_key(tokens._default_entry))[0]
+            await cache._call("execute_command", "HSET", tok, "fence", 1, "data", _plain_entry(tok))
+            await cache._call("pexpire", tok, 3_000_000)
+            assert (await tokens.get_token()).value == "forged-token-value"
+            assert auth_server.token_requests == 0
+
+
+async def test_an_unencrypted_cache_says_it_is_a_trust_boundary(
+    redis_server: RedisServer, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="keyless_m2m")
+    async with RedisTokenCache(redis_server.url, namespace=namespace):
+        pass
+    async with RedisTokenCache(redis_server.url, namespace=namespace, encryption_key=os.urandom(32)):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if "encryption_key" in r.getMessage()]
+    assert len(warnings) == 1 and "write to this Redis" in warnings[0]
+
+
+async def test_a_process_with_a_wrong_wall_clock_serves_no_longer_than_the_token_lives(
+    redis_server: RedisServer,
+    namespace: str,
+    auth_server: AuthorizationServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import types
+
+    import keyless_m2m.manager as manager_module
+
+    auth_server.expires_in = 20  # usable for 18 s (leeway: a tenth)
+    async with _two_processes(redis_server.url, namespace, auth_server) as (a, b, _):
+        await a.get_token()
+        await anyio.sleep(1.0)
+        true_remaining = a._default_entry.current[2] - time.monotonic()
+        real = time.time
+        # b's wall clock is an hour behind: by its clock the token was issued in the future.
+        monkeypatch.setattr(manager_module, "time", types.SimpleNamespace(time=lambda: real() - 3600))
+        await b.get_token()
+        assert b.stats.shared_hits == 1 and auth_server.token_requests == 1
+        served_for = b._default_entry.current[2] - time.monotonic()
+        assert served_for <= true_remaining + 0.25
