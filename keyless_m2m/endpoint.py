@@ -73,7 +73,10 @@ class TokenStats:
     refresh was failing; ``shared_hits``: fetches answered by the shared token cache
     (another manager or process had fetched the token); ``evictions``: still-valid tokens
     dropped to keep the manager within ``max_entries``; ``handovers``: flights whose
-    leader was cancelled (outside ``async with``) and that a waiter started again.
+    leader was cancelled (outside ``async with``) and that a waiter started again;
+    ``ignored_invalidations``: ``invalidate()`` calls refused because the entry's token had
+    already been invalidated less than ``min_invalidation_interval`` ago (an API that
+    rejects every token would otherwise cause one token request per API call).
     """
 
     requests: int = 0
@@ -85,6 +88,7 @@ class TokenStats:
     shared_hits: int = 0
     evictions: int = 0
     handovers: int = 0
+    ignored_invalidations: int = 0
 
 
 def is_loopback_url(url: str) -> bool:
