@@ -94,6 +94,7 @@ class _Entry:
         "evicted",
         "failures",
         "flight",
+        "invalidated_at",
         "key",
         "rejected",
         "retry_at",
@@ -118,6 +119,7 @@ class _Entry:
         # Dropped from the table to keep it within max_entries: whoever still holds the
         # entry (a waiter, a lookup alias) gets a new one on its next call.
         self.evicted = False
+        self.invalidated_at = -math.inf  # monotonic time of the last invalidate() honoured
 
 
 def _fresh_copy(error: KeylessM2MError) -> KeylessM2MError:
@@ -244,6 +246,7 @@ class TokenManager:
         cache: TokenCache | None = None,
         cache_lock_ttl: float = 10.0,
         cache_wait: float | None = None,
+        min_invalidation_interval: float = 10.0,
         **endpoint_options: Any,
     ) -> None:
         self.stats = TokenStats()
@@ -272,6 +275,8 @@ class TokenManager:
             cache_wait is not None and not _seconds(cache_wait, zero_ok=True)
         ):
             raise ConfigurationError("cache_lock_ttl must be positive and cache_wait non-negative seconds")
+        if not _seconds(min_invalidation_interval, zero_ok=True):
+            raise ConfigurationError("min_invalidation_interval must be a non-negative number of seconds")
         if extra_params is not None and not isinstance(extra_params, Mapping):
             raise ConfigurationError("extra_params must be a mapping of form field names to values")
         self.cache = cache
@@ -283,6 +288,7 @@ class TokenManager:
         self.failure_backoff = failure_backoff
         self.max_failure_backoff = max_failure_backoff
         self.max_entries = max_entries
+        self.min_invalidation_interval = min_invalidation_interval
         self._extra_params = dict(extra_params or {})
         self._default_args: tuple[ScopeArg, ResourceArg, str | None] = (scope, resource, audience)
         # The default entry lives outside the table and never counts against max_entries.
@@ -296,6 +302,7 @@ class TokenManager:
         self._forked = False
         self._loop: object | None = None  # the event loop this manager fetches on
         self._warned_eviction = False
+        self._warned_invalidation = -math.inf
         _LIVE.add(self)
 
     def __repr__(self) -> str:
@@ -753,10 +760,27 @@ class TokenManager:
         """Drop ``token`` if an entry still holds it (the API said it is no good).
 
         Returns whether anything was dropped: N concurrent 401s for one token cause one
-        invalidation and, through single flight, one refresh.
+        invalidation and, through single flight, one refresh. An entry whose previous
+        token was invalidated less than ``min_invalidation_interval`` seconds ago (10 s)
+        keeps its token (``stats.ignored_invalidations``): an API that rejects every token
+        would otherwise cost a token request and a KMS signature per API call.
         """
         for entry in self._all_entries():
-            if entry.current[0] is token or (entry.current[0] is not None and entry.current[0] == token):
+            current = entry.current[0]
+            if current is token or (current is not None and current == token):
+                now = monotonic()
+                if now - entry.invalidated_at < self.min_invalidation_interval:
+                    self.stats.ignored_invalidations += 1
+                    if now - self._warned_invalidation >= 60.0:
+                        self._warned_invalidation = now
+                        logger.warning(
+                            "the API rejected a token issued after the previous rejection; not "
+                            "refreshing again within min_invalidation_interval=%g s (is the API "
+                            "configured for this client, scope and audience?)",
+                            self.min_invalidation_interval,
+                        )
+                    return False
+                entry.invalidated_at = now
                 entry.current = _NO_TOKEN
                 entry.rejected = token
                 return True

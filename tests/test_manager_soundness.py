@@ -475,3 +475,43 @@ async def test_get_token_arguments_of_the_wrong_type_are_configuration_errors() 
         for bad in ({"resource": 123}, {"audience": 5}, {"scope": 7}):
             with pytest.raises(ConfigurationError):
                 await tokens.get_token(**bad)
+
+
+# Issue 15, point 10: a resource server that rejects every token ---------------------------
+
+
+async def test_an_api_rejecting_every_token_causes_no_refresh_storm(
+    server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import httpx
+
+    calls = 0
+
+    def api(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    caplog.set_level(logging.WARNING, logger="keyless_m2m")
+    async with manager(server) as tokens:
+        async with httpx.AsyncClient(auth=tokens.auth(), transport=httpx.MockTransport(api)) as http:
+            for _ in range(100):
+                assert (await http.get("https://api.example/v2/pockets/")).status_code == 401
+        # One token, one refresh after the first 401; then the floor holds.
+        assert server.token_requests == 2
+        assert tokens.stats.ignored_invalidations == 99 and calls == 200
+    assert len([r for r in caplog.records if "min_invalidation_interval" in r.getMessage()]) == 1
+
+
+async def test_invalidation_is_honoured_again_after_the_floor() -> None:
+    endpoint = CountingEndpoint()
+    async with TokenManager(endpoint=endpoint, min_invalidation_interval=0.2) as tokens:
+        first = await tokens.get_token()
+        assert await tokens.invalidate(first)
+        second = await tokens.get_token()
+        assert not await tokens.invalidate(second)  # within the floor: refused
+        assert await tokens.get_token() is second
+        await anyio.sleep(0.25)
+        assert await tokens.invalidate(second)
+        assert (await tokens.get_token()).value != second.value
+        assert endpoint.calls == 3 and tokens.stats.ignored_invalidations == 1
