@@ -1,5 +1,5 @@
-"""What every signer backend shares: the key description, describe-once caching, and
-the lazy import of an optional SDK."""
+"""What every signer backend shares: the key description, describe-once caching, the
+lazy import of an optional SDK, and the one way blocking SDK calls leave the event loop."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ import importlib
 import re
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from .._jose import ALGORITHMS, Algorithm, PublicKey, check_signature_length, jwk_thumbprint, public_jwk
 from ..errors import ConfigurationError, MissingExtraError
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,19 @@ def running_async_library() -> str | None:
     except RuntimeError:
         return None
     return "asyncio"
+
+
+async def run_blocking(func: Callable[[], _T], limiter: anyio.CapacityLimiter | None = None) -> _T:
+    """Run one blocking SDK call (boto3, hvac, the synchronous Azure and Cloud KMS clients)
+    in a worker thread, without holding a caller that is cancelled.
+
+    A cancellation (the caller's own scope, the token endpoint's deadline) releases the
+    caller at once even while the SDK call hangs: the thread is abandoned, runs on until
+    the SDK's own connect/read timeouts end it (every client a signer builds has finite
+    ones), and its result or error is dropped. An abandoned thread no longer counts against
+    ``limiter``.
+    """
+    return await anyio.to_thread.run_sync(func, abandon_on_cancel=True, limiter=limiter)
 
 
 def refuse_uri_credentials(uri: str, what: str, hint: str = "") -> None:

@@ -2,7 +2,13 @@
 
 The key never leaves KMS: ``describe()`` makes one ``GetPublicKey`` call, ``sign()`` one
 ``Sign`` call per assertion. boto3 is synchronous, so every call runs in a worker thread
-(``anyio.to_thread``) under a per-signer capacity limiter.
+(``anyio.to_thread``) under a per-signer capacity limiter; a cancelled caller is released at
+once, even while a call hangs (see :func:`~keyless_m2m.signers._base.run_blocking`).
+
+One KMS call per ``sign()``/``describe()``: the client the signer builds has botocore's
+retries off (``total_max_attempts=1``) and finite timeouts, and a failure is a
+``SigningError`` whose ``retryable`` tells the token endpoint, the one layer that retries,
+whether to try again.
 
 Facts this module is built on (real AWS; moto differs on the last two, see the docs):
 
@@ -28,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
 
 import anyio
-import anyio.to_thread
 
 from .._jose import (
     ALGORITHMS,
@@ -40,7 +45,7 @@ from .._jose import (
     load_public_der,
 )
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
-from ._base import CachedDescriptionSigner, KeyDescription, import_extra, refuse_uri_credentials
+from ._base import CachedDescriptionSigner, KeyDescription, import_extra, refuse_uri_credentials, run_blocking
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -196,11 +201,13 @@ class AwsKmsSigner(CachedDescriptionSigner):
     ``kid`` defaults to the RFC 7638 thumbprint of the public key. (``key_id`` names the
     KMS key here, so the JWS key id is ``kid=``.)
 
-    Pass ``client=`` to use your own boto3 KMS client (it is never closed by this signer);
-    otherwise a client is created on first use from the default credential chain, with
-    ``region`` (default: the key ARN's region, then ``AWS_REGION``/``AWS_DEFAULT_REGION``)
-    and ``endpoint_url`` (moto, LocalStack, a VPC endpoint). At most ``max_concurrency``
-    KMS calls run at once per signer.
+    Pass ``client=`` to use your own boto3 KMS client (it is never closed by this signer,
+    and used as configured: its botocore retries, if any, run under each of the token
+    endpoint's attempts); otherwise a client is created on first use from the default
+    credential chain, with ``region`` (default: the key ARN's region, then
+    ``AWS_REGION``/``AWS_DEFAULT_REGION``) and ``endpoint_url`` (moto, LocalStack, a VPC
+    endpoint), no botocore retries and a 5 s connect / 10 s read timeout. At most
+    ``max_concurrency`` KMS calls run at once per signer.
 
     Once described, the signer signs with the key ARN ``GetPublicKey`` resolved, so a
     later change of an alias never produces signatures that do not match the ``kid``.
@@ -381,7 +388,7 @@ class AwsKmsSigner(CachedDescriptionSigner):
         The signer cannot sign afterwards.
         """
         self._closed = True
-        await anyio.to_thread.run_sync(self._close_client)
+        await run_blocking(self._close_client)
 
     # -- boto3 plumbing (worker threads) --------------------------------------------------
 
@@ -400,7 +407,9 @@ class AwsKmsSigner(CachedDescriptionSigner):
                 raise _Closed
             if self._client is None:
                 config = self._botocore_config.Config(
-                    retries={"mode": "standard", "max_attempts": 3},
+                    # One attempt: the token endpoint is the one layer that retries (a
+                    # botocore retry loop under it would multiply the attempts).
+                    retries={"mode": "standard", "total_max_attempts": 1},
                     connect_timeout=5,
                     read_timeout=10,
                     max_pool_connections=self._max_concurrency,
@@ -423,9 +432,7 @@ class AwsKmsSigner(CachedDescriptionSigner):
             self._limiter = anyio.CapacityLimiter(self._max_concurrency)
         error: KeylessM2MError
         try:
-            response = await anyio.to_thread.run_sync(
-                functools.partial(self._call_now, operation, params), limiter=self._limiter
-            )
+            response = await run_blocking(functools.partial(self._call_now, operation, params), self._limiter)
         except Exception as exc:  # mapped below; anything unknown propagates unchanged
             error = self._map_error(operation, exc)
         else:

@@ -7,7 +7,14 @@ public JWK into the JWS ``alg``; ``sign()`` hashes locally and sends the digest 
 
 The Azure SDK's async stack runs on asyncio only (aiohttp). Under asyncio the signer uses
 the ``.aio`` clients; under trio it runs the synchronous clients (requests transport) in
-worker threads, so the same signer works on both anyio backends.
+worker threads, so the same signer works on both anyio backends; a cancelled caller is
+released at once, even while a threaded call hangs.
+
+One HTTP request per ``sign()``/``describe()``: the SDK clients the signer builds have
+azure-core's retries off (``retry_total=0``) and a 5 s connection / 10 s read timeout, and
+a failure is a ``SigningError`` whose ``retryable`` tells the token endpoint, the one layer
+that retries, whether to try again. Retry settings passed by the user win (and multiply
+with the endpoint's attempts).
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.from_thread
-import anyio.to_thread
 
 from .._jose import ALGORITHMS, Algorithm, PublicKey, choose_algorithm
 from ..errors import ConfigurationError, SigningError
@@ -31,6 +37,7 @@ from ._base import (
     ensure_kid,
     import_extra,
     refuse_uri_credentials,
+    run_blocking,
     running_async_library,
 )
 
@@ -44,6 +51,13 @@ EXTRA = "azure"
 _T = TypeVar("_T")
 _MAX_THREADS = 8  # worker threads the synchronous SDK may use at once (trio)
 
+# The SDK options the signer sets unless the user gives them: no azure-core retry loop under
+# the token endpoint's (its default would retry a throttled sign several times per attempt),
+# and finite timeouts (azure-core waits 300 s to read by default) so that a thread abandoned
+# by a cancelled caller ends soon.
+_NO_SDK_RETRIES = {"retry_total": 0}
+_TIMEOUTS = {"connection_timeout": 5, "read_timeout": 10}
+
 # Key Vault naming rules: key names 1-127 of [0-9a-zA-Z-]; vault names 3-24, starting
 # with a letter, ending with a letter or digit; versions are 32 hex digits in practice.
 _KEY_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
@@ -55,7 +69,7 @@ _HINTS = {
     403: "the identity lacks keys/sign or keys/get on this key (RBAC role 'Key Vault Crypto User' "
     "or an access policy), or the vault firewall blocks this network",
     404: "no such key or key version in this vault",
-    429: "Key Vault throttled the request, also after the SDK's retries",
+    429: "Key Vault throttled the request",
 }
 
 
@@ -187,7 +201,7 @@ def map_azure_error(
     request, whose ``Authorization`` header carries the access token, so callers must not
     chain it (``raise map_azure_error(...) from None``).
 
-    - 429, 408 and 5xx (after the SDK's own retries) and connection failures: retryable;
+    - 429, 408 and 5xx and connection failures: retryable (the token endpoint retries);
     - 401, 403, 404, other 4xx, and a credential that cannot get a token: not retryable.
     """
     from azure.core import exceptions as az
@@ -211,9 +225,7 @@ def map_azure_error(
         shown = " ".join(filter(None, [f"HTTP {status}" if status else None, code]))
         if inner:
             shown += f" ({inner})"
-        hint = _HINTS.get(status or 0) or (
-            "a Key Vault service error, also after the SDK's retries" if retryable else None
-        )
+        hint = _HINTS.get(status or 0) or ("a Key Vault service error" if retryable else None)
         return SigningError(
             f"{prefix}: {shown or name}" + (f"; {hint}" if hint else ""),
             retryable=retryable,
@@ -222,7 +234,7 @@ def map_azure_error(
         )
     if isinstance(exc, az.ServiceRequestError | az.ServiceResponseError):
         return SigningError(
-            f"{prefix}: could not reach the vault ({name}), also after the SDK's retries",
+            f"{prefix}: could not reach the vault ({name})",
             retryable=True,
             key=key,
             code=name,
@@ -266,7 +278,7 @@ class _SyncCredentialOnAsyncio:
 
     async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         call = functools.partial(self._credential.get_token, *scopes, **kwargs)
-        token: AccessToken = await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        token: AccessToken = await run_blocking(call, self._limiter)
         return token
 
     async def close(self) -> None:
@@ -315,7 +327,7 @@ class _Clients:
         self._crypto_key_id: str | None = None
 
     async def _in_thread(self, func: Callable[[], _T]) -> _T:
-        return await anyio.to_thread.run_sync(func, limiter=self._limiter)
+        return await run_blocking(func, self._limiter)
 
 
 class _AsyncioClients(_Clients):
@@ -396,14 +408,14 @@ async def _open_clients(
         if credential is None:
             identity_aio = import_extra("azure.identity.aio", EXTRA)
             # Its constructor reads the environment and may probe files: not on the loop.
-            owned = await anyio.to_thread.run_sync(identity_aio.DefaultAzureCredential, limiter=limiter)
+            owned = await run_blocking(identity_aio.DefaultAzureCredential, limiter)
             return _AsyncioClients(backend, vault_url, options, limiter, owned, owned)
         if not _is_async_credential(credential):
             credential = _SyncCredentialOnAsyncio(credential, limiter)
         return _AsyncioClients(backend, vault_url, options, limiter, credential, None)
     if credential is None:
         identity = import_extra("azure.identity", EXTRA)
-        owned = await anyio.to_thread.run_sync(identity.DefaultAzureCredential, limiter=limiter)
+        owned = await run_blocking(identity.DefaultAzureCredential, limiter)
         return _ThreadedClients(backend, vault_url, options, limiter, owned, owned)
     if _is_async_credential(credential):
         if type(credential).__module__.startswith("azure.identity.aio"):
@@ -414,6 +426,16 @@ async def _open_clients(
             )
         credential = _AsyncCredentialInThreads(credential)
     return _ThreadedClients(backend, vault_url, options, limiter, credential, None)
+
+
+def _with_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """The user's SDK options over the signer's: no SDK retries, finite timeouts."""
+    defaults: dict[str, Any] = {}
+    if "retry_policy" not in options:
+        defaults |= _NO_SDK_RETRIES
+    if "transport" not in options:  # a given transport carries its own timeouts
+        defaults |= _TIMEOUTS
+    return defaults | options
 
 
 class AzureKeyVaultSigner(CachedDescriptionSigner):
@@ -440,8 +462,11 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
       ``use_key_vault_kid=True`` uses the versioned Key Vault key id URL.
     - ``client_options`` go unchanged to the SDK clients: ``api_version``,
       ``verify_challenge_resource``, ``connection_verify``, ``transport``, retry settings
-      (``retry_total``, ``retry_backoff_factor``, ``retry_policy``)... A ``transport`` must
-      fit the backend: an async one under asyncio, a sync one under trio.
+      (``retry_total``, ``retry_backoff_factor``, ``retry_policy``), timeouts
+      (``connection_timeout``, ``read_timeout``)... A ``transport`` must fit the backend: an
+      async one under asyncio, a sync one under trio. By default the SDK does not retry
+      (``retry_total=0``: the token endpoint retries) and times out after 5 s connecting and
+      10 s reading; SDK retries you turn on run under each of the endpoint's attempts.
 
     The SDK clients belong to the event loop that first uses the signer; call
     :meth:`aclose` before using it from another one.
@@ -546,7 +571,7 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
                 self._clients_lock = anyio.Lock()
             async with self._clients_lock:
                 if self._clients is None:
-                    options = dict(self._client_options)
+                    options = _with_defaults(self._client_options)
                     self._clients = await _open_clients(backend, self._vault_url, self._credential, options)
                 clients = self._clients
         if clients.backend != backend:

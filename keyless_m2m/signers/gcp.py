@@ -13,16 +13,19 @@ EC_SIGN_P256_SHA256 -> ES256, EC_SIGN_P384_SHA384 -> ES384, EC_SIGN_ED25519 -> E
 
 On asyncio the SDK's ``grpc.aio`` client is used, created lazily inside the running loop
 (a ``grpc.aio`` channel belongs to the loop that made it). trio cannot drive ``grpc.aio``,
-so there the synchronous client runs in worker threads. Every request and response carries
-CRC32C checksums, which are checked as Google's integrity guide asks; a mismatch, like
-``RESOURCE_EXHAUSTED`` (which the SDK never retries), is retried a bounded number of times
-with our own backoff.
+so there the synchronous client runs in worker threads (a cancelled caller is released at
+once, even while such a call hangs). Every request and response carries CRC32C checksums,
+which are checked as Google's integrity guide asks.
+
+One RPC per ``sign()``/``describe()``, with the SDK's retry off (``retry=None``) and a
+``timeout``: a checksum mismatch, ``RESOURCE_EXHAUSTED``, ``UNAVAILABLE``,
+``DEADLINE_EXCEEDED`` and ``INTERNAL`` are a retryable ``SigningError``, which the token
+endpoint, the one layer that retries, tries again within its attempts and deadline.
 """
 
 from __future__ import annotations
 
 import inspect
-import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ from ._base import (
     ensure_kid,
     import_extra,
     refuse_uri_credentials,
+    run_blocking,
     running_async_library,
 )
 
@@ -210,9 +214,8 @@ class GcpKmsSigner(CachedDescriptionSigner):
 
     ``algorithm`` is optional: Cloud KMS fixes it per key, and a requested one that differs
     is a :class:`~keyless_m2m.ConfigurationError`. ``key_id`` defaults to the RFC 7638
-    thumbprint. ``timeout`` bounds each RPC; ``max_attempts`` bounds tries of one call
-    (retryable gRPC codes and checksum mismatches), sleeping ``backoff`` seconds doubled per
-    try up to ``max_backoff``, jittered. ``max_threads`` caps concurrent worker threads.
+    thumbprint. ``timeout`` bounds each RPC. The signer makes one RPC per call and never
+    retries (the token endpoint does). ``max_threads`` caps concurrent worker threads.
     """
 
     def __init__(
@@ -227,9 +230,6 @@ class GcpKmsSigner(CachedDescriptionSigner):
         async_client_factory: Callable[[], KeyManagementServiceAsyncClient] | None = None,
         sync_client_factory: Callable[[], KeyManagementServiceClient] | None = None,
         timeout: float = 10.0,
-        max_attempts: int = 4,
-        backoff: float = 0.2,
-        max_backoff: float = 2.0,
         max_threads: int = 16,
     ) -> None:
         self._name = parse_key_version_name(key_version_name)
@@ -269,16 +269,9 @@ class GcpKmsSigner(CachedDescriptionSigner):
 
         if not (timeout > 0):
             raise ConfigurationError("timeout must be a positive number of seconds")
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ConfigurationError("max_attempts must be an integer of at least 1")
-        if not (backoff >= 0 and max_backoff >= 0):
-            raise ConfigurationError("backoff and max_backoff must be non-negative numbers of seconds")
         if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
             raise ConfigurationError("max_threads must be an integer of at least 1")
         self.timeout = float(timeout)
-        self.max_attempts = max_attempts
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
         self._max_threads = max_threads
         self._loop: _LoopState | None = None
 
@@ -400,7 +393,7 @@ class GcpKmsSigner(CachedDescriptionSigner):
 
     async def _off_loop(self, state: _LoopState, func: Callable[[], Any]) -> Any:
         try:
-            return await anyio.to_thread.run_sync(func, limiter=self._limiter(state))
+            return await run_blocking(func, self._limiter(state))
         except KeylessM2MError:
             raise
         except Exception as exc:
@@ -421,7 +414,7 @@ class GcpKmsSigner(CachedDescriptionSigner):
         )
 
     async def _rpc(self, rpc: str, request: Any) -> Any:
-        """One call, with the SDK's own retry disabled (ours is bounded and uniform)."""
+        """One call, with the SDK's own retry disabled: the token endpoint owns the retries."""
         state = self._state()
         try:
             if self._use_async_client():
@@ -432,9 +425,8 @@ class GcpKmsSigner(CachedDescriptionSigner):
                 return await method(request=request, retry=None, timeout=self.timeout)
             sync_client = await self._get_sync_client(state)
             call = sync_client.asymmetric_sign if rpc == "AsymmetricSign" else sync_client.get_public_key
-            return await anyio.to_thread.run_sync(
-                partial(call, request=request, retry=None, timeout=self.timeout),
-                limiter=self._limiter(state),
+            return await run_blocking(
+                partial(call, request=request, retry=None, timeout=self.timeout), self._limiter(state)
             )
         except KeylessM2MError:
             raise
@@ -482,40 +474,19 @@ class GcpKmsSigner(CachedDescriptionSigner):
         )
 
     async def _call(self, rpc: str, request: Any, check: Callable[[Any], None]) -> Any:
-        """``_rpc`` with bounded retries for retryable codes and integrity failures."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await self._rpc(rpc, request)
-                check(response)
-                return response
-            except SigningError as error:
-                if not error.retryable:
-                    raise
-                if attempt >= self.max_attempts:
-                    if attempt == 1:
-                        raise
-                    raise SigningError(
-                        f"{error}; gave up after {attempt} attempts",
-                        retryable=True,
-                        key=error.key,
-                        code=error.code,
-                    ) from None
-            except _IntegrityError as problem:
-                if attempt >= self.max_attempts:
-                    raise SigningError(
-                        f"Cloud KMS {rpc} on {self._name}: {problem} after {attempt} attempts "
-                        "(data damaged in transit)",
-                        retryable=True,
-                        key=self._name,
-                        code="INTEGRITY_CHECK_FAILED",
-                    ) from None
-            await anyio.sleep(self._delay(attempt))
-
-    def _delay(self, attempt: int) -> float:
-        delay = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
-        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+        """One ``_rpc`` whose response passes ``check``; a response that fails it is a
+        retryable error (data damaged in transit: the token endpoint's next try may pass)."""
+        response = await self._rpc(rpc, request)
+        try:
+            check(response)
+        except _IntegrityError as problem:
+            raise SigningError(
+                f"Cloud KMS {rpc} on {self._name}: {problem} (data damaged in transit)",
+                retryable=True,
+                key=self._name,
+                code="INTEGRITY_CHECK_FAILED",
+            ) from None
+        return response
 
     # -- describe / sign -------------------------------------------------------------------
 

@@ -3,7 +3,10 @@
 The private key never leaves Vault: ``describe()`` reads the public half of one key version
 (``GET /v1/<mount>/keys/<name>``) and ``sign()`` asks Vault to sign
 (``POST /v1/<mount>/sign/<name>``). hvac is synchronous, so every call runs in a worker
-thread under a capacity limiter.
+thread under a capacity limiter; a cancelled caller is released at once, even while a call
+hangs. One HTTP request per ``sign()``/``describe()``: neither hvac nor requests retries
+(requests' adapter allows urllib3 no retries), the client the signer builds has a 5 s
+connect and 10 s read timeout, and the token endpoint retries a retryable ``SigningError``.
 
 The version is pinned at ``describe()`` time (the one given, or the latest then): after a
 rotation in Vault the signer keeps signing with the version its ``kid`` names, and a new
@@ -22,13 +25,19 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
-import anyio.to_thread
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .._jose import ALGORITHMS, Algorithm, KeyFamily, PublicKey, b64url_decode, choose_algorithm, key_family
 from .._jose import load_public_pem as _load_public_pem
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
-from ._base import CachedDescriptionSigner, KeyDescription, ensure_kid, import_extra, refuse_uri_credentials
+from ._base import (
+    CachedDescriptionSigner,
+    KeyDescription,
+    ensure_kid,
+    import_extra,
+    refuse_uri_credentials,
+    run_blocking,
+)
 
 if TYPE_CHECKING:
     import hvac
@@ -52,6 +61,9 @@ _HASH_ALGORITHMS = {"sha256": "sha2-256", "sha384": "sha2-384", "sha512": "sha2-
 
 #: hvac's connection pool holds 10 connections; more threads than that would only queue.
 _MAX_CONCURRENT_REQUESTS = 10
+
+#: (connect, read) seconds for the client the signer builds (hvac's default is 30 s).
+_TIMEOUT = (5.0, 10.0)
 
 _DEFAULT_ADDRESS = "https://127.0.0.1:8200"  # the Vault CLI's default, not hvac's
 _NAME = re.compile(r"\w(?:[\w.-]*\w)?", re.ASCII)  # Vault's GenericNameRegex for transit key names
@@ -123,7 +135,8 @@ class VaultTransitSigner(CachedDescriptionSigner):
     ``VAULT_SKIP_VERIFY``, ``VAULT_CLIENT_CERT``/``VAULT_CLIENT_KEY``. OpenBao's ``BAO_*``
     names are read when the ``VAULT_*`` one is unset. For AppRole, Kubernetes, JWT or any
     other auth method, pass an authenticated ``hvac.Client`` (it is not closed by
-    :meth:`aclose`).
+    :meth:`aclose`, and is used as configured: a session that retries runs its retries
+    under each of the token endpoint's attempts).
 
     Key types: rsa-2048/3072/4096 (RS256 by default; RS384/512, PS256/384/512 on request),
     ecdsa-p256/p384/p521 (ES256/384/512), ed25519 (EdDSA). ``key_version`` pins a version;
@@ -193,6 +206,7 @@ class VaultTransitSigner(CachedDescriptionSigner):
                 namespace=namespace if namespace is not None else _env("VAULT_NAMESPACE", "BAO_NAMESPACE"),
                 verify=verify,
                 cert=cert,
+                timeout=_TIMEOUT,
             )
             self._owns_client = True
 
@@ -258,9 +272,7 @@ class VaultTransitSigner(CachedDescriptionSigner):
             self._limiter = anyio.CapacityLimiter(_MAX_CONCURRENT_REQUESTS)
         error: KeylessM2MError
         try:
-            return await anyio.to_thread.run_sync(
-                functools.partial(function, **kwargs), limiter=self._limiter
-            )
+            return await run_blocking(functools.partial(function, **kwargs), self._limiter)
         except self._hvac_exceptions.VaultError as exc:
             error = self._vault_error(operation, exc)
         except self._requests_exceptions.RequestException as exc:

@@ -156,9 +156,7 @@ def test_gcp_kms_signatures(gcp: Any, signature: bytes, crc: str, verified: bool
                 name=self.name,
             )
 
-    signer = GcpKmsSigner(
-        gcp.NAME, client=Fuzzed(make_key("p256"), "EC_SIGN_P256_SHA256"), max_attempts=2, backoff=0
-    )
+    signer = GcpKmsSigner(gcp.NAME, client=Fuzzed(make_key("p256"), "EC_SIGN_P256_SHA256"))
     try:
         raw = _describe_and_sign(signer)
     except SigningError as exc:

@@ -29,9 +29,17 @@ from jwcrypto import jwk as jwcrypto_jwk
 
 from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m.signers import AwsKmsSigner, signer_from_uri
+from tests.aws_faults import KmsSignFaults
 from tests.conftest import missing_server, require_module, verify_jws
 from tests.contract import SignerContract, sign_jws
 from tests.processes import free_port, stop_process
+from tests.retries import (
+    ATTEMPTS,
+    Hang,
+    assert_cancel_releases_the_caller,
+    failing_sign,
+    failing_token_request,
+)
 
 # Skip without the aws extra, except under CI=true (CI installs it: missing is a failure).
 boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
@@ -297,6 +305,90 @@ async def test_unreachable_endpoint_is_retryable(aws_env: None) -> None:
     finally:
         await signer.aclose()
         client.close()
+
+
+# -- one owner of retries: one KMS call per sign(), the token endpoint retries -------------------
+
+
+@pytest.fixture
+async def faulty(moto: MotoServer, kms: Any) -> AsyncIterator[tuple[AwsKmsSigner, KmsSignFaults]]:
+    """A signer with the client it builds itself (its retry settings are under test), and
+    AWS's error answers injected into that client's Sign calls."""
+    signer = AwsKmsSigner(create_key(kms, "ECC_NIST_P256"), endpoint_url=moto.endpoint)
+    await signer.describe()
+    faults = KmsSignFaults()
+    faults.install(signer._client)  # the boto3 client the signer made
+    yield signer, faults
+    await signer.aclose()
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"),
+    [("ThrottlingException", True), ("KMSInternalException", True), ("AccessDeniedException", False)],
+)
+async def test_one_kms_call_per_failing_sign(
+    faulty: tuple[AwsKmsSigner, KmsSignFaults], code: str, retryable: bool
+) -> None:
+    signer, faults = faulty
+    faults.fault = (500 if code == "KMSInternalException" else 400, code)
+    error, calls = await failing_sign(signer, lambda: faults.calls)
+    assert (error.code, error.retryable) == (code, retryable)
+    assert calls == 1  # botocore does not retry; the token endpoint decides
+
+
+@pytest.mark.parametrize(("code", "retryable"), [("ThrottlingException", True), ("DisabledException", False)])
+async def test_the_token_endpoint_owns_the_retries(
+    faulty: tuple[AwsKmsSigner, KmsSignFaults], code: str, retryable: bool
+) -> None:
+    signer, faults = faulty
+    faults.fault = (400, code)
+    error, calls = await failing_token_request(signer, lambda: faults.calls)
+    assert (error.code, error.retryable) == (code, retryable)
+    assert calls == (ATTEMPTS if retryable else 1)
+
+
+def test_the_built_client_has_no_retries_and_finite_timeouts(aws_env: None) -> None:
+    signer = AwsKmsSigner("alias/x", endpoint_url="http://127.0.0.1:1")
+    config = signer._client_now().meta.config
+    assert config.retries["total_max_attempts"] == 1
+    assert 0 < config.connect_timeout <= 10 and 0 < config.read_timeout <= 30
+    signer._close_client()
+
+
+async def test_a_given_client_keeps_its_own_retry_settings(moto: MotoServer, kms: Any) -> None:
+    # A client the user built is used as it is: its retries multiply with the endpoint's.
+    client = boto3.session.Session().client(
+        "kms",
+        region_name=REGION,
+        endpoint_url=moto.endpoint,
+        config=Config(retries={"mode": "standard", "total_max_attempts": 2}),
+    )
+    signer = AwsKmsSigner(create_key(kms, "ECC_NIST_P256"), client=client)
+    await signer.describe()
+    faults = KmsSignFaults()
+    faults.install(client)
+    faults.fault = (400, "ThrottlingException")
+    try:
+        _, calls = await failing_sign(signer, lambda: faults.calls)
+        assert calls == 2
+    finally:
+        await signer.aclose()
+        client.close()
+
+
+async def test_cancellation_releases_a_caller_stuck_in_boto3(moto: MotoServer, kms: Any) -> None:
+    signer = AwsKmsSigner(create_key(kms, "ECC_NIST_P256"), endpoint_url=moto.endpoint)
+    await signer.describe()
+    hang = Hang()
+
+    def before_send(**kwargs: Any) -> None:
+        hang()  # a KMS endpoint that does not answer, inside botocore's send
+
+    signer._client.meta.events.register("before-send.kms.Sign", before_send)
+    try:
+        await assert_cancel_releases_the_caller(lambda: signer.sign(b"header.claims"), hang)
+    finally:
+        await signer.aclose()
 
 
 # -- in-process moto, as users' own tests would use it -------------------------------------------

@@ -25,14 +25,19 @@ from keyless_m2m.testing.azure_key_vault import (
 from tests.conftest import ALG_KEYS, make_key, require_module, verify_jws
 from tests.contract import SignerContract, sign_jws
 from tests.integration.conftest import AuthServer
+from tests.retries import (
+    ATTEMPTS,
+    Hang,
+    assert_cancel_releases_the_caller,
+    failing_sign,
+    failing_token_request,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 az = require_module("azure.core.exceptions", reason="the azure extra is not installed")
 require_module("azure.keyvault.keys", reason="the azure extra is not installed")
 require_module("azure.identity", reason="the azure extra is not installed")
 
-# Keep the SDK's own retries fast: Retry-After from the fake is 0.01 s, backoff tiny.
-FAST_RETRIES = {"retry_total": 2, "retry_backoff_factor": 0.01, "retry_backoff_max": 0.05}
 CONTRACT_ALGS = ["RS256", "PS256", "ES256", "ES384", "ES512"]
 
 
@@ -64,7 +69,7 @@ def make_signer(
     return AzureKeyVaultSigner(
         vault.key_url(name),
         credential=credential if credential is not None else vault.async_credential(),
-        **vault.client_options(**{**FAST_RETRIES, **options}),
+        **vault.client_options(**options),
     )
 
 
@@ -172,7 +177,7 @@ async def test_default_credential_is_created_lazily_and_closed(
 
 
 async def test_usable_again_after_aclose(shared_vault: FakeKeyVault) -> None:
-    signer = shared_vault.signer("p256", retry_total=1)
+    signer = shared_vault.signer("p256")
     jwk = await _verifies(signer)
     await signer.aclose()
     assert await _verifies(signer) == jwk
@@ -244,16 +249,21 @@ def _assert_clean(error: SigningError, vault: FakeKeyVault) -> None:
     assert error.__suppress_context__
 
 
-async def test_throttling_is_retried_by_the_sdk(vault: FakeKeyVault) -> None:
+async def test_throttling_is_not_retried_by_the_sdk(vault: FakeKeyVault) -> None:
+    # It used to be (azure-core's RetryPolicy, under the token endpoint's attempts): the
+    # endpoint is now the one layer that retries, so the signer's next call is the retry.
     signer = make_signer(vault, "p256")
     try:
         await signer.describe()
-        vault.fail_next(2, status=429, operation="sign", retry_after=0.01)
+        vault.fail_next(1, status=429, operation="sign", retry_after=0.01)
+        with pytest.raises(SigningError) as info:
+            await signer.sign(b"header.claims")
+        assert info.value.retryable
         await _verifies(signer)
     finally:
         await signer.aclose()
-    statuses = [r.status for r in vault.requests if r.operation == "sign"]
-    assert statuses == [429, 429, 200]
+    statuses = [r.status for r in vault.requests if r.operation == "sign" and r.authorized]
+    assert statuses == [429, 200]
 
 
 async def test_persistent_throttling_is_retryable(vault: FakeKeyVault) -> None:
@@ -272,7 +282,7 @@ async def test_persistent_throttling_is_retryable(vault: FakeKeyVault) -> None:
     assert error.key == signer.key_name
     assert signer.key_name in str(error)
     _assert_clean(error, vault)
-    assert [r.status for r in vault.requests if r.operation == "sign"] == [429, 429, 429]  # 1 + 2 retries
+    assert [r.status for r in vault.requests if r.operation == "sign"] == [429]  # the SDK does not retry
 
 
 async def test_server_errors_are_retryable(vault: FakeKeyVault) -> None:
@@ -363,7 +373,7 @@ async def test_unreachable_vault_is_retryable(vault: FakeKeyVault, tmp_path: Pat
     # The SDK reads the CA file per connection; keep a copy once the fake is gone.
     ca_copy = tmp_path / "ca.pem"
     shutil.copyfile(vault.cert_path, ca_copy)
-    signer = make_signer(vault, "p256", retry_total=1, connection_verify=str(ca_copy))
+    signer = make_signer(vault, "p256", connection_verify=str(ca_copy))
     try:
         await signer.describe()
         vault.stop()
@@ -377,7 +387,7 @@ async def test_unreachable_vault_is_retryable(vault: FakeKeyVault, tmp_path: Pat
 
 
 async def test_dropped_connection_is_retryable(vault: FakeKeyVault) -> None:
-    signer = make_signer(vault, "p256", retry_total=1)
+    signer = make_signer(vault, "p256")
     try:
         await signer.describe()
         vault.fail_next(5, status=0, operation="sign")
@@ -388,6 +398,79 @@ async def test_dropped_connection_is_retryable(vault: FakeKeyVault) -> None:
     assert info.value.retryable
     assert info.value.code in ("ServiceRequestError", "ServiceResponseError")
     _assert_clean(info.value, vault)
+
+
+# -- one call per sign(): the SDK's retries are off, the token endpoint retries -----------------
+
+
+def sign_calls(vault: FakeKeyVault) -> Any:
+    """Authorized sign requests the fake answered (the SDK's 401 challenge excluded)."""
+    return lambda: sum(1 for r in vault.requests if r.operation == "sign" and r.authorized)
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(429, True), (503, True), (0, True), (403, False)], ids=str
+)
+async def test_one_vault_call_per_failing_sign(vault: FakeKeyVault, status: int, retryable: bool) -> None:
+    signer = vault.signer("p256")  # the signer's own SDK settings, no test overrides
+    try:
+        await signer.describe()
+        vault.fail_next(10_000, status=status, operation="sign", retry_after=0.0 if status == 429 else None)
+        error, calls = await failing_sign(signer, sign_calls(vault))
+    finally:
+        await signer.aclose()
+    assert error.retryable is retryable
+    assert calls == 1
+    assert "SDK's retries" not in str(error)
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(429, True), (403, False)], ids=str)
+async def test_the_token_endpoint_owns_the_retries(vault: FakeKeyVault, status: int, retryable: bool) -> None:
+    signer = vault.signer("rsa")
+    try:
+        await signer.describe()
+        vault.fail_next(10_000, status=status, operation="sign", retry_after=0.0 if status == 429 else None)
+        error, calls = await failing_token_request(signer, sign_calls(vault))
+    finally:
+        await signer.aclose()
+    assert error.retryable is retryable
+    assert calls == (ATTEMPTS if retryable else 1)
+
+
+async def test_retry_settings_passed_by_the_user_multiply(vault: FakeKeyVault) -> None:
+    # Documented: SDK retries the user turns on run under each of the endpoint's attempts.
+    signer = vault.signer("p256", retry_total=2, retry_backoff_factor=0.0)
+    try:
+        await signer.describe()
+        vault.fail_next(10_000, status=429, operation="sign", retry_after=0.0)
+        _, calls = await failing_sign(signer, sign_calls(vault))
+    finally:
+        await signer.aclose()
+    assert calls == 3
+
+
+class _HangingCredential(FakeKeyVaultCredential):
+    """A synchronous credential whose token call blocks once armed (an identity endpoint
+    that does not answer); the SDK calls it in a worker thread."""
+
+    hang: Hang | None = None
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        if self.hang is not None:
+            self.hang()
+        return super().get_token(*scopes, **kwargs)
+
+
+async def test_cancellation_releases_a_caller_stuck_in_a_blocking_call(vault: FakeKeyVault) -> None:
+    credential = _HangingCredential(vault.token)
+    signer = vault.signer("p256", credential=credential)
+    try:
+        await signer.describe()
+        # sign() makes a CryptographyClient, whose first request asks the credential again
+        credential.hang = hang = Hang()
+        await assert_cancel_releases_the_caller(lambda: signer.sign(b"header.claims"), hang)
+    finally:
+        await signer.aclose()
 
 
 @pytest.mark.parametrize(

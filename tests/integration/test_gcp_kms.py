@@ -17,6 +17,13 @@ from keyless_m2m.errors import ConfigurationError, MissingExtraError, SigningErr
 from keyless_m2m.signers import GcpKmsSigner, signer_from_uri
 from tests.conftest import make_key, missing_server, verify_jws
 from tests.contract import SignerContract, sign_jws
+from tests.retries import (
+    ATTEMPTS,
+    Hang,
+    assert_cancel_releases_the_caller,
+    failing_sign,
+    failing_token_request,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -71,7 +78,6 @@ async def make_signer(kms: Any) -> AsyncIterator[Any]:
     made: list[GcpKmsSigner] = []
 
     def factory(key: str, **options: Any) -> GcpKmsSigner:
-        options.setdefault("backoff", 0.0)
         signer: GcpKmsSigner = kms.signer(name_of(kms, key) if key in KEYS else key, **options)
         made.append(signer)
         return signer
@@ -182,7 +188,13 @@ async def test_requested_algorithm_must_match_the_key(make_signer: Any) -> None:
         await make_signer("PS256", algorithm="RS256").describe()
 
 
-# -- integrity checks -------------------------------------------------------------------------
+# -- one call per sign()/describe(): the token endpoint owns the retries -------------------------
+# A failed check or a transient gRPC code is one retryable SigningError; the signer never
+# tries again itself (it used to, 4 times, under the endpoint's own attempts).
+
+
+def sign_calls(kms: Any) -> Any:
+    return lambda: kms.calls["AsymmetricSign"]
 
 
 @pytest.mark.parametrize(
@@ -195,84 +207,110 @@ async def test_requested_algorithm_must_match_the_key(make_signer: Any) -> None:
         ("EdDSA", "verified_data_crc32c"),
     ],
 )
-async def test_integrity_failure_is_retried_then_succeeds(
+async def test_integrity_failure_is_one_retryable_call(
     make_signer: Any, kms: Any, alg: str, field: str
 ) -> None:
-    signer = make_signer(alg, max_attempts=3)
-    description = await signer.describe()
-    kms.corrupt_next(field, times=2)
-    token = await sign_jws(signer, {"crc": field})
-    assert verify_jws(token, dict(description.public_jwk)) == {"crc": field}
-    assert kms.calls["AsymmetricSign"] == 3
-
-
-@pytest.mark.parametrize("field", ["signature_crc32c", "verified_digest_crc32c", "name"])
-async def test_integrity_failure_gives_up_after_the_bound(make_signer: Any, kms: Any, field: str) -> None:
-    signer = make_signer("ES256", max_attempts=3)
+    signer = make_signer(alg)
     await signer.describe()
     kms.corrupt_next(field, times=10)
-    with pytest.raises(SigningError) as info:
-        await signer.sign(b"a.b")
-    assert kms.calls["AsymmetricSign"] == 3
-    error = info.value
+    error, calls = await failing_sign(signer, sign_calls(kms))
+    assert calls == 1
     assert error.code == "INTEGRITY_CHECK_FAILED"
     assert error.retryable
-    assert name_of(kms, "ES256") in str(error)
-    assert "3 attempts" in str(error)
+    assert name_of(kms, alg) in str(error)
+    assert "damaged in transit" in str(error)
 
 
-@pytest.mark.parametrize("field", ["pem_crc32c", "pem"])
-async def test_public_key_checksum_is_verified(make_signer: Any, kms: Any, field: str) -> None:
+async def test_integrity_failure_then_the_endpoint_retry_succeeds(make_signer: Any, kms: Any) -> None:
+    signer = make_signer("ES256")
+    description = await signer.describe()
+    kms.corrupt_next("signature_crc32c", times=1)
+    with pytest.raises(SigningError):
+        await signer.sign(b"a.b")
+    assert verify_jws(await sign_jws(signer, {"n": 2}), dict(description.public_jwk)) == {"n": 2}
+    assert kms.calls["AsymmetricSign"] == 2
+
+
+@pytest.mark.parametrize(("field", "match"), [("pem_crc32c", "pem_crc32c"), ("pem", "pem_crc32c")])
+async def test_public_key_checksum_is_verified(make_signer: Any, kms: Any, field: str, match: str) -> None:
     kms.corrupt_next(field, times=1)
-    assert (await make_signer("ES384").describe()).algorithm == "ES384"
-    assert kms.calls["GetPublicKey"] == 2
-
-    kms.corrupt_next(field, times=5)
-    with pytest.raises(SigningError, match="pem_crc32c") as info:
-        await make_signer("ES384", max_attempts=2).describe()
-    assert info.value.code == "INTEGRITY_CHECK_FAILED"
+    with pytest.raises(SigningError, match=match) as info:
+        await make_signer("ES384").describe()
+    assert (info.value.code, info.value.retryable) == ("INTEGRITY_CHECK_FAILED", True)
+    assert kms.calls["GetPublicKey"] == 1
+    assert (await make_signer("ES384").describe()).algorithm == "ES384"  # the next try is clean
 
 
 async def test_public_key_name_is_checked(make_signer: Any, kms: Any) -> None:
     kms.corrupt_next("name", times=5, method="GetPublicKey")
-    with pytest.raises(SigningError, match="another key version"):
-        await make_signer("ES256", max_attempts=2).describe()
-    assert kms.calls["GetPublicKey"] == 2
-
-
-# -- gRPC errors --------------------------------------------------------------------------------
+    with pytest.raises(SigningError, match="another key version") as info:
+        await make_signer("ES256").describe()
+    assert info.value.retryable
+    assert kms.calls["GetPublicKey"] == 1
 
 
 @pytest.mark.parametrize("code", ["RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"])
-async def test_transient_errors_are_retried(make_signer: Any, kms: Any, code: str) -> None:
+async def test_transient_errors_are_one_retryable_call(make_signer: Any, kms: Any, code: str) -> None:
     signer = make_signer("ES256")
-    description = await signer.describe()
-    kms.fail_next(code, times=2, method="AsymmetricSign")
-    assert verify_jws(await sign_jws(signer, {"c": code}), dict(description.public_jwk)) == {"c": code}
-    assert kms.calls["AsymmetricSign"] == 3
-
-
-async def test_resource_exhausted_burst_gives_up_after_the_bound(make_signer: Any, kms: Any) -> None:
-    signer = make_signer("ES256", max_attempts=2)
-    kms.fail_next("RESOURCE_EXHAUSTED", times=10, details="Quota exceeded for quota metric 'x'")
-    with pytest.raises(SigningError) as info:
-        await signer.describe()
-    error = info.value
-    assert error.retryable
-    assert error.code == "RESOURCE_EXHAUSTED"
-    assert error.key == name_of(kms, "ES256")
-    assert "RESOURCE_EXHAUSTED" in str(error)
+    await signer.describe()
+    kms.fail_next(code, times=10, method="AsymmetricSign", details="Quota exceeded for quota metric 'x'")
+    error, calls = await failing_sign(signer, sign_calls(kms))
+    assert calls == 1
+    assert (error.code, error.retryable, error.key) == (code, True, name_of(kms, "ES256"))
+    assert code in str(error)
     assert name_of(kms, "ES256") in str(error)
     assert "Quota exceeded" not in str(error)  # the provider's text is not echoed
     assert error.__cause__ is None
     assert error.__suppress_context__
-    assert kms.calls["GetPublicKey"] == 2
 
 
-async def test_transient_errors_on_get_public_key_are_retried(make_signer: Any, kms: Any) -> None:
-    kms.fail_next("UNAVAILABLE", times=1, method="GetPublicKey")
-    assert (await make_signer("EdDSA").describe()).algorithm == "EdDSA"
-    assert kms.calls["GetPublicKey"] == 2
+async def test_transient_error_on_get_public_key_is_one_call(make_signer: Any, kms: Any) -> None:
+    kms.fail_next("UNAVAILABLE", times=5, method="GetPublicKey")
+    with pytest.raises(SigningError) as info:
+        await make_signer("EdDSA").describe()
+    assert (info.value.code, info.value.retryable) == ("UNAVAILABLE", True)
+    assert kms.calls["GetPublicKey"] == 1
+
+
+@pytest.mark.parametrize(("fault", "retryable"), [("RESOURCE_EXHAUSTED", True), ("PERMISSION_DENIED", False)])
+async def test_the_token_endpoint_owns_the_retries(
+    make_signer: Any, kms: Any, fault: str, retryable: bool
+) -> None:
+    signer = make_signer("ES256")
+    await signer.describe()
+    kms.fail_next(fault, times=10_000, method="AsymmetricSign")
+    error, calls = await failing_token_request(signer, sign_calls(kms))
+    assert (error.code, error.retryable) == (fault, retryable)
+    assert calls == (ATTEMPTS if retryable else 1)
+
+
+class _HangingSyncClient:
+    """A real sync client whose AsymmetricSign first blocks (a KMS that does not answer)."""
+
+    def __init__(self, client: Any, hang: Hang) -> None:
+        self._client = client
+        self._hang = hang
+        self.transport = client.transport
+
+    def get_public_key(self, **kwargs: Any) -> Any:
+        return self._client.get_public_key(**kwargs)
+
+    def asymmetric_sign(self, **kwargs: Any) -> Any:
+        self._hang()
+        return self._client.asymmetric_sign(**kwargs)
+
+
+async def test_cancellation_releases_a_caller_stuck_in_the_sync_client(kms: Any) -> None:
+    # The sync client runs in worker threads (on trio always; here on both backends).
+    hang = Hang()
+    real = kms.sync_client()
+    signer = GcpKmsSigner(name_of(kms, "ES256"), client=_HangingSyncClient(real, hang))  # type: ignore[arg-type]
+    try:
+        await signer.describe()
+        await assert_cancel_releases_the_caller(lambda: signer.sign(b"header.claims"), hang)
+    finally:
+        await signer.aclose()
+        real.transport.close()
 
 
 async def test_permission_denied_is_not_retried(make_signer: Any, kms: Any) -> None:
@@ -414,7 +452,7 @@ async def test_given_async_client_needs_asyncio(kms: Any, anyio_backend: Any) ->
 
 
 async def test_async_factory_alone_is_refused_on_trio(kms: Any, anyio_backend: Any) -> None:
-    signer = GcpKmsSigner(name_of(kms, "ES256"), async_client_factory=kms.async_client, backoff=0)
+    signer = GcpKmsSigner(name_of(kms, "ES256"), async_client_factory=kms.async_client)
     try:
         if anyio_backend[0] == "asyncio":
             assert (await signer.describe()).algorithm == "ES256"

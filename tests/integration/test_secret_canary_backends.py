@@ -257,7 +257,7 @@ async def test_aws_kms(
             aws_access_key_id=aws_credentials["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=aws_credentials["AWS_SECRET_ACCESS_KEY"],
             aws_session_token=aws_credentials["AWS_SESSION_TOKEN"],
-            config=Config(retries={"mode": "standard", "max_attempts": 1}),
+            config=Config(retries={"total_max_attempts": 1}),  # one attempt, like the signer's own
         )
         try:
             key = client.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
@@ -289,7 +289,7 @@ def gcp_kms() -> Iterator[Any]:
 async def test_gcp_kms(canary: Canary, caplog: pytest.LogCaptureFixture, gcp_kms: Any) -> None:
     name = f"{gcp_kms.key_ring_name}/cryptoKeys/canary/cryptoKeyVersions/1"
     canary.forbid_private_key("the GCP fake's key", make_key("p256"))
-    signer = gcp_kms.signer(name, backoff=0.0, max_attempts=1)
+    signer = gcp_kms.signer(name)
     faults = {
         "denied": (lambda: gcp_kms.deny(name), lambda: gcp_kms.allow(name)),
         "disabled": (
@@ -318,7 +318,7 @@ async def test_azure_key_vault(canary: Canary, caplog: pytest.LogCaptureFixture)
     canary.forbid_private_key("the Azure fake's key", make_key("p256"))
     with FakeKeyVault(token=bearer) as vault:
         vault.add_key("canary", make_key("p256"))
-        signer = vault.signer("canary", retry_total=0, retry_backoff_factor=0.0)
+        signer = vault.signer("canary")
         canary.see(signer)
         faults = {
             "denied": (lambda: vault.fail_next(10, status=403, operation="sign"), vault.clear_faults),
@@ -332,7 +332,7 @@ async def test_azure_key_vault(canary: Canary, caplog: pytest.LogCaptureFixture)
         finally:
             await signer.aclose()
         # a credential whose token the vault rejects: 401 on the first request
-        impostor = vault.signer("canary", credential=AsyncFakeKeyVaultCredential(rejected), retry_total=0)
+        impostor = vault.signer("canary", credential=AsyncFakeKeyVaultCredential(rejected))
         try:
             await canary.expect(SigningError, impostor.describe())
         finally:

@@ -40,6 +40,13 @@ from tests.conftest import missing_server, verify_jws
 from tests.contract import SignerContract, sign_jws
 from tests.oidc_provider import harness
 from tests.processes import free_port, stop_process
+from tests.retries import (
+    ATTEMPTS,
+    Hang,
+    assert_cancel_releases_the_caller,
+    failing_sign,
+    failing_token_request,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -346,6 +353,82 @@ async def test_rate_limit_quota_is_retried(vault_server: VaultServer) -> None:
     assert token.value == "at-1"
     assert len(sleeps) == 1
     await signer.aclose()
+
+
+# -- one call per sign(): the token endpoint owns the retries --------------------------------
+
+
+class _Wire:
+    """Counts the HTTP requests a signer's own hvac client puts on the wire, and can make
+    them hang. Wraps the session's transport adapter (its retry settings are kept)."""
+
+    def __init__(self, signer: VaultTransitSigner, url: str) -> None:
+        self.sign_requests = 0
+        self.hang: Hang | None = None
+        adapter = signer._client.adapter.session.get_adapter(url)
+        # urllib3 below requests would retry by itself if this allowed it: it must not.
+        assert adapter.max_retries.total == 0
+        send = adapter.send
+
+        def counting_send(request: Any, **kwargs: Any) -> Any:
+            if "/sign/" in request.url:
+                self.sign_requests += 1
+                if self.hang is not None:
+                    self.hang()
+            return send(request, **kwargs)
+
+        adapter.send = counting_send  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _rate_limited(vault_server: VaultServer, key: str) -> Iterator[None]:
+    """One sign request per hour on ``key``: every later one is a 429 (retryable)."""
+    quota = f"sys/quotas/rate-limit/q-{key}"
+    vault_server.admin.write_data(quota, data={"rate": 1, "interval": "1h", "path": f"transit/sign/{key}"})
+    try:
+        yield
+    finally:
+        vault_server.admin.delete(quota)
+
+
+@pytest.mark.parametrize("retryable", [True, False], ids=["429", "403"])
+async def test_one_vault_call_per_failing_sign(vault_server: VaultServer, retryable: bool) -> None:
+    key = vault_server.new_key("ecdsa-p256")
+    policy = f'path "transit/keys/{key}" {{ capabilities = ["read"] }}'
+    if retryable:
+        policy += f'\npath "transit/sign/{key}" {{ capabilities = ["update"] }}'
+    signer = VaultTransitSigner(key, url=vault_server.url, token=_token_with_policy(vault_server, policy))
+    await signer.describe()
+    wire = _Wire(signer, vault_server.url)
+    # 429: a rate-limit quota used up by the first signature; 403: no sign capability
+    with _rate_limited(vault_server, key) if retryable else contextlib.nullcontext():
+        if retryable:
+            await signer.sign(b"uses.the.quota")
+        error, calls = await failing_sign(signer, lambda: wire.sign_requests)
+        assert (error.code, error.retryable) == (("429", True) if retryable else ("403", False))
+        assert calls == 1
+        error, calls = await failing_token_request(signer, lambda: wire.sign_requests)
+        assert error.retryable is retryable
+        assert calls == (ATTEMPTS if retryable else 1)
+    await signer.aclose()
+
+
+async def test_the_built_client_has_a_finite_timeout(vault_server: VaultServer) -> None:
+    signer = vault_server.signer("ed25519")
+    timeout = signer._client.adapter._kwargs["timeout"]
+    assert all(0 < part <= 30 for part in (timeout if isinstance(timeout, tuple) else (timeout,)))
+    await signer.aclose()
+
+
+async def test_cancellation_releases_a_caller_stuck_in_hvac(vault_server: VaultServer) -> None:
+    signer = vault_server.signer("ecdsa-p256")
+    await signer.describe()
+    wire = _Wire(signer, vault_server.url)
+    wire.hang = hang = Hang()
+    try:
+        await assert_cancel_releases_the_caller(lambda: signer.sign(b"header.claims"), hang)
+    finally:
+        await signer.aclose()
 
 
 async def test_sealed_server_is_retryable(tmp_path: Path) -> None:
