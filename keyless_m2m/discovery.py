@@ -32,8 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import monotonic
@@ -43,11 +42,18 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
+from ._http import ACCEPT_ENCODING, BodyError, read_body, transport_failure
 from .client_auth import ClientAuth
-from .endpoint import TokenEndpoint, check_endpoint_url, parse_http_date, tls_verification
+from .endpoint import (
+    TokenEndpoint,
+    _number,
+    _Progress,
+    check_endpoint_url,
+    parse_http_date,
+    tls_verification,
+)
 from .errors import ConfigurationError, DiscoveryError, TransportError
 from .signers import Signer
-from .token import AccessToken
 
 __all__ = [
     "DiscoveredTokenEndpoint",
@@ -65,6 +71,7 @@ RFC8414_SUFFIX = "/.well-known/oauth-authorization-server"
 OIDC_SUFFIX = "/.well-known/openid-configuration"
 MAX_METADATA_BYTES = 256 * 1024
 DEFAULT_MAX_AGE = 3600.0
+DEFAULT_DEADLINE = 30.0
 
 # issuer -> (cached until, monotonic clock; metadata)
 _CACHE: dict[str, tuple[float, ServerMetadata]] = {}
@@ -182,23 +189,36 @@ def _parse(
 
 
 async def _get(client: httpx.AsyncClient, url: str) -> tuple[int, bytes, str | None, datetime]:
-    """GET ``url``: (status, body up to the size cap, Date header, local time of the answer)."""
+    """GET ``url``: (status, decoded body up to the size cap, Date header, local time of the
+    answer). Every failure is typed: ``TransportError`` (with its ``reason``) for the
+    exchange, ``DiscoveryError`` for a body over the cap, in a refused coding, or corrupt."""
+    headers = {"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
+    failure: tuple[str, str, bool] | None = None
+    refused: tuple[int, BodyError] | None = None
     try:
-        async with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+        async with client.stream("GET", url, headers=headers) as response:
             local = datetime.now(UTC)
-            chunks: list[bytes] = []
-            size = 0
-            async with aclosing(response.aiter_bytes()) as body:  # type: ignore[type-var]
-                async for chunk in body:
-                    size += len(chunk)
-                    if size > MAX_METADATA_BYTES:
-                        raise DiscoveryError(f"the metadata at {url} exceeds {MAX_METADATA_BYTES} bytes")
-                    chunks.append(chunk)
-            return response.status_code, b"".join(chunks), response.headers.get("date"), local
-    except httpx.TransportError as exc:
-        raise TransportError(
-            f"cannot reach the authorization server metadata at {url}: {type(exc).__name__}"
-        ) from None
+            try:
+                body = await read_body(response, MAX_METADATA_BYTES)
+            except BodyError as exc:
+                refused = (response.status_code, exc)
+            else:
+                return response.status_code, body, response.headers.get("date"), local
+    except Exception as exc:  # every failure of the exchange becomes typed
+        # Keep only the kind; raised outside this block, so the httpx exception (which
+        # holds the request) is neither the cause nor the context.
+        failure = transport_failure(exc, urlsplit(url).hostname or "")
+    if refused is not None:
+        status, body_error = refused
+        raise DiscoveryError(
+            f"the metadata at {url} (HTTP {status}) is refused: {body_error}",
+            retryable=status == 429 or status >= 500,
+        )
+    assert failure is not None
+    reason, what, retryable = failure
+    raise TransportError(
+        f"cannot reach the authorization server metadata at {url}: {what}", reason=reason, retryable=retryable
+    )
 
 
 async def discover(
@@ -209,8 +229,10 @@ async def discover(
     verify: Any = True,
     allow_insecure_http: bool = False,
     max_age: float = DEFAULT_MAX_AGE,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> ServerMetadata:
-    """Fetch (or take from the cache) the metadata of ``issuer``.
+    """Fetch (or take from the cache) the metadata of ``issuer``, within ``deadline``
+    seconds for every location tried (30 s).
 
     >>> metadata = await discover("https://auth.example")      # doctest: +SKIP
     >>> metadata.token_endpoint                                 # doctest: +SKIP
@@ -220,10 +242,13 @@ async def discover(
     document's ``issuer`` must equal ``issuer``. Results are cached for ``max_age``
     seconds per issuer (``max_age=0`` fetches and does not read the cache). Raises
     :class:`~keyless_m2m.DiscoveryError` (retryable when a server answered 5xx/429),
-    :class:`~keyless_m2m.TransportError` when the server cannot be reached, and
-    :class:`~keyless_m2m.ConfigurationError` for an unusable issuer URL.
+    :class:`~keyless_m2m.TransportError` when the server cannot be reached or the
+    deadline runs out (``reason="deadline"``), and
+    :class:`~keyless_m2m.ConfigurationError` for an unusable issuer URL or option.
     """
     issuer = _check_issuer(issuer, allow_insecure_http)
+    max_age = _number("max_age", max_age, zero_ok=True)
+    deadline = _number("deadline", deadline)
     if max_age > 0:
         cached = _CACHE.get(issuer)
         if cached is not None and monotonic() < cached[0]:
@@ -231,20 +256,32 @@ async def discover(
     client = http_client or httpx.AsyncClient(
         timeout=timeout, verify=tls_verification(verify), follow_redirects=False
     )
+    progress = _Progress()
     try:
-        metadata = await _discover(client, issuer, allow_insecure_http)
+        with anyio.move_on_after(deadline):
+            return _remember(issuer, max_age, await _discover(client, issuer, allow_insecure_http, progress))
     finally:
         if http_client is None:
             await client.aclose()
+    raise TransportError(
+        f"discovery of {issuer} did not finish within deadline={deadline:g}s: it was {progress.step}",
+        reason="deadline",
+    )
+
+
+def _remember(issuer: str, max_age: float, metadata: ServerMetadata) -> ServerMetadata:
     if max_age > 0:
         _CACHE[issuer] = (monotonic() + max_age, metadata)
     return metadata
 
 
-async def _discover(client: httpx.AsyncClient, issuer: str, allow_insecure_http: bool) -> ServerMetadata:
+async def _discover(
+    client: httpx.AsyncClient, issuer: str, allow_insecure_http: bool, progress: _Progress
+) -> ServerMetadata:
     misses: list[str] = []
     retryable = False
     for url in metadata_urls(issuer):
+        progress.step = f"fetching the authorization server metadata at {url}"
         status, body, date_header, local = await _get(client, url)
         if status == 200:
             data = _json_object(body)
@@ -330,7 +367,7 @@ class DiscoveredTokenEndpoint(TokenEndpoint):
         super().__init__(issuer, client_auth, allow_insecure_http=allow_insecure_http, **options)
         self.issuer = issuer
         self.metadata: ServerMetadata | None = None
-        self.metadata_max_age = metadata_max_age
+        self.metadata_max_age = _number("metadata_max_age", metadata_max_age, zero_ok=True)
         self._allow_insecure_http = allow_insecure_http
         self._discover_lock: anyio.Lock | None = None
 
@@ -338,19 +375,34 @@ class DiscoveredTokenEndpoint(TokenEndpoint):
         return f"DiscoveredTokenEndpoint(issuer={self.issuer!r}, client_auth={self.client_auth!r})"
 
     async def discover(self) -> ServerMetadata:
-        """Fetch and check the metadata once; later calls return it at once."""
+        """Fetch and check the metadata once; later calls return it at once. Bounded by
+        the endpoint's ``deadline`` (inside :meth:`request`, by what is left of it)."""
         if self.metadata is not None:
             return self.metadata
+        progress = _Progress()
+        with anyio.move_on_after(self.deadline):
+            return await self._discover_once(progress)
+        raise TransportError(
+            f"discovery of {self.issuer} did not finish within deadline={self.deadline:g}s: "
+            f"it was {progress.step}",
+            reason="deadline",
+        )
+
+    async def _discover_once(self, progress: _Progress) -> ServerMetadata:
         if self._discover_lock is None:
             self._discover_lock = anyio.Lock()
+        progress.step = "waiting for another task's discovery"
         async with self._discover_lock:
             if self.metadata is None:
+                progress.step = f"fetching the authorization server metadata of {self.issuer}"
                 metadata = await discover(
                     self.issuer,
                     http_client=self._client(),
                     allow_insecure_http=self._allow_insecure_http,
                     max_age=self.metadata_max_age,
+                    deadline=self.deadline,
                 )
+                progress.step = "describing the signer's key (to check its algorithm)"
                 algorithm = await client_auth_algorithm(self.client_auth)
                 for note in check_client_auth(metadata, self.client_auth.method, algorithm):
                     logger.debug("discovery of %s: %s; not checked", self.issuer, note)
@@ -358,15 +410,8 @@ class DiscoveredTokenEndpoint(TokenEndpoint):
                 self.metadata = metadata
         return self.metadata
 
-    async def request(
-        self,
-        *,
-        scope: str | None = None,
-        resource: Sequence[str] = (),
-        audience: str | None = None,
-        extra_params: Mapping[str, str] | None = None,
-    ) -> AccessToken:
-        await self.discover()
-        return await super().request(
-            scope=scope, resource=resource, audience=audience, extra_params=extra_params
-        )
+    async def _prepare(self, progress: _Progress) -> None:
+        # Inside request()'s deadline: discovery and the attempts share one budget.
+        if self.metadata is None:
+            progress.step = f"discovering the authorization server metadata of {self.issuer}"
+            await self._discover_once(progress)

@@ -6,7 +6,7 @@ Every exception the library raises on purpose derives from :class:`KeylessM2MErr
     ├── ConfigurationError              bad arguments, a key that cannot do the alg, ...
     │   └── MissingExtraError           (also ImportError) an optional extra is not installed
     ├── SigningError                    the signer (KMS/HSM/local key) failed
-    ├── TransportError                  network trouble reaching the token endpoint
+    ├── TransportError                  network trouble reaching the server     .reason
     ├── InvalidTokenResponseError       the token endpoint answered, but not with a token
     ├── TokenRequestError               an RFC 6749 section 5.2 error response
     │   ├── InvalidRequestError         invalid_request
@@ -138,9 +138,36 @@ class SigningError(KeylessM2MError):
 
 
 class TransportError(KeylessM2MError):
-    """The token endpoint could not be reached or the connection broke (retryable)."""
+    """The token endpoint (or the metadata URL) could not be reached, the connection broke,
+    or the deadline ran out.
+
+    ``reason`` says which, for code: ``"tls_verification"`` (the server's certificate
+    failed verification; never retryable), ``"tls"`` (another TLS failure; not retryable),
+    ``"dns"``, ``"connection_refused"``, ``"connection_reset"``, ``"timeout"`` (one
+    attempt ran past ``timeout``), ``"deadline"`` (the whole request ran past its
+    ``deadline``), ``"proxy"``, ``"protocol"`` (the server broke HTTP) or ``"network"``
+    (any other network failure). The message says the same for people.
+    """
 
     retryable = True
+    REASONS = frozenset(
+        {
+            "tls_verification",
+            "tls",
+            "dns",
+            "connection_refused",
+            "connection_reset",
+            "timeout",
+            "deadline",
+            "proxy",
+            "protocol",
+            "network",
+        }
+    )
+
+    def __init__(self, message: str, *, reason: str = "network", retryable: bool | None = None) -> None:
+        super().__init__(message, retryable=retryable)
+        self.reason = reason
 
 
 class InvalidTokenResponseError(KeylessM2MError):
