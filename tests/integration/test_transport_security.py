@@ -82,7 +82,9 @@ async def test_tls_is_verified_by_default(https_endpoint: tuple[str, Path]) -> N
             await endpoint.request()
     finally:
         await endpoint.aclose()
-    assert "ConnectError" in str(info.value)  # the handshake failed: unknown CA
+    # the handshake failed: unknown CA (named since issue 14, point 3; it used to read "ConnectError")
+    assert info.value.reason == "tls_verification" and not info.value.retryable
+    assert "certificate verify failed" in str(info.value)
     assert SECRET not in str(info.value) and info.value.__cause__ is None
 
 
