@@ -33,6 +33,10 @@ def sample(cls: type[KeylessM2MError]) -> KeylessM2MError:
         )
     if issubclass(cls, errors.SigningError):
         return cls("kms said no", retryable=True, key="arn:aws:kms:key/1", code="Throttling")
+    if issubclass(cls, errors.TransportError):
+        return cls(
+            "certificate verify failed: self-signed certificate", reason="tls_verification", retryable=False
+        )
     if issubclass(cls, errors.InvalidTokenResponseError):
         return cls("not a token", status_code=502, retryable=True)
     return cls(f"{cls.__name__} happened", retryable=not cls.retryable)
@@ -75,6 +79,11 @@ def test_copy_and_pickle_keep_message_and_attributes(cls: type[KeylessM2MError],
         clone = pickle.loads(data)  # noqa: S301 - our own bytes
     same(original, clone)
     assert clone is not original
+
+
+def test_transport_error_keeps_its_reason() -> None:
+    clone = pickle.loads(pickle.dumps(sample(errors.TransportError)))  # noqa: S301 - our own bytes
+    assert clone.reason == "tls_verification" and clone.retryable is False
 
 
 def test_missing_extra_keeps_its_names() -> None:
