@@ -271,7 +271,8 @@ async def storm_503_retry_after_long() -> Outcome:
 
 
 async def flapping() -> Outcome:
-    async with rig() as r:
+    # Each round invalidates on purpose to force the next fetch: no invalidation floor.
+    async with rig(min_invalidation_interval=0) as r:
         r.server.fault_policy = lambda n: Fault(500, body={"error": "server_error"}) if n % 2 else None
         errors: Counter[str] = Counter()
         for _ in range(10):

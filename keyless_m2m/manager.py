@@ -598,7 +598,7 @@ class TokenManager:
         give_up = monotonic() + deadline
         with anyio.move_on_after(deadline + _DEADLINE_GRACE):
             return await self._obtain_within(entry, give_up)
-        raise TransportError(f"no token within the deadline of {deadline:g} s")
+        raise TransportError(f"no token within the deadline of {deadline:g} s", reason="deadline")
 
     async def _obtain_within(self, entry: _Entry, give_up: float) -> tuple[AccessToken, float]:
         cache = self.cache

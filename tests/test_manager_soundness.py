@@ -149,8 +149,11 @@ async def test_a_cancelled_caller_is_released_at_once_and_others_still_get_the_t
                 tg.start_soon(waiter)
             assert leader.cancelled_caught
         assert len(got) == 2 and got[0] is got[1]
-    # In bare mode the cancelled leader's request is abandoned and a waiter fetches again.
-    assert server.token_requests == (1 if in_context else 2)
+    # In bare mode the cancelled leader's flight is abandoned and a waiter starts another
+    # (whether the abandoned request reached the server first depends on the machine's load).
+    assert tokens.stats.refreshes == (1 if in_context else 2)
+    assert tokens.stats.handovers == (0 if in_context else 1)
+    assert server.token_requests == 1 if in_context else server.token_requests in (1, 2)
 
 
 async def test_bare_mode_cancelled_leader_hands_the_flight_to_a_waiter(server: AuthorizationServer) -> None:
@@ -176,7 +179,7 @@ async def test_bare_mode_cancelled_leader_hands_the_flight_to_a_waiter(server: A
                 await anyio.sleep(0.05)
                 leader_scope.cancel()
         assert len(got) == 20 and len({t.value for t in got}) == 1
-        assert server.token_requests == 2
+        assert server.token_requests in (1, 2)  # did the abandoned one arrive? load decides
         assert tokens.stats.handovers == 1
     finally:
         await tokens.aclose()
