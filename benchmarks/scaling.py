@@ -386,7 +386,7 @@ async def overhead(redis_url: str, config: dict[str, Any]) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     from keyless_m2m.cache import RedisTokenCache
-    from keyless_m2m.manager import _NO_TOKEN
+    from keyless_m2m.manager._entries import EMPTY as _NO_TOKEN
 
     server = token_server(3600, 0.0)
     auth = ClientSecretBasic(CLIENT_ID, CLIENT_SECRET)

@@ -45,6 +45,7 @@ from .errors import (
     TransportError,
     error_for_oauth_code,
 )
+from .stats import EndpointStats, TokenStats
 from .token import AccessToken
 
 __all__ = [
@@ -60,35 +61,6 @@ logger = logging.getLogger("keyless_m2m")
 
 MAX_EXPIRES_IN = 366 * 24 * 3600  # longer than a year is a broken server, not a token
 _MAX_DESCRIPTION = 300
-
-
-@dataclass(slots=True)
-class TokenStats:
-    """Counters for tests, benchmarks and metrics.
-
-    ``requests``: HTTP attempts at the token endpoint; ``signatures``: client assertions
-    signed; ``failures``: token fetches (flights) that ended in an error; ``waits``: callers
-    that had to wait for a flight; ``refreshes``: flights started (cold, background or
-    after invalidation); ``served_stale``: calls answered with a still-valid token while a
-    refresh was failing; ``shared_hits``: fetches answered by the shared token cache
-    (another manager or process had fetched the token); ``evictions``: still-valid tokens
-    dropped to keep the manager within ``max_entries``; ``handovers``: flights whose
-    leader was cancelled (outside ``async with``) and that a waiter started again;
-    ``ignored_invalidations``: ``invalidate()`` calls refused because the entry's token had
-    already been invalidated less than ``min_invalidation_interval`` ago (an API that
-    rejects every token would otherwise cause one token request per API call).
-    """
-
-    requests: int = 0
-    signatures: int = 0
-    failures: int = 0
-    waits: int = 0
-    refreshes: int = 0
-    served_stale: int = 0
-    shared_hits: int = 0
-    evictions: int = 0
-    handovers: int = 0
-    ignored_invalidations: int = 0
 
 
 def is_loopback_url(url: str) -> bool:
@@ -273,7 +245,7 @@ class TokenEndpoint:
         default_expires_in: float = 300.0,
         max_response_bytes: int = 256 * 1024,
         allow_insecure_http: bool = False,
-        stats: TokenStats | None = None,
+        stats: EndpointStats | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         if not isinstance(allow_insecure_http, bool):
@@ -283,8 +255,8 @@ class TokenEndpoint:
             raise ConfigurationError("client_auth must be PrivateKeyJWT, ClientSecretBasic, ...")
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise ConfigurationError("http_client must be an httpx.AsyncClient")
-        if stats is not None and not isinstance(stats, TokenStats):
-            raise ConfigurationError("stats must be a TokenStats")
+        if stats is not None and not isinstance(stats, EndpointStats):
+            raise ConfigurationError("stats must be an EndpointStats")
         if not callable(sleep):
             raise ConfigurationError("sleep must be an async callable")
         self.client_auth = client_auth
@@ -296,7 +268,7 @@ class TokenEndpoint:
         self.max_response_bytes = _count("max_response_bytes", max_response_bytes)
         self.timeout = _number("timeout", timeout)
         self.verify = tls_verification(verify)
-        self.stats = stats if stats is not None else TokenStats()
+        self.stats = stats if stats is not None else EndpointStats()
         self._sleep = sleep
         self._http = http_client
         self._owns_http = http_client is None

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any, Self
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from .bearer import BearerFlow, bearer_auth_class
 from .errors import ManagerClosedError
-from .manager import ResourceArg, ScopeArg, TokenManager
+from .manager import TokenManager
+from .source import ResourceArg, ScopeArg
+from .stats import TokenStats
 from .token import AccessToken
 
 if TYPE_CHECKING:
     from .client_auth import ClientAuth
-    from .integrations.httpx import BearerFlow
 
 __all__ = ["SyncTokenManager"]
 
@@ -67,7 +69,7 @@ class SyncTokenManager:
         return f"Sync{self._manager!r}"
 
     @property
-    def stats(self) -> Any:
+    def stats(self) -> TokenStats:
         return self._manager.stats
 
     @property
@@ -82,8 +84,8 @@ class SyncTokenManager:
         entry = self._manager._peek(scope, resource, audience)
         if entry is not None:
             current = entry.current
-            if monotonic() < current[1]:
-                return current[0]  # type: ignore[return-value]
+            if monotonic() < current.refresh_at:
+                return current.token
         self._check_usable()
         return self._portal.call(
             partial(self._manager.get_token, scope, resource=resource, audience=audience)
@@ -116,8 +118,6 @@ class SyncTokenManager:
         library: str = "httpx",
     ) -> BearerFlow:
         """An ``httpx.Auth`` for ``httpx.Client(auth=tokens.auth())``."""
-        from .integrations.httpx import bearer_auth_class
-
         return bearer_auth_class(library)(self, scope=scope, resource=resource, audience=audience)
 
     def close(self) -> None:

@@ -518,3 +518,32 @@ async def test_invalidation_is_honoured_again_after_the_floor() -> None:
         assert await tokens.invalidate(second)
         assert (await tokens.get_token()).value != second.value
         assert endpoint.calls == 3 and tokens.stats.ignored_invalidations == 1
+
+
+def test_from_issuer_keeps_exactly_the_constructors_own_options() -> None:
+    """from_issuer() splits options by a fixed list instead of inspecting the signature:
+    the list must be the constructor's keyword-only options, no more, no fewer."""
+    import inspect
+
+    from keyless_m2m.manager import MANAGER_OPTIONS
+
+    parameters = inspect.signature(TokenManager.__init__).parameters
+    own = {n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"endpoint"}
+    assert own == MANAGER_OPTIONS
+
+
+def test_the_managers_are_token_sources_and_the_flow_needs_nothing_else() -> None:
+    from keyless_m2m.bearer import BearerFlow
+    from keyless_m2m.source import TokenSource
+
+    assert isinstance(TokenManager(endpoint=CountingEndpoint()), TokenSource)
+
+    class Fixed:  # a source of the user's own: two methods, no manager
+        async def get_token(self, scope: Any = None, *, resource: Any = None, audience: Any = None) -> Any:
+            raise AssertionError("not called")
+
+        async def invalidate(self, token: Any) -> bool:
+            return False
+
+    flow = BearerFlow(Fixed())
+    assert flow._async is not None and flow._sync is None

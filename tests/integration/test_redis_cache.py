@@ -78,8 +78,9 @@ async def _two_processes(
     async with (
         RedisTokenCache(url, namespace=namespace, **cache_options) as cache_a,
         RedisTokenCache(url, namespace=namespace, **cache_options) as cache_b,
-        _manager(server, cache_a) as a,
-        _manager(server, cache_b) as b,
+        # Tests here invalidate on purpose to force fetches: no invalidation floor.
+        _manager(server, cache_a, min_invalidation_interval=0) as a,
+        _manager(server, cache_b, min_invalidation_interval=0) as b,
     ):
         yield a, b, cache_a
 
@@ -586,17 +587,17 @@ async def test_a_process_with_a_wrong_wall_clock_serves_no_longer_than_the_token
 ) -> None:
     import types
 
-    import keyless_m2m.manager as manager_module
+    import keyless_m2m.manager._shared as manager_module
 
     auth_server.expires_in = 20  # usable for 18 s (leeway: a tenth)
     async with _two_processes(redis_server.url, namespace, auth_server) as (a, b, _):
         await a.get_token()
         await anyio.sleep(1.0)
-        true_remaining = a._default_entry.current[2] - time.monotonic()
+        true_remaining = a._default_entry.current.usable_until - time.monotonic()
         real = time.time
         # b's wall clock is an hour behind: by its clock the token was issued in the future.
         monkeypatch.setattr(manager_module, "time", types.SimpleNamespace(time=lambda: real() - 3600))
         await b.get_token()
         assert b.stats.shared_hits == 1 and auth_server.token_requests == 1
-        served_for = b._default_entry.current[2] - time.monotonic()
+        served_for = b._default_entry.current.usable_until - time.monotonic()
         assert served_for <= true_remaining + 0.25

@@ -1,0 +1,124 @@
+"""``httpx.Auth`` for a token manager: bearer header, one retry after ``invalid_token``.
+
+>>> async with httpx.AsyncClient(auth=tokens.auth()) as http:    # doctest: +SKIP
+...     await http.get("https://api.example/v2/pockets/")
+
+When the API answers 401 with ``WWW-Authenticate: Bearer error="invalid_token"``, the
+token that was sent is invalidated (only if it is still the cached one, so a burst of 401s
+causes one refresh) and the request is sent once more with the next token. A request
+whose body is a stream that cannot be replayed is not retried: its 401 is returned.
+
+The flow is written once (:class:`BearerFlow`) against the request/response interface
+that httpx and its fork ``httpx2`` share; :class:`BearerAuth` binds it to ``httpx.Auth``
+and :func:`bearer_auth_class` to the ``Auth`` base of any such module
+(``tokens.auth(library="httpx2")``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import AsyncGenerator, Generator
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .source import ResourceArg, ScopeArg, SyncTokenSource, TokenSource
+
+if TYPE_CHECKING:
+    from .token import AccessToken
+
+__all__ = ["BearerAuth", "BearerFlow", "bearer_auth_class", "is_invalid_token_challenge"]
+
+_INVALID_TOKEN = re.compile(r'(?:^|[\s,])error\s*=\s*"?invalid_token"?(?:[\s,]|$)', re.IGNORECASE)
+
+
+def is_invalid_token_challenge(response: Any) -> bool:
+    """A 401 whose Bearer challenge says ``error="invalid_token"`` (RFC 6750 section 3.1)."""
+    if response.status_code != 401:
+        return False
+    for challenge in response.headers.get_list("www-authenticate"):
+        scheme, _, params = challenge.strip().partition(" ")
+        if scheme.lower() == "bearer" and _INVALID_TOKEN.search(params):
+            return True
+    return False
+
+
+def _replayable(request: Any) -> bool:
+    try:
+        request.content  # noqa: B018 - raises when the body is an unread stream
+    except Exception:  # httpx.RequestNotRead, or the same class of a fork
+        return False
+    return True
+
+
+def _authorize(request: Any, token: AccessToken) -> Any:
+    request.headers["Authorization"] = f"Bearer {token.value}"
+    return request
+
+
+class BearerFlow:
+    """The auth flow, independent of which httpx-compatible library runs it."""
+
+    def __init__(
+        self,
+        manager: TokenSource | SyncTokenSource,
+        *,
+        scope: ScopeArg = None,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+    ) -> None:
+        self._manager = manager
+        # Decided once here, not per request: whether get_token() is a coroutine function
+        # tells an async source (TokenManager) from a blocking one (SyncTokenManager).
+        is_async = inspect.iscoroutinefunction(getattr(manager, "get_token", None))
+        self._async: TokenSource | None = manager if is_async else None  # type: ignore[assignment]
+        self._sync: SyncTokenSource | None = None if is_async else manager  # type: ignore[assignment]
+        self._args: dict[str, Any] = {"resource": resource, "audience": audience}
+        self._scope = scope
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._manager!r})"
+
+    async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
+        manager = self._async
+        if manager is None:
+            raise TypeError("use TokenManager.auth() (an async token source) with an async client")
+        replayable = _replayable(request)  # decided before the body is sent and consumed
+        token = await manager.get_token(self._scope, **self._args)
+        response = yield _authorize(request, token)
+        if replayable and is_invalid_token_challenge(response):
+            await response.aread()
+            await manager.invalidate(token)
+            token = await manager.get_token(self._scope, **self._args)
+            yield _authorize(request, token)
+
+    def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
+        manager = self._sync
+        if manager is None:
+            raise TypeError("use SyncTokenManager.auth() (a blocking token source) with a blocking client")
+        replayable = _replayable(request)
+        token = manager.get_token(self._scope, **self._args)
+        response = yield _authorize(request, token)
+        if replayable and is_invalid_token_challenge(response):
+            response.read()
+            manager.invalidate(token)
+            token = manager.get_token(self._scope, **self._args)
+            yield _authorize(request, token)
+
+
+class BearerAuth(BearerFlow, httpx.Auth):
+    """Authenticates httpx requests with tokens from a :class:`~keyless_m2m.TokenManager`
+    (``httpx.AsyncClient``) or :class:`~keyless_m2m.SyncTokenManager` (``httpx.Client``),
+    or any other :class:`~keyless_m2m.source.TokenSource` / ``SyncTokenSource``."""
+
+
+@cache
+def bearer_auth_class(library: str = "httpx") -> type[BearerFlow]:
+    """The bearer auth class for an httpx-compatible library (``"httpx"``, ``"httpx2"``)."""
+    if library == "httpx":
+        return BearerAuth
+    module = importlib.import_module(library)
+    return type("BearerAuth", (BearerFlow, module.Auth), {"__module__": __name__})

@@ -1,0 +1,50 @@
+"""Counters: what each component did, as frozen snapshots for tests, benchmarks and metrics.
+
+The token endpoint counts what it sends (:class:`EndpointStats`); the token manager counts
+what its callers and flights did and returns both as one :class:`TokenStats` snapshot from
+``manager.stats``. Nothing here imports anything above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["EndpointStats", "TokenStats"]
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """What one :class:`~keyless_m2m.endpoint.TokenEndpoint` sent: ``requests`` (HTTP
+    attempts) and ``signatures`` (client assertions signed). Mutable: the endpoint's own."""
+
+    requests: int = 0
+    signatures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenStats:
+    """A snapshot of a token manager's counters (``manager.stats``).
+
+    ``requests``: HTTP attempts at the token endpoint; ``signatures``: client assertions
+    signed; ``failures``: token fetches (flights) that ended in an error; ``waits``: callers
+    that had to wait for a flight; ``refreshes``: flights started (cold, background or
+    after invalidation); ``served_stale``: calls answered with a still-valid token while a
+    refresh was failing; ``shared_hits``: fetches answered by the shared token cache
+    (another manager or process had fetched the token); ``evictions``: still-valid tokens
+    dropped to keep the manager within ``max_entries``; ``handovers``: flights whose
+    leader was cancelled (outside ``async with``) and that a waiter started again;
+    ``ignored_invalidations``: ``invalidate()`` calls refused because the entry's token had
+    already been invalidated less than ``min_invalidation_interval`` ago (an API that
+    rejects every token would otherwise cause one token request per API call).
+    """
+
+    requests: int = 0
+    signatures: int = 0
+    failures: int = 0
+    waits: int = 0
+    refreshes: int = 0
+    served_stale: int = 0
+    shared_hits: int = 0
+    evictions: int = 0
+    handovers: int = 0
+    ignored_invalidations: int = 0
