@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from ..errors import CacheDecryptionError, CacheError, CacheUnavailableError, ConfigurationError
-from ..signers._base import import_extra, running_async_library
+from .._runtime import import_extra, running_async_library
 from ..token import AccessToken
 
 __all__ = ["RedisTokenCache"]
