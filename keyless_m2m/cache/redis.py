@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from ..errors import CacheDecryptionError, CacheError, CacheUnavailableError, ConfigurationError
 from .._runtime import import_extra, running_async_library
+from ..errors import CacheDecryptionError, CacheError, CacheUnavailableError, ConfigurationError
 from ..token import AccessToken
 
 __all__ = ["RedisTokenCache"]
