@@ -47,9 +47,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("ruff", "import-linter")
     session.run("ruff", "check", "keyless_m2m", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "keyless_m2m")
+    # The layering of docs/concepts.md: every import points down (pyproject.toml's contract).
+    session.run("lint-imports")
 
 
 @nox.session(python="3.11")
