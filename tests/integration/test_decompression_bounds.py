@@ -37,9 +37,24 @@ def _gzip_stream(chunks: Iterator[bytes], wbits: int = 31) -> bytes:
 
 @pytest.fixture(scope="module")
 def bombs() -> dict[str, bytes]:
+    # One raw deflate stream of 1 GiB of zeros, wrapped as gzip (RFC 1952) and as zlib
+    # (RFC 1950, HTTP's "deflate"): compressing the gigabyte once, not twice.
     zeros = bytes(1 << 20)
-    once = _gzip_stream(zeros for _ in range(1024))
-    deflated = _gzip_stream((zeros for _ in range(1024)), wbits=15)
+    raw = _gzip_stream((zeros for _ in range(1024)), wbits=-15)
+    crc, adler = 0, 1
+    for _ in range(1024):
+        crc = zlib.crc32(zeros, crc)
+        adler = zlib.adler32(zeros, adler)
+    size = 1 << 30
+    once = (
+        b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+        + raw
+        + crc.to_bytes(4, "little")
+        + (size % 2**32).to_bytes(4, "little")
+    )
+    deflated = b"\x78\x9c" + raw + adler.to_bytes(4, "big")
+    assert zlib.decompressobj(31).decompress(once, 64) == bytes(64)  # well-formed, both
+    assert zlib.decompressobj(15).decompress(deflated, 64) == bytes(64)
     return {"gzip": once, "gzip, gzip": _gzip_stream(iter([once])), "deflate": deflated}
 
 
