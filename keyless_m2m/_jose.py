@@ -71,6 +71,29 @@ ALGORITHMS: dict[str, Algorithm] = {
     )
 }
 
+
+def jws_algorithm(name: object, *, key: str | None = None) -> Algorithm:
+    """The :class:`Algorithm` a JWS ``alg`` name stands for.
+
+    The one check of a requested algorithm every signer makes (at construction, before any
+    provider call), so every backend refuses an unknown name with the same message:
+
+    >>> jws_algorithm("ES256").curve
+    'P-256'
+    >>> jws_algorithm("HS256")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    keyless_m2m.errors.ConfigurationError: unknown JWS algorithm 'HS256'; known: RS256, ...
+    """
+    if not isinstance(name, str):  # e.g. a JWK whose "alg" member is not a string
+        where = f"key {key}: " if key is not None else ""
+        raise ConfigurationError(f"{where}the JWS algorithm must be a string, not {type(name).__name__}")
+    alg = ALGORITHMS.get(name)
+    if alg is None:
+        raise ConfigurationError(f"unknown JWS algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
+    return alg
+
+
 #: The JWS alg chosen when the caller does not ask for one.
 DEFAULT_ALG: dict[tuple[KeyFamily, str | None], str] = {
     ("RSA", None): "RS256",
@@ -103,13 +126,7 @@ def choose_algorithm(
                 raise ConfigurationError(f"key {key}: the key allows no JWS signing algorithm")
             name = fits[0]
         return ALGORITHMS[name]
-    if not isinstance(requested, str):  # e.g. a JWK whose "alg" member is not a string
-        raise ConfigurationError(
-            f"key {key}: the JWS algorithm must be a string, not {type(requested).__name__}"
-        )
-    alg = ALGORITHMS.get(requested)
-    if alg is None:
-        raise ConfigurationError(f"unknown JWS algorithm {requested!r}; known: {', '.join(ALGORITHMS)}")
+    alg = jws_algorithm(requested, key=key)
     if alg.family != family or (family != "RSA" and alg.curve != curve):
         described = f"{family} {curve}" if curve else family
         raise ConfigurationError(f"key {key}: {requested} does not fit a {described} key")

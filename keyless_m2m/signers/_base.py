@@ -1,22 +1,36 @@
-"""What every signer backend shares: the key description, describe-once caching, the
-lazy import of an optional SDK, and the one way blocking SDK calls leave the event loop."""
+"""What every signer backend shares, so that each policy has one home:
+
+- :class:`KeyDescription` and :class:`CachedDescriptionSigner` (describe once, check every
+  signature's length);
+- :class:`OnceCell`, the one "made once, whatever the number of concurrent callers" rule
+  (the description, a backend's SDK clients), on asyncio and trio;
+- :class:`ProviderErrors` and :func:`call_provider`, the one way a provider (SDK) failure
+  becomes a typed :class:`~keyless_m2m.errors.SigningError` (``retryable``, ``code``,
+  ``key``) with the SDK exception cut from the chain; each backend keeps only its table;
+- :func:`run_blocking`, the one way blocking SDK calls leave the event loop, and
+  :func:`check_max_concurrency`, the one name and check of its bound;
+- :func:`import_extra`, the lazy import of an optional SDK, and the deprecated-keyword rule.
+
+It imports only ``_jose`` and ``errors``: vendor SDKs are imported in their own backend.
+"""
 
 from __future__ import annotations
 
 import importlib
 import re
 import sys
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from .._jose import ALGORITHMS, Algorithm, PublicKey, check_signature_length, jwk_thumbprint, public_jwk
-from ..errors import ConfigurationError, MissingExtraError
+from .._jose import Algorithm, PublicKey, check_signature_length, jwk_thumbprint, jws_algorithm, public_jwk
+from ..errors import ConfigurationError, KeylessM2MError, MissingExtraError, SigningError
 
 _T = TypeVar("_T")
 
@@ -45,7 +59,147 @@ class KeyDescription:
 
     @property
     def jws_algorithm(self) -> Algorithm:
-        return ALGORITHMS[self.algorithm]
+        return jws_algorithm(self.algorithm, key=self.key_id)
+
+
+class OnceCell(Generic[_T]):
+    """A value made at most once by an async call, however many tasks ask for it at once.
+
+    >>> cell: OnceCell[KeyDescription] = OnceCell()
+    >>> description = await cell.get_or_init(load_description)         # doctest: +SKIP
+
+    The first caller runs ``init``; callers arriving meanwhile wait and get the same value
+    (1,000 concurrent callers make one provider call). A failed ``init`` leaves the cell
+    empty, so the next caller tries again. The anyio lock exists only while callers
+    contend: the first one makes it (inside the event loop, as anyio needs) and the last one
+    to leave drops it, so one cell serves asyncio and trio, one event loop after another,
+    and can be built outside any loop.
+    """
+
+    __slots__ = ("_lock", "_waiting", "value")
+
+    def __init__(self, value: _T | None = None) -> None:
+        self.value = value
+        self._lock: anyio.Lock | None = None
+        self._waiting = 0
+
+    async def get_or_init(self, init: Callable[[], Awaitable[_T]]) -> _T:
+        value = self.value
+        if value is not None:
+            return value
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        lock = self._lock
+        self._waiting += 1
+        try:
+            async with lock:
+                value = self.value
+                if value is None:
+                    value = self.value = await init()
+                return value
+        finally:
+            self._waiting -= 1
+            if self._waiting == 0:
+                self._lock = None
+
+    def take(self) -> _T | None:
+        """Empty the cell and return what it held (a client to close, say)."""
+        value, self.value = self.value, None
+        return value
+
+
+def retryable_status(status: int | None) -> bool:
+    """Whether an HTTP status from a provider is worth another try: 408, 429 and 5xx."""
+    return isinstance(status, int) and (status in (408, 429) or status >= 500)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderErrors:
+    """One backend's table of provider error codes, and the one shape of its errors.
+
+    ``retryable`` codes are worth another try (the token endpoint, the one layer that
+    retries, decides when); ``final`` ones are not; any other code is judged by the HTTP
+    status, when there is one (:func:`retryable_status`). ``hints`` say what a code usually
+    means, for people. The message holds the key, the code and the hint, never the
+    provider's own text (it can quote credentials, tokens or request headers).
+    """
+
+    retryable: frozenset[str] = frozenset()
+    final: frozenset[str] = frozenset()
+    hints: Mapping[str, str] = field(default_factory=dict)
+
+    def is_retryable(self, code: str, status: int | None = None) -> bool:
+        if code in self.retryable:
+            return True
+        if code in self.final:
+            return False
+        return retryable_status(status)
+
+    def error(
+        self,
+        failure: str,
+        code: str,
+        *,
+        key: str,
+        status: int | None = None,
+        shown: str | None = None,
+        hint: str | None = None,
+    ) -> SigningError:
+        """``SigningError("{failure}: {shown or code} ({hint})")`` with ``retryable``,
+        ``code`` and ``key`` set; ``hint`` defaults to the table's hint for ``code``."""
+        hint = self.hints.get(code) if hint is None else hint
+        return SigningError(
+            f"{failure}: {shown or code}" + (f" ({hint})" if hint else ""),
+            retryable=self.is_retryable(code, status),
+            key=key,
+            code=code,
+        )
+
+
+async def call_provider(
+    call: Callable[[], Awaitable[_T]], map_error: Callable[[Exception], KeylessM2MError | None]
+) -> _T:
+    """Await one provider call; raise the typed error ``map_error`` makes of its failure.
+
+    The typed error is raised ``from None`` outside the ``except`` clause, so neither
+    ``__cause__`` nor ``__context__`` holds the SDK exception, and no traceback shows it:
+    SDK exceptions keep the request (an ``Authorization`` or ``X-Vault-Token`` header), the
+    response text, or a proxy URL with a password. The library's own errors pass through;
+    an exception ``map_error`` returns ``None`` for (a bug, not a provider failure)
+    propagates unchanged.
+    """
+    error: KeylessM2MError
+    try:
+        return await call()
+    except KeylessM2MError:
+        raise
+    except Exception as exc:
+        mapped = map_error(exc)
+        if mapped is None:
+            raise
+        error = mapped
+    raise error from None
+
+
+def check_max_concurrency(value: object) -> int:
+    """``max_concurrency``, the one name of a signer's bound on concurrent provider calls
+    (worker threads for blocking SDKs): a positive integer."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError("max_concurrency must be a positive integer")
+    return value
+
+
+def renamed_keyword(
+    new: str, new_value: _T | None, old: str, old_value: _T | None, *, owner: str
+) -> _T | None:
+    """The value of a keyword argument that had another name: the new name's, or the old
+    name's with a :class:`DeprecationWarning`; both at once is a ``ConfigurationError``."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise ConfigurationError(f"pass {new}= or {old}=, not both ({old}= is the deprecated name of {new}=)")
+    warnings.warn(f"{owner}({old}=...) is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 def running_async_library() -> str | None:
@@ -110,8 +264,7 @@ class CachedDescriptionSigner(ABC):
     protocol is all the library relies on.
     """
 
-    _description: KeyDescription | None = None
-    _describe_lock: anyio.Lock | None = None
+    _described: OnceCell[KeyDescription] | None = None
 
     @property
     @abstractmethod
@@ -126,15 +279,26 @@ class CachedDescriptionSigner(ABC):
     async def _sign(self, alg: Algorithm, signing_input: bytes) -> bytes:
         """The raw JWS signature of ``signing_input``."""
 
+    @property
+    def _description_cell(self) -> OnceCell[KeyDescription]:
+        # Made on first use: backends need not call a base __init__.
+        cell = self._described
+        if cell is None:
+            cell = self._described = OnceCell()
+        return cell
+
+    @property
+    def _description(self) -> KeyDescription | None:
+        """The description once resolved (``None`` before); a backend that knows its key at
+        construction (a local key) sets it."""
+        return self._description_cell.value
+
+    @_description.setter
+    def _description(self, description: KeyDescription | None) -> None:
+        self._description_cell.value = description
+
     async def describe(self) -> KeyDescription:
-        if self._description is not None:
-            return self._description
-        if self._describe_lock is None:
-            self._describe_lock = anyio.Lock()
-        async with self._describe_lock:
-            if self._description is None:
-                self._description = await self._load_description()
-        return self._description
+        return await self._description_cell.get_or_init(self._load_description)
 
     async def sign(self, signing_input: bytes) -> bytes:
         description = self._description or await self.describe()
@@ -151,6 +315,7 @@ class CachedDescriptionSigner(ABC):
 
 
 def ensure_kid(kid: Any) -> str | None:
+    """A JWS key id given as ``key_id=``: ``None`` (the thumbprint) or a non-empty string."""
     if kid is None:
         return None
     if not isinstance(kid, str) or not kid:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
@@ -36,16 +37,27 @@ from urllib.parse import unquote, urlsplit
 import anyio
 
 from .._jose import (
-    ALGORITHMS,
     Algorithm,
     KeyFamily,
     choose_algorithm,
     der_to_raw,
+    jws_algorithm,
     key_family,
     load_public_der,
 )
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
-from ._base import CachedDescriptionSigner, KeyDescription, import_extra, refuse_uri_credentials, run_blocking
+from ._base import (
+    CachedDescriptionSigner,
+    KeyDescription,
+    ProviderErrors,
+    call_provider,
+    check_max_concurrency,
+    ensure_kid,
+    import_extra,
+    refuse_uri_credentials,
+    renamed_keyword,
+    run_blocking,
+)
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -82,65 +94,67 @@ _KMS_ALGORITHMS: Final[dict[str, str]] = {
 }
 _JWS_ALGORITHMS: Final[dict[str, str]] = {kms: jws for jws, kms in _KMS_ALGORITHMS.items()}
 
-# AWS error codes worth another try later. Everything else is final unless AWS answered
-# with HTTP 429 or 5xx (an error code this table does not know yet).
-_RETRYABLE_CODES: Final = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "KMSInternalException",
-        "DependencyTimeoutException",
-        "KeyUnavailableException",
-        "InternalFailure",
-        "InternalError",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
-_FINAL_CODES: Final = frozenset(
-    {
-        "AccessDeniedException",
-        "NotFoundException",
-        "DisabledException",
-        "KMSInvalidStateException",
-        "InvalidKeyUsageException",
-        "InvalidArnException",
-        "InvalidGrantTokenException",
-        "UnsupportedOperationException",
-        "ValidationException",
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "IncompleteSignature",
-        "ExpiredTokenException",
-        "InvalidClientTokenId",
-        "MissingAuthenticationToken",
-    }
+# AWS error codes: worth another try later, final, and what they usually mean. A code the
+# table does not know yet is judged by its HTTP status (408, 429, 5xx: retryable).
+_ERRORS: Final = ProviderErrors(
+    retryable=frozenset(
+        {
+            "ThrottlingException",
+            "Throttling",
+            "TooManyRequestsException",
+            "RequestLimitExceeded",
+            "KMSInternalException",
+            "DependencyTimeoutException",
+            "KeyUnavailableException",
+            "InternalFailure",
+            "InternalError",
+            "ServiceUnavailable",
+            "ServiceUnavailableException",
+            "RequestTimeout",
+            "RequestTimeoutException",
+        }
+    ),
+    final=frozenset(
+        {
+            "AccessDeniedException",
+            "NotFoundException",
+            "DisabledException",
+            "KMSInvalidStateException",
+            "InvalidKeyUsageException",
+            "InvalidArnException",
+            "InvalidGrantTokenException",
+            "UnsupportedOperationException",
+            "ValidationException",
+            "UnrecognizedClientException",
+            "InvalidSignatureException",
+            "IncompleteSignature",
+            "ExpiredTokenException",
+            "InvalidClientTokenId",
+            "MissingAuthenticationToken",
+        }
+    ),
+    hints={
+        "AccessDeniedException": "the caller lacks permission for this operation on the key",
+        "NotFoundException": "no such key or alias in this account and region",
+        "DisabledException": "the key is disabled",
+        "KMSInvalidStateException": "the key is not in a usable state (pending deletion or import?)",
+        "InvalidKeyUsageException": "the key's usage or signing algorithms do not allow this",
+        "UnsupportedOperationException": "the key does not support this operation (not asymmetric?)",
+        "InvalidArnException": "the key ARN is malformed",
+        "ThrottlingException": "the account's KMS request quota is exhausted for now",
+        "KMSInternalException": "an internal AWS KMS error",
+        "DependencyTimeoutException": "AWS KMS timed out internally",
+        "KeyUnavailableException": "the key is temporarily unavailable",
+        "UnrecognizedClientException": "the AWS credentials were not recognised",
+        "InvalidSignatureException": "the AWS credentials were rejected",
+        "ExpiredTokenException": "the AWS session credentials have expired",
+    },
 )
 # Answers to GetPublicKey that mean "this key cannot be a JWS signing key" rather than
 # "the call failed": reported as ConfigurationError.
 _CONFIGURATION_CODES: Final = frozenset(
     {"InvalidKeyUsageException", "UnsupportedOperationException", "InvalidArnException"}
 )
-_HINTS: Final[dict[str, str]] = {
-    "AccessDeniedException": "the caller lacks permission for this operation on the key",
-    "NotFoundException": "no such key or alias in this account and region",
-    "DisabledException": "the key is disabled",
-    "KMSInvalidStateException": "the key is not in a usable state (pending deletion or import?)",
-    "InvalidKeyUsageException": "the key's usage or signing algorithms do not allow this",
-    "UnsupportedOperationException": "the key does not support this operation (not asymmetric?)",
-    "InvalidArnException": "the key ARN is malformed",
-    "ThrottlingException": "the account's KMS request quota is exhausted for now",
-    "KMSInternalException": "an internal AWS KMS error",
-    "DependencyTimeoutException": "AWS KMS timed out internally",
-    "KeyUnavailableException": "the key is temporarily unavailable",
-    "UnrecognizedClientException": "the AWS credentials were not recognised",
-    "InvalidSignatureException": "the AWS credentials were rejected",
-    "ExpiredTokenException": "the AWS session credentials have expired",
-}
 
 
 def _is_loopback(host: str) -> bool:
@@ -156,7 +170,7 @@ def _check_kms_key_id(key_id: object) -> tuple[str, str | None]:
     """Validate a key id / key ARN / alias name / alias ARN; return it and the ARN's region."""
     if not isinstance(key_id, str) or not key_id or any(c.isspace() for c in key_id):
         raise ConfigurationError(
-            "AWS KMS key_id must be a key id, key ARN, alias name (alias/NAME) or alias ARN"
+            "the AWS KMS key must be a key id, key ARN, alias name (alias/NAME) or alias ARN"
         )
     if key_id.startswith("arn:"):
         parts = key_id.split(":", 5)
@@ -192,14 +206,16 @@ class AwsKmsSigner(CachedDescriptionSigner):
     >>> signer = AwsKmsSigner("alias/x", endpoint_url="http://127.0.0.1:5000",
     ...                       region="us-east-1")                             # doctest: +SKIP
 
-    ``key_id`` is a key id, key ARN, alias name (``alias/NAME``) or alias ARN. The key spec
+    The first argument names the KMS key: a key id, key ARN, alias name (``alias/NAME``)
+    or alias ARN. The key spec
     decides the JWS ``alg``: ``RSA_*`` -> RS256 (RS384/512 and PS256/384/512 on request,
     when the key's ``SigningAlgorithms`` allow them), ``ECC_NIST_P256/P384/P521`` ->
     ES256/384/512, ``ECC_NIST_EDWARDS25519`` -> EdDSA. Any other spec, or a key whose usage
     is not ``SIGN_VERIFY``, is a :class:`~keyless_m2m.ConfigurationError` at ``describe()``.
 
-    ``kid`` defaults to the RFC 7638 thumbprint of the public key. (``key_id`` names the
-    KMS key here, so the JWS key id is ``kid=``.)
+    ``key_id`` (the JWS ``kid``, as for every signer) defaults to the RFC 7638 thumbprint of
+    the public key. ``kid=`` is its deprecated name, and so is passing the KMS key as
+    ``key_id=`` with no positional argument: both still work, with a ``DeprecationWarning``.
 
     Pass ``client=`` to use your own boto3 KMS client (it is never closed by this signer,
     and used as configured: its botocore retries, if any, run under each of the token
@@ -215,16 +231,28 @@ class AwsKmsSigner(CachedDescriptionSigner):
 
     def __init__(
         self,
-        key_id: str,
+        kms_key_id: str | None = None,
+        /,
         *,
         client: BaseClient | None = None,
         region: str | None = None,
         endpoint_url: str | None = None,
         algorithm: str | None = None,
-        kid: str | None = None,
+        key_id: str | None = None,
         max_concurrency: int = 10,
+        kid: str | None = None,
     ) -> None:
-        self._key_id, arn_region = _check_kms_key_id(key_id)
+        if kms_key_id is None and key_id is not None:
+            # The old signature, AwsKmsSigner(key_id="alias/x"), named the KMS key key_id=.
+            warnings.warn(
+                "AwsKmsSigner(key_id=KMS_KEY) is deprecated: pass the KMS key as the first "
+                "argument; key_id= is the JWS key id (kid), as for every signer",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            kms_key_id, key_id = key_id, None
+        key_id = renamed_keyword("key_id", key_id, "kid", kid, owner="AwsKmsSigner")
+        self._key_id, arn_region = _check_kms_key_id(kms_key_id)
         if client is not None and (region is not None or endpoint_url is not None):
             raise ConfigurationError(
                 f"AWS KMS key {self._key_id}: pass either client= or region=/endpoint_url=, not both"
@@ -239,12 +267,10 @@ class AwsKmsSigner(CachedDescriptionSigner):
             not isinstance(endpoint_url, str) or not endpoint_url.startswith(("https://", "http://"))
         ):
             raise ConfigurationError("endpoint_url must be an http:// or https:// URL")
-        if algorithm is not None and algorithm not in ALGORITHMS:
-            raise ConfigurationError(f"unknown JWS algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
-        if kid is not None and (not isinstance(kid, str) or not kid):
-            raise ConfigurationError("kid must be a non-empty string")
-        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
-            raise ConfigurationError("max_concurrency must be a positive integer")
+        if algorithm is not None:
+            jws_algorithm(algorithm)
+        self._kid = ensure_kid(key_id)
+        self._max_concurrency = check_max_concurrency(max_concurrency)
 
         self._boto3: ModuleType = import_extra("boto3", "aws")
         self._botocore_exceptions: ModuleType = import_extra("botocore.exceptions", "aws")
@@ -253,8 +279,6 @@ class AwsKmsSigner(CachedDescriptionSigner):
         self._region = region or arn_region
         self._endpoint_url = endpoint_url
         self._requested_alg = algorithm
-        self._kid = kid
-        self._max_concurrency = max_concurrency
         self._client: Any = client
         self._owns_client = client is None
         # boto3 session/client creation is not thread-safe and loads JSON models from disk:
@@ -271,8 +295,7 @@ class AwsKmsSigner(CachedDescriptionSigner):
         """``awskms:///KEY`` or ``awskms://HOST[:PORT]/KEY`` (KEY: key id, ARN, alias).
 
         A host names a custom endpoint: ``http://`` for loopback hosts (moto, LocalStack),
-        ``https://`` otherwise. ``kid=`` (or ``key_id=``, since the URI already names the
-        KMS key) sets the JWS key id; other options go to the constructor.
+        ``https://`` otherwise. ``key_id=`` sets the JWS key id; options go to the constructor.
         """
         refuse_uri_credentials(uri, "awskms URIs")
         try:
@@ -301,10 +324,6 @@ class AwsKmsSigner(CachedDescriptionSigner):
             scheme = "http" if _is_loopback(host) else "https"
             shown = f"[{host}]" if ":" in host else host
             options["endpoint_url"] = f"{scheme}://{shown}" + (f":{port}" if port is not None else "")
-        if "key_id" in options:
-            if "kid" in options:
-                raise ConfigurationError("pass kid= or key_id= (the JWS key id), not both")
-            options["kid"] = options.pop("key_id")
         return cls(key_id, **options)
 
     # -- the Signer protocol --------------------------------------------------------------
@@ -430,23 +449,21 @@ class AwsKmsSigner(CachedDescriptionSigner):
     async def _call(self, operation: str, **params: Any) -> Mapping[str, Any]:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self._max_concurrency)
-        error: KeylessM2MError
-        try:
-            response = await run_blocking(functools.partial(self._call_now, operation, params), self._limiter)
-        except Exception as exc:  # mapped below; anything unknown propagates unchanged
-            error = self._map_error(operation, exc)
-        else:
-            if not isinstance(response, Mapping):
-                raise SigningError(
-                    f"AWS KMS {operation} for key {self._key_id} returned no response", key=self._key_id
-                )
-            return response
-        # Raised outside the except block: botocore messages and attributes can carry an
-        # access key id (InvalidSignatureException's string-to-sign) or a proxy URL with a
-        # password, so neither __cause__ nor __context__ may point at them.
-        raise error
+        # botocore messages and attributes can carry an access key id (InvalidSignatureException's
+        # string-to-sign) or a proxy URL with a password: call_provider cuts them from the chain.
+        response = await call_provider(
+            functools.partial(
+                run_blocking, functools.partial(self._call_now, operation, params), self._limiter
+            ),
+            functools.partial(self._map_error, operation),
+        )
+        if not isinstance(response, Mapping):
+            raise SigningError(
+                f"AWS KMS {operation} for key {self._key_id} returned no response", key=self._key_id
+            )
+        return response
 
-    def _map_error(self, operation: str, exc: Exception) -> KeylessM2MError:
+    def _map_error(self, operation: str, exc: Exception) -> KeylessM2MError | None:
         key = self._key_id
         errors = self._botocore_exceptions
         if isinstance(exc, _Closed):
@@ -455,17 +472,10 @@ class AwsKmsSigner(CachedDescriptionSigner):
             details = getattr(exc, "response", None) or {}
             code = str(details.get("Error", {}).get("Code") or "Unknown")
             status = details.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in _RETRYABLE_CODES:
-                retryable = True
-            elif code in _FINAL_CODES:
-                retryable = False
-            else:
-                retryable = isinstance(status, int) and (status == 429 or status >= 500)
-            hint = _HINTS.get(code)
-            text = f"AWS KMS {operation} failed for key {key}: {code}" + (f" ({hint})" if hint else "")
+            error = _ERRORS.error(f"AWS KMS {operation} failed for key {key}", code, key=key, status=status)
             if operation == "GetPublicKey" and code in _CONFIGURATION_CODES:
-                return ConfigurationError(text)
-            return SigningError(text, retryable=retryable, key=key, code=code)
+                return ConfigurationError(str(error))
+            return error
         if isinstance(exc, errors.NoRegionError):
             return ConfigurationError(
                 f"AWS KMS key {key}: no AWS region; pass region=, use a key ARN, or set AWS_REGION"
@@ -494,7 +504,7 @@ class AwsKmsSigner(CachedDescriptionSigner):
         if isinstance(exc, errors.BotoCoreError):
             name = type(exc).__name__
             return SigningError(f"AWS KMS {operation} failed for key {key}: {name}", key=key, code=name)
-        raise exc
+        return None
 
 
 _METHODS: Final = {"GetPublicKey": "get_public_key", "Sign": "sign"}

@@ -29,14 +29,20 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import anyio.from_thread
 
-from .._jose import ALGORITHMS, Algorithm, PublicKey, choose_algorithm
+from .._jose import Algorithm, PublicKey, choose_algorithm, jws_algorithm
 from ..errors import ConfigurationError, SigningError
 from ._base import (
     CachedDescriptionSigner,
     KeyDescription,
+    OnceCell,
+    ProviderErrors,
+    call_provider,
+    check_max_concurrency,
     ensure_kid,
     import_extra,
     refuse_uri_credentials,
+    renamed_keyword,
+    retryable_status,
     run_blocking,
     running_async_library,
 )
@@ -49,7 +55,6 @@ __all__ = ["AzureKeyVaultSigner", "map_azure_error", "parse_key_vault_uri"]
 
 EXTRA = "azure"
 _T = TypeVar("_T")
-_MAX_THREADS = 8  # worker threads the synchronous SDK may use at once (trio)
 
 # The SDK options the signer sets unless the user gives them: no azure-core retry loop under
 # the token endpoint's (its default would retry a throttled sign several times per attempt),
@@ -64,6 +69,9 @@ _KEY_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
 _VAULT_NAME = re.compile(r"^[A-Za-z][0-9A-Za-z-]{1,22}[0-9A-Za-z]$")
 _VERSION = re.compile(r"^[0-9A-Za-z]{1,64}$")
 
+# Key Vault's retryability is the HTTP status's (408, 429, 5xx), whatever its error code;
+# the hints go by status too.
+_ERRORS = ProviderErrors()
 _HINTS = {
     401: "Key Vault rejected the access token (wrong tenant or audience?)",
     403: "the identity lacks keys/sign or keys/get on this key (RBAC role 'Key Vault Crypto User' "
@@ -221,16 +229,17 @@ def map_azure_error(
     if isinstance(exc, az.HttpResponseError):
         status = _status_of(exc)
         code, inner = _error_codes(exc)
-        retryable = status is not None and (status in (408, 429) or status >= 500)
         shown = " ".join(filter(None, [f"HTTP {status}" if status else None, code]))
         if inner:
             shown += f" ({inner})"
-        hint = _HINTS.get(status or 0) or ("a Key Vault service error" if retryable else None)
-        return SigningError(
-            f"{prefix}: {shown or name}" + (f"; {hint}" if hint else ""),
-            retryable=retryable,
+        hint = _HINTS.get(status or 0) or ("a Key Vault service error" if retryable_status(status) else "")
+        return _ERRORS.error(
+            prefix,
+            code or (f"HTTP {status}" if status else name),
             key=key,
-            code=code or (f"HTTP {status}" if status else name),
+            status=status,
+            shown=shown or name,
+            hint=hint,
         )
     if isinstance(exc, az.ServiceRequestError | az.ServiceResponseError):
         return SigningError(
@@ -329,6 +338,21 @@ class _Clients:
     async def _in_thread(self, func: Callable[[], _T]) -> _T:
         return await run_blocking(func, self._limiter)
 
+    async def _close(self, closeable: Any) -> None:
+        """Close one SDK client or credential the way this flavour's clients are called."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        clients = [c for c in (self._crypto, self._key_client) if c is not None]
+        self._crypto = self._key_client = None
+        try:
+            for client in clients:
+                await self._close(client)
+        finally:
+            owned, self._owned_credential = self._owned_credential, None
+            if owned is not None:
+                await self._close(owned)
+
 
 class _AsyncioClients(_Clients):
     """``azure.keyvault.keys.aio`` clients with an async credential (asyncio only)."""
@@ -353,16 +377,8 @@ class _AsyncioClients(_Clients):
         result = await self._crypto.sign(crypto.SignatureAlgorithm(alg), digest)
         return result.signature
 
-    async def aclose(self) -> None:
-        clients = [c for c in (self._crypto, self._key_client) if c is not None]
-        self._crypto = self._key_client = None
-        try:
-            for client in clients:
-                await client.close()
-        finally:
-            owned, self._owned_credential = self._owned_credential, None
-            if owned is not None:
-                await owned.close()
+    async def _close(self, closeable: Any) -> None:
+        await closeable.close()
 
 
 class _ThreadedClients(_Clients):
@@ -385,24 +401,17 @@ class _ThreadedClients(_Clients):
         result = await self._in_thread(call)
         return result.signature
 
-    async def aclose(self) -> None:
-        clients = [c for c in (self._crypto, self._key_client) if c is not None]
-        self._crypto = self._key_client = None
-        try:
-            for client in clients:
-                await self._in_thread(client.close)
-        finally:
-            owned, self._owned_credential = self._owned_credential, None
-            if owned is not None:
-                await self._in_thread(owned.close)
+    async def _close(self, closeable: Any) -> None:
+        await self._in_thread(closeable.close)
 
 
 async def _open_clients(
-    backend: str, vault_url: str, credential: Any, options: dict[str, Any]
+    backend: str, vault_url: str, credential: Any, options: dict[str, Any], max_concurrency: int
 ) -> _AsyncioClients | _ThreadedClients:
     """SDK clients for the running backend: ``.aio`` under asyncio, sync ones in threads
-    elsewhere, with the credential adapted to the flavour the clients call."""
-    limiter = anyio.CapacityLimiter(_MAX_THREADS)
+    elsewhere, with the credential adapted to the flavour the clients call. At most
+    ``max_concurrency`` worker threads run SDK or credential calls at once."""
+    limiter = anyio.CapacityLimiter(max_concurrency)
     if backend == "asyncio":
         import_extra("aiohttp", EXTRA)
         if credential is None:
@@ -458,8 +467,11 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
     - ``algorithm``: RSA keys default to RS256 (RS384/512, PS256/384/512 on request); EC
       keys use ES256 (P-256), ES384 (P-384), ES512 (P-521). P-256K (ES256K) and OKP keys
       are refused: OAuth servers do not take ES256K and Key Vault offers no EdDSA.
-    - ``kid``: the RFC 7638 thumbprint by default; ``key_id=``/``kid=`` sets one;
-      ``use_key_vault_kid=True`` uses the versioned Key Vault key id URL.
+    - ``key_id``: the JWS ``kid``, the RFC 7638 thumbprint by default;
+      ``use_key_vault_kid=True`` uses the versioned Key Vault key id URL. ``kid=`` is the
+      deprecated name of ``key_id=`` (it works, with a ``DeprecationWarning``).
+    - ``max_concurrency``: worker threads the synchronous SDK and credentials may use at
+      once (8); under trio that bounds concurrent Key Vault requests.
     - ``client_options`` go unchanged to the SDK clients: ``api_version``,
       ``verify_challenge_resource``, ``connection_verify``, ``transport``, retry settings
       (``retry_total``, ``retry_backoff_factor``, ``retry_policy``), timeouts
@@ -482,8 +494,9 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
         credential: Any = None,
         algorithm: str | None = None,
         key_id: str | None = None,
-        kid: str | None = None,
         use_key_vault_kid: bool = False,
+        max_concurrency: int = 8,
+        kid: str | None = None,
         **client_options: Any,
     ) -> None:
         import_extra("azure.keyvault.keys", EXTRA)
@@ -514,14 +527,9 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
         if algorithm is not None:
             if algorithm == "EdDSA":
                 raise ConfigurationError("Azure Key Vault offers no EdDSA; use an RSA or EC key")
-            if algorithm not in ALGORITHMS:
-                raise ConfigurationError(
-                    f"unknown JWS algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}"
-                )
+            jws_algorithm(algorithm)
         self._requested_alg = algorithm
-        if key_id is not None and kid is not None:
-            raise ConfigurationError("pass key_id= or kid=, not both")
-        explicit_kid = ensure_kid(key_id if key_id is not None else kid)
+        explicit_kid = ensure_kid(renamed_keyword("key_id", key_id, "kid", kid, owner="AzureKeyVaultSigner"))
         if explicit_kid is not None and use_key_vault_kid:
             raise ConfigurationError("use_key_vault_kid=True and an explicit kid exclude each other")
         self._explicit_kid = explicit_kid
@@ -530,8 +538,8 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
         if credential is not None:
             _is_async_credential(credential)  # fail now on something that is no credential
         self._client_options = dict(client_options)
-        self._clients: _AsyncioClients | _ThreadedClients | None = None
-        self._clients_lock: anyio.Lock | None = None
+        self._max_concurrency = check_max_concurrency(max_concurrency)
+        self._clients: OnceCell[_AsyncioClients | _ThreadedClients] = OnceCell()
         self._pinned: KeyVaultKey | None = None
         self._modulus_bytes = 0
 
@@ -565,15 +573,12 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
 
     async def _clients_for_this_loop(self) -> _AsyncioClients | _ThreadedClients:
         backend = _current_backend()
-        clients = self._clients
-        if clients is None:
-            if self._clients_lock is None:
-                self._clients_lock = anyio.Lock()
-            async with self._clients_lock:
-                if self._clients is None:
-                    options = _with_defaults(self._client_options)
-                    self._clients = await _open_clients(backend, self._vault_url, self._credential, options)
-                clients = self._clients
+        options = _with_defaults(self._client_options)
+        clients = await self._clients.get_or_init(
+            functools.partial(
+                _open_clients, backend, self._vault_url, self._credential, options, self._max_concurrency
+            )
+        )
         if clients.backend != backend:
             raise ConfigurationError(
                 f"this AzureKeyVaultSigner's SDK clients belong to {clients.backend}; "
@@ -583,13 +588,10 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
 
     async def _load_description(self) -> KeyDescription:
         clients = await self._clients_for_this_loop()
-        try:
-            key = await clients.get_key(self._key_name, self._key_version)
-        except Exception as exc:
-            mapped = self._mapped(exc, "get key")
-            if mapped is exc:
-                raise
-            raise mapped from None
+        key = await call_provider(
+            functools.partial(clients.get_key, self._key_name, self._key_version),
+            functools.partial(self._mapped, "get key"),
+        )
         public_key, family, curve = self._public_key_of(key)
         alg = choose_algorithm(family, curve, self._requested_alg, key=self.key_name)
         key_version = _text(getattr(key.properties, "version", "") or "")
@@ -667,13 +669,9 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
             raise SigningError("describe() must run before sign()", key=self.key_name)
         clients = await self._clients_for_this_loop()
         digest = alg.digest(signing_input)
-        try:
-            signature = await clients.sign(key, alg.name, digest)
-        except Exception as exc:
-            mapped = self._mapped(exc, "sign")
-            if mapped is exc:
-                raise
-            raise mapped from None
+        signature = await call_provider(
+            functools.partial(clients.sign, key, alg.name, digest), functools.partial(self._mapped, "sign")
+        )
         if not isinstance(signature, bytes):
             raise SigningError(f"Key Vault returned no signature for {self.key_name}", key=self.key_name)
         if alg.family == "RSA" and len(signature) != self._modulus_bytes:
@@ -684,13 +682,13 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
             )
         return signature
 
-    def _mapped(self, exc: Exception, action: str) -> Exception:
-        """The exception to raise for ``exc`` (Azure SDK errors become typed errors)."""
+    def _mapped(self, action: str, exc: Exception) -> SigningError | None:
+        """The typed error for an Azure SDK exception (``None``: not the SDK's, raised as is)."""
         from azure.core.exceptions import AzureError
 
         if isinstance(exc, AzureError):
             return map_azure_error(exc, key=self.key_name, action=action, vault_url=self._vault_url)
-        return exc
+        return None
 
     async def aclose(self) -> None:
         """Close the SDK clients and the default credential if this signer created it.
@@ -698,7 +696,6 @@ class AzureKeyVaultSigner(CachedDescriptionSigner):
         The signer can be used again afterwards (it creates new clients); the description
         and the pinned key version are kept.
         """
-        clients, self._clients = self._clients, None
-        self._clients_lock = None  # the next user may run another event loop
+        clients = self._clients.take()  # the next user may run another event loop
         if clients is not None:
             await clients.aclose()

@@ -35,14 +35,19 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from anyio.lowlevel import RunVar
 
-from .._jose import ALGORITHMS, Algorithm, der_to_raw, key_family, load_public_pem
+from .._jose import Algorithm, der_to_raw, jws_algorithm, key_family, load_public_pem
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
 from ._base import (
     CachedDescriptionSigner,
     KeyDescription,
+    OnceCell,
+    ProviderErrors,
+    call_provider,
+    check_max_concurrency,
     ensure_kid,
     import_extra,
     refuse_uri_credentials,
+    renamed_keyword,
     run_blocking,
     running_async_library,
 )
@@ -92,24 +97,26 @@ _UNSUPPORTED: Final[tuple[tuple[str, str], ...]] = (
 )
 _SYMMETRIC = "the key is a symmetric encryption key, not an asymmetric signing key"
 
-_RETRYABLE_CODES: Final = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"})
-_HINTS: Final[Mapping[str, str]] = {
-    "PERMISSION_DENIED": (
-        "the caller lacks roles/cloudkms.signerVerifier (cloudkms.cryptoKeyVersions.useToSign and "
-        "viewPublicKey) on the key, or the key does not exist"
-    ),
-    "NOT_FOUND": "no such key version",
-    "FAILED_PRECONDITION": (
-        "the key version is not enabled (disabled, destroyed or pending), or the key is not an "
-        "asymmetric signing key"
-    ),
-    "UNAUTHENTICATED": "the Google credentials were rejected",
-    "INVALID_ARGUMENT": "Cloud KMS rejected the request",
-    "RESOURCE_EXHAUSTED": "Cloud KMS request quota exceeded",
-    "UNAVAILABLE": "Cloud KMS is unavailable",
-    "DEADLINE_EXCEEDED": "the call timed out",
-    "INTERNAL": "Cloud KMS internal error",
-}
+_ERRORS: Final = ProviderErrors(
+    retryable=frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"}),
+    hints={
+        "PERMISSION_DENIED": (
+            "the caller lacks roles/cloudkms.signerVerifier (cloudkms.cryptoKeyVersions.useToSign and "
+            "viewPublicKey) on the key, or the key does not exist"
+        ),
+        "NOT_FOUND": "no such key version",
+        "FAILED_PRECONDITION": (
+            "the key version is not enabled (disabled, destroyed or pending), or the key is not an "
+            "asymmetric signing key"
+        ),
+        "UNAUTHENTICATED": "the Google credentials were rejected",
+        "INVALID_ARGUMENT": "Cloud KMS rejected the request",
+        "RESOURCE_EXHAUSTED": "Cloud KMS request quota exceeded",
+        "UNAVAILABLE": "Cloud KMS is unavailable",
+        "DEADLINE_EXCEEDED": "the call timed out",
+        "INTERNAL": "Cloud KMS internal error",
+    },
+)
 
 _PERMISSIONS = {"AsymmetricSign": "useToSign", "GetPublicKey": "viewPublicKey"}
 
@@ -180,12 +187,11 @@ def _crc32c(data: bytes) -> int:
 
 @dataclass(slots=True)
 class _LoopState:
-    """Per event loop: the lock guarding client creation, a thread limiter, the async client."""
+    """Per event loop: a thread limiter and the async client (made once)."""
 
     marker: object
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
     limiter: anyio.CapacityLimiter | None = None
-    async_client: KeyManagementServiceAsyncClient | None = None
+    async_client: OnceCell[KeyManagementServiceAsyncClient] = field(default_factory=OnceCell)
 
 
 class _IntegrityError(Exception):
@@ -215,7 +221,8 @@ class GcpKmsSigner(CachedDescriptionSigner):
     ``algorithm`` is optional: Cloud KMS fixes it per key, and a requested one that differs
     is a :class:`~keyless_m2m.ConfigurationError`. ``key_id`` defaults to the RFC 7638
     thumbprint. ``timeout`` bounds each RPC. The signer makes one RPC per call and never
-    retries (the token endpoint does). ``max_threads`` caps concurrent worker threads.
+    retries (the token endpoint does). ``max_concurrency`` caps concurrent worker threads
+    (``max_threads=`` is its deprecated name).
     """
 
     def __init__(
@@ -230,13 +237,14 @@ class GcpKmsSigner(CachedDescriptionSigner):
         async_client_factory: Callable[[], KeyManagementServiceAsyncClient] | None = None,
         sync_client_factory: Callable[[], KeyManagementServiceClient] | None = None,
         timeout: float = 10.0,
-        max_threads: int = 16,
+        max_concurrency: int | None = None,
+        max_threads: int | None = None,
     ) -> None:
         self._name = parse_key_version_name(key_version_name)
         self._kms = import_extra("google.cloud.kms_v1", "gcp")
         import_extra("google_crc32c", "gcp")
-        if algorithm is not None and algorithm not in ALGORITHMS:
-            raise ConfigurationError(f"unknown JWS algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+        if algorithm is not None:
+            jws_algorithm(algorithm)
         self._requested_alg = algorithm
         self._key_id = ensure_kid(key_id)
 
@@ -265,14 +273,15 @@ class GcpKmsSigner(CachedDescriptionSigner):
         self._client_options = client_options
         self._async_factory = async_client_factory
         self._sync_factory = sync_client_factory
-        self._sync_client: KeyManagementServiceClient | None = None
+        self._sync_client: OnceCell[KeyManagementServiceClient] = OnceCell()
 
         if not (timeout > 0):
             raise ConfigurationError("timeout must be a positive number of seconds")
-        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
-            raise ConfigurationError("max_threads must be an integer of at least 1")
+        concurrency = renamed_keyword(
+            "max_concurrency", max_concurrency, "max_threads", max_threads, owner="GcpKmsSigner"
+        )
         self.timeout = float(timeout)
-        self._max_threads = max_threads
+        self._max_concurrency = check_max_concurrency(16 if concurrency is None else concurrency)
         self._loop: _LoopState | None = None
 
     @property
@@ -309,7 +318,7 @@ class GcpKmsSigner(CachedDescriptionSigner):
 
     def _limiter(self, state: _LoopState) -> anyio.CapacityLimiter:
         if state.limiter is None:
-            state.limiter = anyio.CapacityLimiter(self._max_threads)
+            state.limiter = anyio.CapacityLimiter(self._max_concurrency)
         return state.limiter
 
     def _use_async_client(self) -> bool:
@@ -332,12 +341,7 @@ class GcpKmsSigner(CachedDescriptionSigner):
     async def _get_async_client(self, state: _LoopState) -> KeyManagementServiceAsyncClient:
         if self._client is not None:
             return self._client  # type: ignore[return-value]
-        if state.async_client is not None:
-            return state.async_client
-        async with state.lock:
-            if state.async_client is None:
-                state.async_client = await self._new_async_client(state)
-        return state.async_client
+        return await state.async_client.get_or_init(partial(self._new_async_client, state))
 
     async def _new_async_client(self, state: _LoopState) -> KeyManagementServiceAsyncClient:
         if self._async_factory is not None:
@@ -376,12 +380,10 @@ class GcpKmsSigner(CachedDescriptionSigner):
     async def _get_sync_client(self, state: _LoopState) -> KeyManagementServiceClient:
         if self._client is not None:
             return self._client  # type: ignore[return-value]
-        if self._sync_client is not None:
-            return self._sync_client
-        async with state.lock:
-            if self._sync_client is None:
-                self._sync_client = await self._off_loop(state, self._new_sync_client)
-        return self._sync_client
+        client: KeyManagementServiceClient = await self._sync_client.get_or_init(
+            partial(self._off_loop, state, self._new_sync_client)
+        )
+        return client
 
     def _new_sync_client(self) -> KeyManagementServiceClient:
         if self._sync_factory is not None:
@@ -392,12 +394,9 @@ class GcpKmsSigner(CachedDescriptionSigner):
         return client
 
     async def _off_loop(self, state: _LoopState, func: Callable[[], Any]) -> Any:
-        try:
-            return await run_blocking(func, self._limiter(state))
-        except KeylessM2MError:
-            raise
-        except Exception as exc:
-            raise self._client_setup_error(exc) from None
+        return await call_provider(
+            partial(run_blocking, func, self._limiter(state)), self._client_setup_error
+        )
 
     def _client_setup_error(self, exc: Exception) -> KeylessM2MError:
         from google.auth import exceptions as auth_exceptions
@@ -415,23 +414,21 @@ class GcpKmsSigner(CachedDescriptionSigner):
 
     async def _rpc(self, rpc: str, request: Any) -> Any:
         """One call, with the SDK's own retry disabled: the token endpoint owns the retries."""
+        return await call_provider(partial(self._rpc_now, rpc, request), partial(self._rpc_error, rpc))
+
+    async def _rpc_now(self, rpc: str, request: Any) -> Any:
         state = self._state()
-        try:
-            if self._use_async_client():
-                async_client = await self._get_async_client(state)
-                method: Callable[..., Awaitable[Any]] = (
-                    async_client.asymmetric_sign if rpc == "AsymmetricSign" else async_client.get_public_key
-                )
-                return await method(request=request, retry=None, timeout=self.timeout)
-            sync_client = await self._get_sync_client(state)
-            call = sync_client.asymmetric_sign if rpc == "AsymmetricSign" else sync_client.get_public_key
-            return await run_blocking(
-                partial(call, request=request, retry=None, timeout=self.timeout), self._limiter(state)
+        if self._use_async_client():
+            async_client = await self._get_async_client(state)
+            method: Callable[..., Awaitable[Any]] = (
+                async_client.asymmetric_sign if rpc == "AsymmetricSign" else async_client.get_public_key
             )
-        except KeylessM2MError:
-            raise
-        except Exception as exc:
-            raise self._rpc_error(rpc, exc) from None
+            return await method(request=request, retry=None, timeout=self.timeout)
+        sync_client = await self._get_sync_client(state)
+        call = sync_client.asymmetric_sign if rpc == "AsymmetricSign" else sync_client.get_public_key
+        return await run_blocking(
+            partial(call, request=request, retry=None, timeout=self.timeout), self._limiter(state)
+        )
 
     def _rpc_error(self, rpc: str, exc: Exception) -> KeylessM2MError:
         """Our error for a provider failure: the key, the gRPC code and our own hint.
@@ -460,18 +457,13 @@ class GcpKmsSigner(CachedDescriptionSigner):
                 retryable=False,
                 key=self._name,
             )
-        hint = _HINTS.get(code, "")
+        hint = None
         if code == "PERMISSION_DENIED":
             hint = (
                 f"the caller lacks cloudkms.cryptoKeyVersions.{_PERMISSIONS[rpc]} on the key "
                 "(grant roles/cloudkms.signerVerifier), or the key does not exist"
             )
-        return SigningError(
-            f"Cloud KMS {rpc} on {self._name} failed: {code}" + (f" ({hint})" if hint else ""),
-            retryable=code in _RETRYABLE_CODES,
-            key=self._name,
-            code=code,
-        )
+        return _ERRORS.error(f"Cloud KMS {rpc} on {self._name} failed", code, key=self._name, hint=hint)
 
     async def _call(self, rpc: str, request: Any, check: Callable[[Any], None]) -> Any:
         """One ``_rpc`` whose response passes ``check``; a response that fails it is a
@@ -502,7 +494,7 @@ class GcpKmsSigner(CachedDescriptionSigner):
                 f"key {self._name}: Cloud KMS returned a public key that does not parse", key=self._name
             ) from None
         family, curve = key_family(public_key)
-        expected = ALGORITHMS[alg]
+        expected = jws_algorithm(alg)
         if family != expected.family or (family != "RSA" and curve != expected.curve):
             raise SigningError(
                 f"key {self._name}: Cloud KMS reports {algorithm} but returned a {family} {curve or ''} key",
@@ -579,8 +571,9 @@ class GcpKmsSigner(CachedDescriptionSigner):
         loop that has ended is dropped. A later call creates new clients.
         """
         state, self._loop = self._loop, None
-        sync_client, self._sync_client = self._sync_client, None
+        sync_client = self._sync_client.take()
         if sync_client is not None:
             sync_client.transport.close()  # type: ignore[no-untyped-call]
-        if state is not None and state.async_client is not None and state.marker is _loop_marker():
-            await state.async_client.transport.close()  # type: ignore[no-untyped-call]
+        async_client = state.async_client.take() if state is not None else None
+        if async_client is not None and state is not None and state.marker is _loop_marker():
+            await async_client.transport.close()  # type: ignore[no-untyped-call]

@@ -27,12 +27,23 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import anyio
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from .._jose import ALGORITHMS, Algorithm, KeyFamily, PublicKey, b64url_decode, choose_algorithm, key_family
+from .._jose import (
+    Algorithm,
+    KeyFamily,
+    PublicKey,
+    b64url_decode,
+    choose_algorithm,
+    jws_algorithm,
+    key_family,
+)
 from .._jose import load_public_pem as _load_public_pem
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
 from ._base import (
     CachedDescriptionSigner,
     KeyDescription,
+    ProviderErrors,
+    call_provider,
+    check_max_concurrency,
     ensure_kid,
     import_extra,
     refuse_uri_credentials,
@@ -60,7 +71,7 @@ KEY_TYPES: dict[str, tuple[KeyFamily, str | None]] = {
 _HASH_ALGORITHMS = {"sha256": "sha2-256", "sha384": "sha2-384", "sha512": "sha2-512"}
 
 #: hvac's connection pool holds 10 connections; more threads than that would only queue.
-_MAX_CONCURRENT_REQUESTS = 10
+_DEFAULT_MAX_CONCURRENCY = 10
 
 #: (connect, read) seconds for the client the signer builds (hvac's default is 30 s).
 _TIMEOUT = (5.0, 10.0)
@@ -70,11 +81,13 @@ _NAME = re.compile(r"\w(?:[\w.-]*\w)?", re.ASCII)  # Vault's GenericNameRegex fo
 _SIGNATURE = re.compile(r"vault:v(\d+):([A-Za-z0-9+/_=-]+)")
 _TRUE = frozenset({"1", "t", "true"})  # what Go's strconv.ParseBool accepts, lower-cased
 
-# HTTP status -> retryable. 412 is Vault Enterprise's "performance standby not caught up
-# yet"; 503 a sealed or standby node; 501 an uninitialised Vault (an operator's job). Any
+# Error codes are the HTTP status. 412 is Vault Enterprise's "performance standby not caught
+# up yet"; 503 a sealed or standby node; 501 an uninitialised Vault (an operator's job). Any
 # other status reaches us as hvac's UnexpectedError (a proxy's 504, ...): retryable.
-_RETRYABLE_STATUS = {400: False, 401: False, 403: False, 404: False, 412: True, 429: True}
-_RETRYABLE_STATUS |= {500: True, 501: False, 502: True, 503: True}
+_ERRORS = ProviderErrors(
+    retryable=frozenset({"412", "429", "500", "502", "503", "unexpected"}),
+    final=frozenset({"400", "401", "403", "404", "501"}),
+)
 
 
 def _env(*names: str) -> str | None:
@@ -141,7 +154,8 @@ class VaultTransitSigner(CachedDescriptionSigner):
     Key types: rsa-2048/3072/4096 (RS256 by default; RS384/512, PS256/384/512 on request),
     ecdsa-p256/p384/p521 (ES256/384/512), ed25519 (EdDSA). ``key_version`` pins a version;
     by default the latest version at ``describe()`` time is pinned. ``key_id`` defaults to
-    the RFC 7638 thumbprint of that version's public key.
+    the RFC 7638 thumbprint of that version's public key. At most ``max_concurrency`` Vault
+    requests (worker threads) run at once per signer.
     """
 
     def __init__(
@@ -156,6 +170,7 @@ class VaultTransitSigner(CachedDescriptionSigner):
         namespace: str | None = None,
         algorithm: str | None = None,
         key_id: str | None = None,
+        max_concurrency: int = _DEFAULT_MAX_CONCURRENCY,
     ) -> None:
         if not isinstance(key_name, str) or not _NAME.fullmatch(key_name):
             raise ConfigurationError(
@@ -168,8 +183,9 @@ class VaultTransitSigner(CachedDescriptionSigner):
             isinstance(key_version, bool) or not isinstance(key_version, int) or key_version < 1
         ):
             raise ConfigurationError("key_version must be a positive integer")
-        if algorithm is not None and algorithm not in ALGORITHMS:
-            raise ConfigurationError(f"unknown JWS algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+        if algorithm is not None:
+            jws_algorithm(algorithm)
+        self._max_concurrency = check_max_concurrency(max_concurrency)
 
         hvac_module = import_extra("hvac", "vault")
         self._hvac_exceptions = import_extra("hvac.exceptions", "vault")
@@ -269,18 +285,20 @@ class VaultTransitSigner(CachedDescriptionSigner):
 
     async def _call(self, operation: str, function: Callable[..., Any], **kwargs: Any) -> Any:
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(_MAX_CONCURRENT_REQUESTS)
-        error: KeylessM2MError
-        try:
-            return await run_blocking(functools.partial(function, **kwargs), self._limiter)
-        except self._hvac_exceptions.VaultError as exc:
-            error = self._vault_error(operation, exc)
-        except self._requests_exceptions.RequestException as exc:
-            error = self._transport_error(exc)
-        # Raised outside the except clause so that neither __cause__ nor __context__ holds
-        # the SDK exception: requests keeps the prepared request (X-Vault-Token header and
-        # all) on its exceptions, hvac the response text.
-        raise error
+            self._limiter = anyio.CapacityLimiter(self._max_concurrency)
+        # requests keeps the prepared request (X-Vault-Token header and all) on its
+        # exceptions, hvac the response text: call_provider cuts them from the chain.
+        return await call_provider(
+            functools.partial(run_blocking, functools.partial(function, **kwargs), self._limiter),
+            functools.partial(self._map_error, operation),
+        )
+
+    def _map_error(self, operation: str, exc: Exception) -> KeylessM2MError | None:
+        if isinstance(exc, self._hvac_exceptions.VaultError):
+            return self._vault_error(operation, exc)
+        if isinstance(exc, self._requests_exceptions.RequestException):
+            return self._transport_error(exc)
+        return None
 
     def _redact(self, text: str) -> str:
         token = getattr(self._client, "token", None)
@@ -319,22 +337,23 @@ class VaultTransitSigner(CachedDescriptionSigner):
         status = self._status_of(exc)
         detail = self._redact(_one_line(getattr(exc, "errors", None) or (exc.args[0] if exc.args else "")))
         where = f"HTTP {status}" if status is not None else f"unexpected HTTP status, {type(exc).__name__}"
-        message = f"Vault refused {operation} on {path} ({where}"
-        message += f": {detail})" if detail else ")"
+        hint = ""
         if status == 403:
             if getattr(self._client, "token", None):
-                message += (
-                    f"; the token is invalid or expired, or its policy lacks {self._policy_hint(operation)}"
-                )
+                hint = f"the token is invalid or expired, or its policy lacks {self._policy_hint(operation)}"
             else:
-                message += "; no Vault token was sent: pass token= or client=, or set VAULT_TOKEN"
+                hint = "no Vault token was sent: pass token= or client=, or set VAULT_TOKEN"
         elif status == 404 or (status == 400 and "not found" in detail):
-            message += f"; check the key name and that transit is mounted at {self._mount!r}"
+            hint = f"check the key name and that transit is mounted at {self._mount!r}"
         elif status == 503:
-            message += "; Vault is sealed or in standby"
-        retryable = _RETRYABLE_STATUS.get(status, True) if status is not None else True
-        return SigningError(
-            message, retryable=retryable, key=self.key_name, code=str(status) if status else "unexpected"
+            hint = "Vault is sealed or in standby"
+        return _ERRORS.error(
+            f"Vault refused {operation} on {path}",
+            str(status) if status is not None else "unexpected",
+            key=self.key_name,
+            status=status,
+            shown=f"{where}: {detail}" if detail else where,
+            hint=hint,
         )
 
     def _transport_error(self, exc: Exception) -> KeylessM2MError:

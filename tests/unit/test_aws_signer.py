@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from keyless_m2m import ConfigurationError, MissingExtraError, SigningError
 from keyless_m2m._jose import ALGORITHMS, public_jwk
 from keyless_m2m.signers import AwsKmsSigner, Signer, signer_from_uri
-from tests.conftest import ALG_KEYS, make_key, require_module, verify_jws
 from tests.contract import SignerContract, sign_jws
+from tests.helpers import ALG_KEYS, make_key, require_module, verify_jws
 
 # Skip (not error) in a test environment without the aws extra.
 boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
@@ -364,7 +364,7 @@ async def test_public_key_must_match_the_key_spec(kms: Any, stub: Any) -> None:
 
 async def test_user_given_kid(kms: Any, stub: Any) -> None:
     expect_describe(stub, "p256", ALIAS)
-    description = await AwsKmsSigner(ALIAS, client=kms, kid="payments-2025").describe()
+    description = await AwsKmsSigner(ALIAS, client=kms, key_id="payments-2025").describe()
     assert description.key_id == description.public_jwk["kid"] == "payments-2025"
 
 
@@ -747,7 +747,7 @@ def test_region_comes_from_the_arn_and_must_agree() -> None:
         {"client": object(), "region": "eu-west-1"},
         {"client": object(), "endpoint_url": "http://127.0.0.1:1"},
         {"algorithm": "HS256"},
-        {"kid": ""},
+        {"key_id": ""},
         {"endpoint_url": "ftp://x"},
         {"max_concurrency": 0},
     ],
@@ -797,7 +797,25 @@ def test_from_uri_options() -> None:
     assert signer._region == "eu-central-1"
     assert signer._kid == "kid-1"
     assert signer._requested_alg == "PS256"
-    assert isinstance(AwsKmsSigner.from_uri("awskms:///alias/x", kid="kid-2"), AwsKmsSigner)
+
+
+async def test_kid_is_a_deprecated_name_of_key_id(kms: Any, stub: Any) -> None:
+    expect_describe(stub, "p256", ALIAS)
+    with pytest.warns(DeprecationWarning, match=r"AwsKmsSigner\(kid=\.\.\.\) is deprecated; use key_id="):
+        signer = AwsKmsSigner(ALIAS, client=kms, kid="payments-2025")
+    description = await signer.describe()
+    assert description.key_id == description.public_jwk["kid"] == "payments-2025"
+    with pytest.warns(DeprecationWarning, match="use key_id="):
+        from_uri = AwsKmsSigner.from_uri("awskms:///alias/x", kid="kid-2")
+    assert from_uri._kid == "kid-2"
+
+
+def test_kms_key_given_as_key_id_still_works_with_a_warning() -> None:
+    # The old signature named the KMS key ``key_id``; a keyword call keeps its meaning.
+    with pytest.warns(DeprecationWarning, match="pass the KMS key as the first argument"):
+        signer = AwsKmsSigner(key_id=ALIAS, client=FakeKms("p256"))
+    assert signer.key_name == ALIAS
+    assert signer._kid is None
 
 
 @pytest.mark.parametrize(

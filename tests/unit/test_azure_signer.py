@@ -10,7 +10,7 @@ from keyless_m2m import ConfigurationError, SigningError
 from keyless_m2m.signers import AzureKeyVaultSigner, signer_from_uri
 from keyless_m2m.signers.azure import map_azure_error, parse_key_vault_uri
 from keyless_m2m.testing.azure_key_vault import AsyncFakeKeyVaultCredential, FakeKeyVaultCredential
-from tests.conftest import require_module
+from tests.helpers import require_module
 
 az = require_module("azure.core.exceptions", reason="the azure extra is not installed")
 identity = require_module("azure.identity", reason="the azure extra is not installed")
@@ -107,7 +107,7 @@ def test_constructor_forms_agree() -> None:
         (("https://v1.vault.azure.net/keys/k",), {"algorithm": "EdDSA"}, "no EdDSA"),
         (("https://v1.vault.azure.net/keys/k",), {"algorithm": "HS256"}, "unknown JWS algorithm"),
         (("https://v1.vault.azure.net/keys/k",), {"key_id": "a", "kid": "b"}, "not both"),
-        (("https://v1.vault.azure.net/keys/k",), {"kid": "a", "use_key_vault_kid": True}, "exclude"),
+        (("https://v1.vault.azure.net/keys/k",), {"key_id": "a", "use_key_vault_kid": True}, "exclude"),
         (("https://v1.vault.azure.net/keys/k",), {"key_id": ""}, "non-empty"),
         (("https://v1.vault.azure.net/keys/k",), {"credential": object()}, "TokenCredential"),
     ],
@@ -127,7 +127,7 @@ def test_from_uri_rejects_conflicting_options() -> None:
 def test_constructor_does_no_io_and_accepts_both_credential_kinds() -> None:
     for credential in (FakeKeyVaultCredential(), AsyncFakeKeyVaultCredential(), None):
         signer = AzureKeyVaultSigner("https://v1.vault.azure.net/keys/k", credential=credential)
-        assert signer._clients is None
+        assert signer._clients.value is None
 
 
 # -- error mapping -------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from keyless_m2m.errors import ConfigurationError, SigningError
 from keyless_m2m.signers import GcpKmsSigner, signer_from_uri
 from keyless_m2m.signers.gcp import GCP_TO_JWS, jws_algorithm_for, parse_key_version_name
-from tests.conftest import make_key, require_module, verify_jws
 from tests.contract import sign_jws
+from tests.helpers import make_key, require_module, verify_jws
 
 kms_v1 = require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
 google_crc32c = require_module("google_crc32c")
@@ -151,7 +151,7 @@ def test_every_sdk_algorithm_maps_or_is_a_configuration_error() -> None:
         ({"algorithm": "HS256"}, "unknown JWS algorithm"),
         ({"key_id": ""}, "key_id"),
         ({"timeout": 0}, "timeout"),
-        ({"max_threads": 0}, "max_threads"),
+        ({"max_concurrency": 0}, "max_concurrency"),
     ],
 )
 def test_bad_options(options: dict[str, Any], message: str) -> None:
