@@ -1,4 +1,5 @@
-"""What the token endpoint and discovery share about HTTP: a response body read with a cap
+"""What the token endpoint and discovery share about HTTP: the client they build (which
+CAs it trusts, which proxy it uses: :func:`build_client`), a response body read with a cap
 on its *decoded* size, and the kind of a transport failure.
 
 The body is read raw (``aiter_raw``) and decoded here, ``max_length`` bytes at a time, so a
@@ -12,15 +13,33 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
+import ipaddress
+import logging
+import os
 import socket
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Iterator
-from typing import Final
+from collections.abc import AsyncIterator, Hashable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
 
 import httpx
 
-__all__ = ["ACCEPT_ENCODING", "BodyError", "read_body", "transport_failure"]
+from .errors import MissingExtraError
+
+__all__ = [
+    "ACCEPT_ENCODING",
+    "BodyError",
+    "ProxyEnvironment",
+    "build_client",
+    "check_proxies",
+    "default_ssl_context",
+    "read_body",
+    "transport_failure",
+]
+
+logger = logging.getLogger("keyless_m2m")
 
 ACCEPT_ENCODING: Final = "gzip, deflate"
 _GZIP = 16 + zlib.MAX_WBITS
@@ -200,3 +219,238 @@ def transport_failure(exc: BaseException, host: str) -> tuple[str, str, bool]:
     # Anything else (LocalProtocolError, UnsupportedProtocol, InvalidURL, a UnicodeError
     # from a header, ...) will fail the same way if tried again.
     return "protocol", f"the HTTP exchange failed ({type(exc).__name__})", False
+
+
+# -- the HTTP client the library builds: which CAs it trusts, which proxy it uses ---------------
+#
+# Proxies (the policy is in docs/security.md, "Proxies"): a plain http:// request never goes
+# through a proxy (its body, the client's credentials, would be readable there); an https://
+# request to a loopback host never does either (a proxy on another host would reach *its*
+# loopback); other https:// requests go through HTTPS_PROXY, else ALL_PROXY, unless NO_PROXY
+# names the host, as a CONNECT tunnel (or SOCKS), so TLS stays end to end with the server.
+# The environment is read once, when the client is built; httpx's own reading of it is off
+# (trust_env=False) so that this is the only rule.
+
+
+def _environ(name: str) -> tuple[str, str] | None:
+    """``(variable, value)`` of ``name`` in lower case, else upper case (as curl and
+    :mod:`urllib.request` prefer the lower-case spelling); ``None`` when unset or empty."""
+    for variable in (name.lower(), name.upper()):
+        value = os.environ.get(variable, "").strip()
+        if value:
+            return variable, value
+    return None
+
+
+def shown_proxy(url: str) -> str:
+    """``host:port`` of a proxy URL: never its scheme's credentials (``user:password@``)."""
+    try:
+        parsed = httpx.URL(url if "://" in url else "http://" + url)
+    except (httpx.InvalidURL, ValueError):
+        return "an unparsable proxy URL"
+    port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme, 1080)
+    host = parsed.host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _no_proxy_match(entry: str, host: str, port: int) -> bool:
+    entry = entry.strip().lower()
+    if not entry:
+        return False
+    if entry == "*":
+        return True
+    if "/" in entry:  # a CIDR block, as curl (7.86+) and Go take
+        try:
+            return ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            return False
+    if entry.startswith("[") and "]" in entry:  # [::1] or [::1]:8443
+        name, _, rest = entry[1:].partition("]")
+        entry_port = rest[1:] if rest.startswith(":") else ""
+    elif entry.count(":") == 1:
+        name, _, entry_port = entry.partition(":")
+    else:
+        name, entry_port = entry, ""
+    if entry_port and entry_port != str(port):
+        return False
+    name = name.removeprefix("*").removeprefix(".")
+    return host == name or host.endswith("." + name)
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.lower().strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ProxyEnvironment:
+    """The proxy variables as read once: ``HTTPS_PROXY``, ``ALL_PROXY`` and ``NO_PROXY``
+    (each in lower case first). ``HTTP_PROXY`` is read only to say that it is not used."""
+
+    https: tuple[str, str] | None
+    all: tuple[str, str] | None
+    no_proxy: tuple[str, ...]
+    http: tuple[str, str] | None = None
+
+    @classmethod
+    def read(cls) -> ProxyEnvironment:
+        no_proxy = _environ("no_proxy")
+        entries = tuple(e.strip() for e in no_proxy[1].split(",") if e.strip()) if no_proxy else ()
+        return cls(_environ("https_proxy"), _environ("all_proxy"), entries, _environ("http_proxy"))
+
+    def __repr__(self) -> str:  # the values may hold the proxy's credentials
+        def shown(setting: tuple[str, str] | None) -> str | None:
+            return None if setting is None else f"{setting[0]}={shown_proxy(setting[1])}"
+
+        return f"ProxyEnvironment(https={shown(self.https)}, all={shown(self.all)}, no_proxy={self.no_proxy})"
+
+    def proxy_for(self, url: httpx.URL) -> tuple[str, str] | None:
+        """``(variable, proxy URL)`` for a request to ``url``, or ``None`` for a direct one."""
+        if url.scheme != "https" or is_loopback_host(url.host):
+            return None  # plain http is never proxied; loopback is this machine
+        port = url.port or 443
+        host = url.host.lower().rstrip(".")
+        if any(_no_proxy_match(entry, host, port) for entry in self.no_proxy):
+            return None
+        return self.https or self.all
+
+
+def _proxy_url(variable: str, value: str) -> str:
+    """The proxy URL of ``variable`` (``http://`` when it names none), checked: a
+    :class:`~keyless_m2m.ConfigurationError` that never shows the value (it may hold the
+    proxy's credentials) for an unusable one; :class:`MissingSocksError` for SOCKS
+    without ``socksio``."""
+    from .errors import ConfigurationError
+
+    url = value if "://" in value else "http://" + value
+    scheme = url.partition("://")[0].lower()
+    if scheme not in ("http", "https", "socks5", "socks5h"):
+        # The value is not shown: it may carry the proxy's credentials.
+        raise ConfigurationError(
+            f"{variable} names a proxy of scheme {scheme[:20]!r}; supported: http, https, socks5, socks5h"
+        )
+    if scheme.startswith("socks"):
+        try:
+            importlib.import_module("socksio")  # httpx's SOCKS support needs it
+        except ImportError:
+            raise MissingSocksError(variable) from None
+    try:
+        httpx.Proxy(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ConfigurationError(
+            f"{variable} is not a usable proxy URL ({type(exc).__name__}); its value is not shown"
+        ) from None
+    return url
+
+
+def check_proxies(proxies: ProxyEnvironment) -> None:
+    """Refuse, before any request, proxy settings that cannot work (see :func:`_proxy_url`)."""
+    for setting in (proxies.https, proxies.all):
+        if setting is not None:
+            _proxy_url(*setting)
+
+
+def _proxy_transport(variable: str, value: str, verify: ssl.SSLContext | bool) -> httpx.AsyncHTTPTransport:
+    from .errors import ConfigurationError
+
+    url = _proxy_url(variable, value)
+    try:
+        return httpx.AsyncHTTPTransport(verify=verify, proxy=url)
+    except (ValueError, httpx.InvalidURL, ImportError) as exc:
+        raise ConfigurationError(
+            f"{variable} is not a usable proxy URL ({type(exc).__name__}); its value is not shown"
+        ) from None
+
+
+class MissingSocksError(MissingExtraError):
+    """A proxy variable names a SOCKS proxy and ``socksio`` is not installed."""
+
+    def __init__(self, variable: str) -> None:
+        super().__init__("socks", "socksio")
+        self.variable = variable
+        self.msg = (
+            f"{variable} names a SOCKS proxy, and SOCKS needs the 'socksio' package: "
+            "pip install 'httpx[socks]' (or 'keyless-m2m[socks]'), or unset the variable"
+        )
+        self.args = (self.msg,)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.variable,), dict(vars(self)))
+
+
+class _Routes(httpx.AsyncBaseTransport):
+    """Sends each request directly or through the proxy :class:`ProxyEnvironment` names."""
+
+    def __init__(self, verify: ssl.SSLContext | bool, proxies: ProxyEnvironment) -> None:
+        self.proxies = proxies
+        self._direct = httpx.AsyncHTTPTransport(verify=verify)
+        self._through: dict[tuple[str, str], httpx.AsyncHTTPTransport] = {}
+        try:
+            for setting in (proxies.https, proxies.all):
+                if setting is not None and setting not in self._through:
+                    self._through[setting] = _proxy_transport(*setting, verify)
+        except BaseException:
+            self._through.clear()
+            raise
+        self._logged: set[tuple[str, str, int]] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        setting = self.proxies.proxy_for(request.url)
+        if setting is None:
+            return await self._direct.handle_async_request(request)
+        origin = (request.url.scheme, request.url.host, request.url.port or 443)
+        if origin not in self._logged:
+            self._logged.add(origin)
+            logger.info(
+                "requests to %s://%s:%d go through the proxy %s (from %s; TLS end to end)",
+                *origin,
+                shown_proxy(setting[1]),
+                setting[0],
+            )
+        return await self._through[setting].handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for transport in [self._direct, *self._through.values()]:
+            await transport.aclose()
+
+
+def default_ssl_context() -> tuple[ssl.SSLContext, tuple[str, ...]]:
+    """What ``verify=True`` trusts, and a key naming it: the CA file in ``SSL_CERT_FILE`` if
+    set, else the CA directory in ``SSL_CERT_DIR`` if set, else certifi's bundle (what
+    httpx does; the variables *replace* certifi, they do not add to it)."""
+    from .errors import ConfigurationError
+
+    cafile = os.environ.get("SSL_CERT_FILE", "")
+    capath = os.environ.get("SSL_CERT_DIR", "")
+    try:
+        if cafile:
+            return ssl.create_default_context(cafile=cafile), ("SSL_CERT_FILE", os.path.realpath(cafile))
+        if capath:
+            return ssl.create_default_context(capath=capath), ("SSL_CERT_DIR", os.path.realpath(capath))
+    except (OSError, ssl.SSLError) as exc:
+        variable = "SSL_CERT_FILE" if cafile else "SSL_CERT_DIR"
+        raise ConfigurationError(f"cannot load the CA certificates named by {variable}: {exc}") from None
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where()), ("certifi", certifi.where())
+
+
+def build_client(
+    *, timeout: float, verify: ssl.SSLContext | bool, trust: Hashable
+) -> tuple[httpx.AsyncClient, Hashable]:
+    """The client the token endpoint and discovery use, and the key of everything that
+    decides whom it believes (``trust``: the configured ``verify=``; the CAs ``verify=True``
+    resolved to; the proxy settings). No redirects; httpx's environment reading is off."""
+    key: Hashable = trust
+    if verify is True:
+        verify, default = default_ssl_context()
+        key = ("default", default)
+    proxies = ProxyEnvironment.read()
+    routes = _Routes(verify, proxies)
+    client = httpx.AsyncClient(timeout=timeout, transport=routes, follow_redirects=False, trust_env=False)
+    return client, (key, proxies)

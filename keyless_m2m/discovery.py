@@ -32,7 +32,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+import weakref
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import monotonic
@@ -42,14 +43,16 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from ._http import ACCEPT_ENCODING, BodyError, read_body, transport_failure
+from ._http import ACCEPT_ENCODING, BodyError, build_client, read_body, transport_failure
 from .client_auth import ClientAuth
 from .endpoint import (
     TokenEndpoint,
     _number,
     _Progress,
+    _trust_of,
     check_endpoint_url,
     parse_http_date,
+    shown_url,
     tls_verification,
 )
 from .errors import ConfigurationError, DiscoveryError, TransportError
@@ -73,8 +76,16 @@ MAX_METADATA_BYTES = 256 * 1024
 DEFAULT_MAX_AGE = 3600.0
 DEFAULT_DEADLINE = 30.0
 
-# issuer -> (cached until, monotonic clock; metadata)
-_CACHE: dict[str, tuple[float, ServerMetadata]] = {}
+# Metadata tells the client where to send its credentials, so it is shared only between
+# fetches that believe the same servers: the key holds every setting that decides that
+# (allow_insecure_http; the client's trust_key: verify=, the CAs verify=True resolved to,
+# the proxy settings). A client you pass has settings that cannot be read: its metadata is
+# cached for that client object only. Values: (cached until, monotonic clock; metadata).
+_Entry = tuple[float, "ServerMetadata"]
+_CACHE: dict[Hashable, _Entry] = {}  # (issuer, allow_insecure_http, trust key) -> entry
+_CLIENT_CACHES: weakref.WeakKeyDictionary[httpx.AsyncClient, dict[Hashable, _Entry]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +119,12 @@ def metadata_urls(issuer: str) -> list[str]:
 def clear_metadata_cache() -> None:
     """Forget every cached metadata document (the next :func:`discover` fetches)."""
     _CACHE.clear()
+    _CLIENT_CACHES.clear()
 
 
 def _shown(value: Any, limit: int = 120) -> str:
     """A server-supplied value, safe and short enough to put in a message."""
-    text = repr(value)
+    text = repr(shown_url(value) if isinstance(value, str) else value)
     if len(text) > limit:
         text = text[:limit] + "..."
     return "".join(ch if ch.isprintable() else "?" for ch in text)
@@ -168,10 +180,7 @@ def _parse(
     token_endpoint = data.get("token_endpoint")
     if not isinstance(token_endpoint, str) or not token_endpoint:
         raise DiscoveryError(f"the metadata at {url} has no token_endpoint")
-    try:
-        check_endpoint_url(token_endpoint, allow_insecure_http=allow_insecure_http)
-    except ConfigurationError as exc:
-        raise DiscoveryError(f"the metadata at {url} has an unusable token_endpoint: {exc}") from None
+    _check_token_endpoint(url, token_endpoint, allow_insecure_http)
     return ServerMetadata(
         issuer=issuer,
         token_endpoint=token_endpoint,
@@ -186,6 +195,23 @@ def _parse(
         raw=data,
         clock_skew=_clock_skew(date_header, local),
     )
+
+
+def _check_token_endpoint(url: str, token_endpoint: str, allow_insecure_http: bool) -> None:
+    """The metadata at ``url`` may send credentials to ``token_endpoint``: a URL the
+    endpoint itself would accept (no ``user:password@``; https, or http on loopback or with
+    ``allow_insecure_http``), and never plain http when the metadata came over https."""
+    try:
+        check_endpoint_url(token_endpoint, allow_insecure_http=allow_insecure_http)
+    except ConfigurationError as exc:
+        raise DiscoveryError(f"the metadata at {url} has an unusable token_endpoint: {exc}") from None
+    if urlsplit(url).scheme == "https" and urlsplit(token_endpoint).scheme != "https":
+        raise DiscoveryError(
+            f"the metadata at {url} names the plain http:// token endpoint {token_endpoint!r}: "
+            "refused, metadata fetched over https never downgrades the token endpoint to http "
+            "(the client's credentials would travel in clear text; allow_insecure_http and "
+            "loopback hosts do not change this). Configure token_endpoint= yourself if you mean it"
+        )
 
 
 async def _get(client: httpx.AsyncClient, url: str) -> tuple[int, bytes, str | None, datetime]:
@@ -249,30 +275,53 @@ async def discover(
     issuer = _check_issuer(issuer, allow_insecure_http)
     max_age = _number("max_age", max_age, zero_ok=True)
     deadline = _number("deadline", deadline)
-    if max_age > 0:
-        cached = _CACHE.get(issuer)
-        if cached is not None and monotonic() < cached[0]:
-            return cached[1]
-    client = http_client or httpx.AsyncClient(
-        timeout=timeout, verify=tls_verification(verify), follow_redirects=False
+    if http_client is not None:
+        return await _discover_with(http_client, None, issuer, allow_insecure_http, max_age, deadline)
+    verification = tls_verification(verify)
+    client, trust_key = build_client(
+        timeout=_number("timeout", timeout), verify=verification, trust=_trust_of(verify, verification)
     )
-    progress = _Progress()
     try:
-        with anyio.move_on_after(deadline):
-            return _remember(issuer, max_age, await _discover(client, issuer, allow_insecure_http, progress))
+        return await _discover_with(client, trust_key, issuer, allow_insecure_http, max_age, deadline)
     finally:
-        if http_client is None:
-            await client.aclose()
+        await client.aclose()
+
+
+async def _discover_with(
+    client: httpx.AsyncClient,
+    trust_key: Hashable | None,
+    issuer: str,
+    allow_insecure_http: bool,
+    max_age: float,
+    deadline: float,
+) -> ServerMetadata:
+    """:func:`discover` with ``client``: the cache entry for ``trust_key`` (``None``: a
+    client whose settings are unknown, cached for that object only), else a fetch."""
+    cache: dict[Hashable, _Entry]
+    key: Hashable
+    if trust_key is None:
+        cache = _CLIENT_CACHES.setdefault(client, {})
+        key = (issuer, allow_insecure_http)
+    else:
+        cache = _CACHE
+        key = (issuer, allow_insecure_http, trust_key)
+    if max_age > 0:
+        cached = cache.get(key)
+        if cached is not None and monotonic() < cached[0]:
+            # Checked again under this caller's rules: a cached entry is believed no more
+            # than a fresh answer would be.
+            _check_token_endpoint(cached[1].url, cached[1].token_endpoint, allow_insecure_http)
+            return cached[1]
+    progress = _Progress()
+    with anyio.move_on_after(deadline):
+        metadata = await _discover(client, issuer, allow_insecure_http, progress)
+        if max_age > 0:
+            cache[key] = (monotonic() + max_age, metadata)
+        return metadata
     raise TransportError(
         f"discovery of {issuer} did not finish within deadline={deadline:g}s: it was {progress.step}",
         reason="deadline",
     )
-
-
-def _remember(issuer: str, max_age: float, metadata: ServerMetadata) -> ServerMetadata:
-    if max_age > 0:
-        _CACHE[issuer] = (monotonic() + max_age, metadata)
-    return metadata
 
 
 async def _discover(
@@ -395,12 +444,14 @@ class DiscoveredTokenEndpoint(TokenEndpoint):
         async with self._discover_lock:
             if self.metadata is None:
                 progress.step = f"fetching the authorization server metadata of {self.issuer}"
-                metadata = await discover(
+                client = self._client()
+                metadata = await _discover_with(
+                    client,
+                    self._trust_key if self._owns_http else None,
                     self.issuer,
-                    http_client=self._client(),
-                    allow_insecure_http=self._allow_insecure_http,
-                    max_age=self.metadata_max_age,
-                    deadline=self.deadline,
+                    self._allow_insecure_http,
+                    self.metadata_max_age,
+                    self.deadline,
                 )
                 progress.step = "describing the signer's key (to check its algorithm)"
                 algorithm = await client_auth_algorithm(self.client_auth)

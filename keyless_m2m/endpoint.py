@@ -16,14 +16,14 @@ only a :class:`~keyless_m2m.KeylessM2MError` comes out.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
 import os
+import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -33,13 +33,23 @@ from urllib.parse import urlencode, urlsplit
 import anyio
 import httpx
 
-from ._http import ACCEPT_ENCODING, BodyError, read_body, transport_failure
+from ._http import (
+    ACCEPT_ENCODING,
+    BodyError,
+    ProxyEnvironment,
+    build_client,
+    check_proxies,
+    is_loopback_host,
+    read_body,
+    transport_failure,
+)
 from ._retry import RetryPolicy
 from .client_auth import ClientAuth
 from .errors import (
     ConfigurationError,
     InvalidTokenResponseError,
     KeylessM2MError,
+    MissingExtraError,
     SigningError,
     TokenRequestError,
     TransportError,
@@ -65,30 +75,50 @@ _MAX_DESCRIPTION = 300
 
 def is_loopback_url(url: str) -> bool:
     try:
-        host = (urlsplit(url).hostname or "").lower()
+        host = urlsplit(url).hostname or ""
     except ValueError:
         return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may appear in a message: whatever could be ``user:password@`` (from
+    after the scheme to the last ``@``) is replaced, however malformed the URL is."""
+    at = url.rfind("@")
+    if at < 0:
+        return url
+    scheme, sep, _ = url.partition(":")
+    start = len(scheme) + len(sep) if sep and scheme.isascii() and scheme.isalnum() else 0
+    while start < at and url[start] in "/\\":
+        start += 1
+    return url[:start] + "<credentials hidden>@" + url[at + 1 :]
 
 
 def check_endpoint_url(url: str, *, allow_insecure_http: bool, what: str = "token endpoint") -> str:
+    """``url`` if it may receive credentials, else a :class:`~keyless_m2m.ConfigurationError`
+    (whose message never shows a ``user:password@`` part, see :func:`shown_url`)."""
     if not isinstance(url, str):
         raise ConfigurationError(f"{what} must be a URL string")
     if not url.isprintable() or any(ch.isspace() for ch in url):
         raise ConfigurationError(f"{what} must not contain spaces or control characters")
+    authority = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0]
+    if "@" in authority:
+        # Refused before any parsing, so that no later message (a bad port, a wrong
+        # scheme) can echo the password; those messages show shown_url(url) anyway.
+        raise ConfigurationError(
+            f"{what} must not carry credentials (user:password@): they would show in logs and "
+            "errors; use ClientSecretBasic or ClientSecretPost"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
         httpx.URL(url)  # what httpx will refuse at request time (bad IDNA, brackets, ...)
     except (ValueError, httpx.InvalidURL) as exc:  # UnicodeError (IDNA) is a ValueError
-        raise ConfigurationError(f"{what} is not a valid URL ({type(exc).__name__}): {url!r}") from None
+        raise ConfigurationError(
+            f"{what} is not a valid URL ({type(exc).__name__}): {shown_url(url)!r}"
+        ) from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigurationError(f"{what} must be an absolute https:// URL, got {url!r}")
+        raise ConfigurationError(f"{what} must be an absolute https:// URL, got {shown_url(url)!r}")
     if parts.fragment:
         raise ConfigurationError(f"{what} must not have a #fragment")
     if parts.username is not None or parts.password is not None:
@@ -141,11 +171,27 @@ def parse_retry_after(
 
 
 def tls_verification(verify: Any) -> ssl.SSLContext | bool:
-    """What ``verify=`` may be: ``True`` (system CAs, the default), a CA bundle file or a
-    directory of CA certificates (``str`` or ``os.PathLike``), an ``ssl.SSLContext``, or
-    ``False`` (no verification: for tests against a self-signed loopback server only)."""
+    """What ``verify=`` may be (docs/security.md, "Which CAs are trusted"):
+
+    - ``True`` (the default): certifi's CA bundle, or the CA file ``SSL_CERT_FILE`` names,
+      else the CA directory ``SSL_CERT_DIR`` names (they replace certifi; read when the
+      HTTP client is built), as httpx does;
+    - ``"system"``: the operating system's trust store, through ``truststore``
+      (``pip install 'keyless-m2m[truststore]'``): the platform verifier on macOS and
+      Windows, OpenSSL's system locations on Linux;
+    - a CA bundle file or a directory of CA certificates (``str`` or ``os.PathLike``; a
+      file named ``system`` is ``./system``);
+    - an ``ssl.SSLContext``;
+    - ``False``: no verification, for tests against a self-signed loopback server only.
+    """
     if verify is True or verify is False or isinstance(verify, ssl.SSLContext):
         return verify
+    if verify == "system":
+        try:
+            import truststore
+        except ImportError:
+            raise MissingExtraError("truststore", "truststore") from None
+        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if isinstance(verify, str | os.PathLike):
         path = os.fspath(verify)
         try:
@@ -155,7 +201,17 @@ def tls_verification(verify: Any) -> ssl.SSLContext | bool:
         except (OSError, ssl.SSLError) as exc:
             name = os.path.basename(path) or path
             raise ConfigurationError(f"cannot load CA certificates from {name!r}: {exc}") from None
-    raise ConfigurationError("verify must be True, False, a CA bundle path or an ssl.SSLContext")
+    raise ConfigurationError('verify must be True, "system", False, a CA bundle path or an ssl.SSLContext')
+
+
+def _trust_of(verify: Any, verification: ssl.SSLContext | bool) -> Hashable:
+    """What decides whom a client built with ``verify=`` believes, as a cache key: the same
+    file or directory, the system store, or the same ``SSLContext`` object."""
+    if verify is True or verify is False or verify == "system":
+        return ("verify", verify)
+    if isinstance(verify, str | os.PathLike):
+        return ("ca", os.path.realpath(os.fspath(verify)))
+    return ("context", verification)
 
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
@@ -272,6 +328,12 @@ class TokenEndpoint:
         self._sleep = sleep
         self._http = http_client
         self._owns_http = http_client is None
+        self._trust = _trust_of(verify, self.verify)
+        # Whom the client believes (verify, the CAs, proxies): None for a client you pass,
+        # whose settings cannot be read; set when the client is built.
+        self._trust_key: Hashable | None = None
+        if self._owns_http:
+            check_proxies(ProxyEnvironment.read())  # a SOCKS proxy without socksio: say so now
 
     def __repr__(self) -> str:
         return f"TokenEndpoint({self.url!r}, client_auth={self.client_auth!r})"
@@ -283,7 +345,11 @@ class TokenEndpoint:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.timeout, verify=self.verify, follow_redirects=False)
+            # Built by keyless_m2m._http: its CAs, no redirects, and the proxy policy (plain
+            # http never through a proxy; see docs/security.md, "Proxies").
+            self._http, self._trust_key = build_client(
+                timeout=self.timeout, verify=self.verify, trust=self._trust
+            )
         return self._http
 
     async def aclose(self) -> None:
