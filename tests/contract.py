@@ -19,7 +19,7 @@ import pytest
 from keyless_m2m import PrivateKeyJWT
 from keyless_m2m._jose import ALGORITHMS, b64url, encode_segment, jwk_thumbprint
 from keyless_m2m.signers import KeyDescription, Signer
-from tests.conftest import verify_jws
+from tests.helpers import verify_jws
 
 
 async def sign_jws(signer: Signer, claims: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from keyless_m2m import (
 from keyless_m2m.errors import SigningError
 from keyless_m2m.signers import KeyDescription, LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
-from tests.conftest import exception_chain, make_key, pem_of, require_module
+from tests.helpers import exception_chain, make_key, pem_of, require_module
 
 pytestmark = pytest.mark.anyio
 FAST_RETRY = {"backoff": 0.01, "max_backoff": 0.02, "max_attempts": 2}

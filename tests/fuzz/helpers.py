@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import anyio
 
 from keyless_m2m import KeylessM2MError
-from tests.conftest import exception_texts
+from tests.helpers import exception_texts
 
 T = TypeVar("T")
 

@@ -16,8 +16,8 @@ from jwcrypto import jwk as jwcrypto_jwk
 from keyless_m2m import ClientSecretPost, ConfigurationError, KeylessM2MError, TokenManager
 from keyless_m2m.integrations.httpx import is_invalid_token_challenge
 from keyless_m2m.signers import LocalSigner, signer_from_uri
-from tests.conftest import make_key, pem_of
 from tests.fuzz.helpers import assert_clean, run_bounded
+from tests.helpers import make_key, pem_of
 
 SECRET = "fuzz-client-secret-9d2c7e"
 

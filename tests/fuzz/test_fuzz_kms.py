@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from keyless_m2m import SigningError
 from keyless_m2m._jose import ALGORITHMS, check_signature_length, der_to_raw
 from keyless_m2m.signers import Signer
-from tests.conftest import make_key, require_module
 from tests.fuzz.helpers import assert_clean, run_bounded
+from tests.helpers import make_key, require_module
 
 SIZES = {"ES256": 32, "ES384": 48, "ES512": 66}
 fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -11,7 +11,7 @@ import pytest
 from jwcrypto import jwk as jwcrypto_jwk
 
 from keyless_m2m.signers import LocalSigner
-from tests.conftest import ALG_KEYS, make_key, missing_server, pem_of
+from tests.helpers import ALG_KEYS, make_key, missing_server, pem_of
 from tests.oidc_provider import harness
 
 SCOPES = ["pockets.read", "transfers.read", "pockets.write"]

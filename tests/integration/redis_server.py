@@ -31,8 +31,8 @@ def redis_server_binary() -> str | None:
 
 
 def require_redis_server() -> str:
-    """The ``redis-server`` binary; :func:`~tests.conftest.missing_server` when there is none."""
-    from tests.conftest import missing_server  # here: the benchmarks import this module without pytest
+    """The ``redis-server`` binary; :func:`~tests.helpers.missing_server` when there is none."""
+    from tests.helpers import missing_server  # here: the benchmarks import this module without pytest
 
     binary = redis_server_binary()
     if binary is None:

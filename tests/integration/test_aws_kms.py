@@ -30,8 +30,8 @@ from jwcrypto import jwk as jwcrypto_jwk
 from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m.signers import AwsKmsSigner, signer_from_uri
 from tests.aws_faults import KmsSignFaults
-from tests.conftest import missing_server, require_module, verify_jws
 from tests.contract import SignerContract, sign_jws
+from tests.helpers import missing_server, require_module, verify_jws
 from tests.processes import free_port, stop_process
 from tests.retries import (
     ATTEMPTS,

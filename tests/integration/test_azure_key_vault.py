@@ -22,8 +22,8 @@ from keyless_m2m.testing.azure_key_vault import (
     FakeKeyVault,
     FakeKeyVaultCredential,
 )
-from tests.conftest import ALG_KEYS, make_key, require_module, verify_jws
 from tests.contract import SignerContract, sign_jws
+from tests.helpers import ALG_KEYS, make_key, require_module, verify_jws
 from tests.integration.conftest import AuthServer
 from tests.retries import (
     ATTEMPTS,

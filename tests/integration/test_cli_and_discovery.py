@@ -43,7 +43,7 @@ from keyless_m2m.discovery import (
 )
 from keyless_m2m.signers import LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer
-from tests.conftest import make_key, missing_server, pem_of, verify_jws
+from tests.helpers import make_key, missing_server, pem_of, verify_jws
 from tests.integration.conftest import SECRET, AuthServer, public_jwk_of
 from tests.oidc_provider import harness
 

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from keyless_m2m import PrivateKeyJWT, TokenManager
 from keyless_m2m.errors import ConfigurationError, MissingExtraError, SigningError
 from keyless_m2m.signers import GcpKmsSigner, signer_from_uri
-from tests.conftest import make_key, missing_server, verify_jws
 from tests.contract import SignerContract, sign_jws
+from tests.helpers import make_key, missing_server, verify_jws
 from tests.retries import (
     ATTEMPTS,
     Hang,

@@ -22,7 +22,7 @@ from keyless_m2m import PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m.signers import Signer
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.aws_faults import KmsSignFaults
-from tests.conftest import make_key, require_module
+from tests.helpers import make_key, require_module
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

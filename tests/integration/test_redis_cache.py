@@ -26,7 +26,7 @@ from keyless_m2m.cache import RedisTokenCache, TokenCache
 from keyless_m2m.cache.redis import _Codec
 from keyless_m2m.errors import CacheDecryptionError, CacheUnavailableError, ConfigurationError
 from keyless_m2m.testing.authorization_server import AuthorizationServer
-from tests.conftest import require_module
+from tests.helpers import require_module
 from tests.integration.redis_server import RedisServer, require_redis_server
 from tests.processes import free_port, stop_process
 

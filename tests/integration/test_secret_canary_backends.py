@@ -37,7 +37,7 @@ from keyless_m2m.signers import Signer
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from keyless_m2m.testing.signers import InMemorySigner
 from tests.aws_faults import KmsSignFaults
-from tests.conftest import make_key, pem_of, require_module
+from tests.helpers import make_key, pem_of, require_module
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

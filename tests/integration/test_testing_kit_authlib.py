@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
-from tests.conftest import ALG_KEYS, make_key, pem_of
+from tests.helpers import ALG_KEYS, make_key, pem_of
 from tests.integration.test_cli_and_discovery import jwk_of
 
 with warnings.catch_warnings():

@@ -14,7 +14,7 @@ from keyless_m2m import ClientSecretBasic, TokenManager, TransportError
 from keyless_m2m.discovery import DiscoveredTokenEndpoint, discover
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.testing.tls import loopback_tls
-from tests.conftest import exception_texts
+from tests.helpers import exception_texts
 from tests.hostile_server import Answer, HostileServer
 from tests.processes import free_port
 

@@ -36,8 +36,8 @@ from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.errors import ConfigurationError, SigningError
 from keyless_m2m.signers import signer_from_uri
 from keyless_m2m.signers.vault import VaultTransitSigner
-from tests.conftest import missing_server, verify_jws
 from tests.contract import SignerContract, sign_jws
+from tests.helpers import missing_server, verify_jws
 from tests.oidc_provider import harness
 from tests.processes import free_port, stop_process
 from tests.retries import (

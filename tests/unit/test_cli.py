@@ -41,7 +41,7 @@ from keyless_m2m.cli import (
     run,
     settings_from,
 )
-from tests.conftest import make_key, pem_of, verify_jws
+from tests.helpers import make_key, pem_of, verify_jws
 
 TOKEN_ENDPOINT = "https://auth.example/oauth2/token"
 ISSUER = "https://auth.example"

@@ -12,7 +12,7 @@ from keyless_m2m import ClientSecretBasic, ClientSecretPost, ConfigurationError,
 from keyless_m2m._jose import b64url_decode
 from keyless_m2m.client_auth import CLIENT_ASSERTION_TYPE
 from keyless_m2m.signers import LocalSigner
-from tests.conftest import make_key, pem_of, verify_jws
+from tests.helpers import make_key, pem_of, verify_jws
 
 pytestmark = pytest.mark.anyio
 ENDPOINT = "https://auth.example/api/oauth2/token"

@@ -29,7 +29,7 @@ from keyless_m2m import (
 from keyless_m2m._jose import b64url_decode
 from keyless_m2m.endpoint import TokenEndpoint, parse_retry_after
 from keyless_m2m.signers import LocalSigner
-from tests.conftest import make_key, pem_of
+from tests.helpers import make_key, pem_of
 
 pytestmark = pytest.mark.anyio
 URL = "https://auth.example/api/oauth2/token"

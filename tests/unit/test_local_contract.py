@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from keyless_m2m.signers import LocalSigner
-from tests.conftest import ALG_KEYS, make_key, pem_of
 from tests.contract import SignerContract
+from tests.helpers import ALG_KEYS, make_key, pem_of
 
 
 @pytest.fixture(params=["RS256", "PS256", "ES256", "ES384", "ES512", "EdDSA"])

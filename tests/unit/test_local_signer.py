@@ -11,7 +11,7 @@ from jwcrypto import jwk as jwcrypto_jwk
 from keyless_m2m import ConfigurationError
 from keyless_m2m._jose import b64url, encode_segment, jwk_thumbprint
 from keyless_m2m.signers import LocalSigner, Signer, signer_from_uri
-from tests.conftest import ALG_KEYS, make_key, pem_of, verify_jws
+from tests.helpers import ALG_KEYS, make_key, pem_of, verify_jws
 
 pytestmark = pytest.mark.anyio
 

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from keyless_m2m.errors import ConfigurationError, SigningError
 from keyless_m2m.signers import signer_from_uri
 from keyless_m2m.signers.vault import VaultTransitSigner
-from tests.conftest import make_key, verify_jws
 from tests.contract import SignerContract, sign_jws
+from tests.helpers import make_key, verify_jws
 
 pytestmark = pytest.mark.anyio
 
