@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-# Transitional re-exports for modules not yet moved to ``tests.helpers`` (to be removed).
-from tests.helpers import ALG_KEYS, make_key, pem_of, require_module, verify_jws  # noqa: F401
+from tests.helpers import verify_jws
 
 
 @pytest.fixture(

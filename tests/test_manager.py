@@ -298,8 +298,12 @@ async def test_cancelled_leader_and_waiters_do_not_strand_others(
         assert len(got) == 10 and len({t.value for t in got}) == 1
         # Outside a context the cancelled leader is released at once (issue 14): its flight
         # is abandoned and a waiter fetches again, so one more request than inside one.
-        expected = 1 if in_context else 2
-        assert server.token_requests == expected and signer.signatures == expected
+        # (Whether the abandoned request reached the server first depends on the load.)
+        assert tokens.stats.refreshes == (1 if in_context else 2)
+        if in_context:
+            assert server.token_requests == 1 and signer.signatures == 1
+        else:
+            assert server.token_requests in (1, 2) and signer.signatures in (1, 2)
 
 
 # 6. keys -------------------------------------------------------------------------------
