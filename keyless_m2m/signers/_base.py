@@ -16,21 +16,23 @@ It imports only ``_jose`` and ``errors``: vendor SDKs are imported in their own 
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType, ModuleType
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from .._jose import Algorithm, PublicKey, check_signature_length, jwk_thumbprint, jws_algorithm, public_jwk
-from ..errors import ConfigurationError, KeylessM2MError, MissingExtraError, SigningError
+
+# The backends import these from here; their home is the leaf module.
+from .._runtime import import_extra as import_extra
+from .._runtime import running_async_library as running_async_library
+from ..errors import ConfigurationError, KeylessM2MError, SigningError
 
 _T = TypeVar("_T")
 
@@ -202,30 +204,6 @@ def renamed_keyword(
     return old_value
 
 
-def running_async_library() -> str | None:
-    """``"trio"``, ``"asyncio"``, or ``None`` outside an event loop.
-
-    Backends whose SDK has an asyncio-only async client (grpc.aio, aiohttp) pick their
-    client by this. It is what anyio does itself, without depending on ``sniffio`` (which
-    recent anyio no longer installs).
-    """
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            return "trio"
-    import asyncio  # detection only; the library uses no asyncio primitive
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    return "asyncio"
-
-
 async def run_blocking(func: Callable[[], _T], limiter: anyio.CapacityLimiter | None = None) -> _T:
     """Run one blocking SDK call (boto3, hvac, the synchronous Azure and Cloud KMS clients)
     in a worker thread, without holding a caller that is cancelled.
@@ -246,14 +224,6 @@ def refuse_uri_credentials(uri: str, what: str, hint: str = "") -> None:
     authority = re.split(r"[/?#]", uri.partition("://")[2].lstrip("/"), maxsplit=1)[0]
     if "@" in authority:
         raise ConfigurationError(f"{what} must not carry credentials{hint}")
-
-
-def import_extra(module: str, extra: str) -> ModuleType:
-    """Import an optional SDK, or raise :class:`MissingExtraError` naming the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtraError(extra, module) from None
 
 
 class CachedDescriptionSigner(ABC):
