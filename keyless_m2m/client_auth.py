@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote_plus
 
 from ._jose import b64url, encode_segment
+from ._secret import Secret
 from .errors import ConfigurationError
 from .signers import Signer
 
@@ -38,10 +39,15 @@ MAX_ASSERTION_LIFETIME = 300
 
 @dataclass(frozen=True, slots=True)
 class PreparedAuth:
-    """What one token request carries to authenticate the client."""
+    """What one token request carries to authenticate the client.
 
-    form: Mapping[str, str] = field(repr=False)
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    Secret values (a client secret, an assertion, an ``Authorization`` header) are
+    :class:`~keyless_m2m._secret.Secret`: the token endpoint reveals them only when it
+    writes the request, and scrubs every form of them from what the server answers.
+    """
+
+    form: Mapping[str, str | Secret[str]] = field(repr=False)
+    headers: Mapping[str, str | Secret[str]] = field(default_factory=dict, repr=False)
     signed: bool = False
 
 
@@ -128,6 +134,9 @@ class PrivateKeyJWT:
 
     async def assertion(self, token_endpoint: str) -> str:
         """Mint one signed client assertion (JWS compact serialization)."""
+        return (await self._mint(token_endpoint)).reveal()
+
+    async def _mint(self, token_endpoint: str) -> Secret[str]:
         header = await self._header()
         now = int(time.time())
         claims: dict[str, Any] = {
@@ -140,49 +149,66 @@ class PrivateKeyJWT:
             "jti": secrets.token_urlsafe(24),
         }
         signing_input = f"{header}.{encode_segment(claims)}".encode("ascii")
-        signature = await self.signer.sign(signing_input)
-        return f"{signing_input.decode('ascii')}.{b64url(signature)}"
+        # No local ever holds the signature or the assertion: nothing below can raise.
+        return Secret(f"{signing_input.decode('ascii')}.{b64url(await self.signer.sign(signing_input))}")
 
     async def prepare(self, token_endpoint: str) -> PreparedAuth:
-        assertion = await self.assertion(token_endpoint)
         return PreparedAuth(
             form={
                 "client_id": self.client_id,
                 "client_assertion_type": CLIENT_ASSERTION_TYPE,
-                "client_assertion": assertion,
+                "client_assertion": await self._mint(token_endpoint),
             },
             signed=True,
         )
 
 
+def _wrap_secret(client_secret: object) -> Secret[str]:
+    value = client_secret.reveal() if isinstance(client_secret, Secret) else client_secret
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError("client_secret must be a non-empty string (or a Secret of one)")
+    return client_secret if isinstance(client_secret, Secret) else Secret(value)
+
+
 class _ClientSecret:
-    def __init__(self, client_id: str, client_secret: str) -> None:
+    """Holds the secret in a :class:`~keyless_m2m._secret.Secret` from the first line on:
+    a ``ConfigurationError`` for the client id must not find it in a frame's locals."""
+
+    def __init__(self, client_id: str, client_secret: str | Secret[str]) -> None:
+        self._secret = _wrap_secret(client_secret)
+        del client_secret
         self.client_id = _check_client_id(client_id)
-        if not isinstance(client_secret, str) or not client_secret:
-            raise ConfigurationError("client_secret must be a non-empty string")
-        self._secret = client_secret
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(client_id={self.client_id!r}, client_secret=<hidden>)"
 
 
+def _basic_credential(client_id: str, secret: Secret[str]) -> Secret[str]:
+    # Never raises (quote_plus and base64 take any str), so its frame with the revealed
+    # value never appears in a traceback.
+    pair = f"{quote_plus(client_id)}:{quote_plus(secret.reveal())}"
+    return Secret("Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii"))
+
+
 class ClientSecretBasic(_ClientSecret):
     """``client_secret_basic``: HTTP Basic with id and secret form-encoded first
-    (RFC 6749 section 2.3.1), so ``:`` or ``%`` in a secret survive the trip."""
+    (RFC 6749 section 2.3.1), so ``:`` or ``%`` in a secret survive the trip.
+    ``client_secret`` is a ``str`` or a :class:`~keyless_m2m._secret.Secret`."""
 
     method = "client_secret_basic"
 
-    def __init__(self, client_id: str, client_secret: str) -> None:
+    def __init__(self, client_id: str, client_secret: str | Secret[str]) -> None:
+        client_secret = _wrap_secret(client_secret)  # rebinding: the raw value leaves this frame
         super().__init__(client_id, client_secret)
-        pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}"
-        self._header = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+        self._header = _basic_credential(self.client_id, self._secret)
 
     async def prepare(self, token_endpoint: str) -> PreparedAuth:
         return PreparedAuth(form={}, headers={"Authorization": self._header})
 
 
 class ClientSecretPost(_ClientSecret):
-    """``client_secret_post``: ``client_id`` and ``client_secret`` in the form body."""
+    """``client_secret_post``: ``client_id`` and ``client_secret`` in the form body.
+    ``client_secret`` is a ``str`` or a :class:`~keyless_m2m._secret.Secret`."""
 
     method = "client_secret_post"
 

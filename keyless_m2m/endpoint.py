@@ -23,7 +23,15 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Hashable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -44,6 +52,7 @@ from ._http import (
     transport_failure,
 )
 from ._retry import RetryPolicy
+from ._secret import Redactor, Secret, reveal, scrubbing_http_logs
 from .client_auth import ClientAuth
 from .errors import (
     ConfigurationError,
@@ -214,13 +223,44 @@ def _trust_of(verify: Any, verification: ssl.SSLContext | bool) -> Hashable:
     return ("context", verification)
 
 
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4 and secret in text:
-            text = text.replace(secret, "<redacted>")
-    if len(text) > _MAX_DESCRIPTION:
-        text = text[:_MAX_DESCRIPTION] + "..."
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+def _encode_form(pairs: Sequence[tuple[str, str | Secret[str]]]) -> bytes:
+    # Reveals the secrets only here, in a frame that returns (or fails inside the guarded
+    # HTTP exchange, whose exceptions are dropped): no raised error's traceback holds it.
+    return urlencode([(name, reveal(value)) for name, value in pairs]).encode("ascii")
+
+
+class _FormBody:
+    """The form body, encoded when httpx writes it: until then the credentials in it stay
+    :class:`~keyless_m2m._secret.Secret`. ``length`` goes in ``Content-Length`` (an async
+    iterable without it would be sent chunked)."""
+
+    __slots__ = ("_pairs", "length")
+
+    def __init__(self, pairs: Sequence[tuple[str, str | Secret[str]]]) -> None:
+        self._pairs = tuple(pairs)
+        self.length = len(_encode_form(self._pairs))
+
+    def __repr__(self) -> str:
+        return f"<form body, {self.length} bytes>"
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield _encode_form(self._pairs)
+
+
+class _CredentialHeaders(httpx.Auth):
+    """Sets the client's credential headers (``Authorization: Basic ...``) as httpx sends
+    the request, so no frame of ours holds them as text."""
+
+    def __init__(self, headers: Mapping[str, str | Secret[str]]) -> None:
+        self._headers = dict(headers)
+
+    def __repr__(self) -> str:
+        return f"<credential headers {', '.join(self._headers)}>"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        for name, value in self._headers.items():
+            request.headers[name] = reveal(value)
+        yield request
 
 
 class _Retry(Exception):
@@ -448,10 +488,10 @@ class TokenEndpoint:
         prepared = await self.client_auth.prepare(self.url)
         if prepared.signed:
             self.stats.signatures += 1
-        form = base_form + [(k, v) for k, v in prepared.form.items()]
-        headers = {"Accept": "application/json", **prepared.headers}
-        sent = [v for k, v in prepared.form.items() if k != "client_id"]
-        sent.extend(prepared.headers.values())
+        # Secret values stay wrapped until httpx writes them (_FormBody, _CredentialHeaders);
+        # everything the server says back is scrubbed of every form of them (redactor).
+        redactor = Redactor.from_sent(prepared.form, prepared.headers)
+        form: list[tuple[str, str | Secret[str]]] = [*base_form, *prepared.form.items()]
         self.stats.requests += 1
         started = time.monotonic()
         started_wall = datetime.now(UTC)
@@ -459,7 +499,7 @@ class TokenEndpoint:
         failure: tuple[str, str, bool] | None = None
         with anyio.move_on_after(self.timeout) as exchange:
             try:
-                status, response_headers, body = await self._post(form, headers, progress)
+                status, response_headers, body = await self._post(form, prepared.headers, redactor, progress)
             except Exception as exc:  # every failure of the exchange becomes typed
                 # Keep only the kind: httpx exceptions hold the request, and its body the
                 # credentials; the error is raised outside this block, so no chain either.
@@ -480,27 +520,39 @@ class TokenEndpoint:
                 raise error
             raise _Retry(error, None)
         logger.debug("token endpoint answered HTTP %d in %.3fs", status, time.monotonic() - started)
-        return self._parse(status, response_headers, body, scope, started_wall, sent)
+        return self._parse(status, response_headers, body, scope, started_wall, redactor)
 
     async def _post(
-        self, form: list[tuple[str, str]], headers: dict[str, str], progress: _Progress
+        self,
+        form: Sequence[tuple[str, str | Secret[str]]],
+        credential_headers: Mapping[str, str | Secret[str]],
+        redactor: Redactor,
+        progress: _Progress,
     ) -> tuple[int, httpx.Headers, bytes | BodyError]:
         client = self._client()
-        content = urlencode(form).encode("ascii")
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-        headers["Accept-Encoding"] = ACCEPT_ENCODING  # only codings whose output we can bound
+        content = _FormBody(form)
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Content-Length": str(content.length),
+            "Accept-Encoding": ACCEPT_ENCODING,  # only codings whose output we can bound
+        }
+        # Per request, our credential headers replace a user client's own auth (which
+        # would overwrite an Authorization header); without any, the client's auth stays.
+        auth: Any = _CredentialHeaders(credential_headers) if credential_headers else httpx.USE_CLIENT_DEFAULT
         progress.step = "sending the request and waiting for the response headers"
         # follow_redirects=False per request: a client given by the user may follow them,
         # and a redirected POST would carry the credentials to wherever Location points.
-        async with client.stream(
-            "POST", self.url, content=content, headers=headers, follow_redirects=False
-        ) as response:
-            progress.step = f"reading the response body (HTTP {response.status_code})"
-            try:
-                body: bytes | BodyError = await read_body(response, self.max_response_bytes)
-            except BodyError as exc:
-                body = exc
-            return response.status_code, response.headers, body
+        with scrubbing_http_logs(redactor):  # httpx logs the reason phrase, httpcore the headers
+            async with client.stream(
+                "POST", self.url, content=content, headers=headers, auth=auth, follow_redirects=False
+            ) as response:
+                progress.step = f"reading the response body (HTTP {response.status_code})"
+                try:
+                    body: bytes | BodyError = await read_body(response, self.max_response_bytes)
+                except BodyError as exc:
+                    body = exc
+                return response.status_code, response.headers, body
 
     def _parse(
         self,
@@ -509,8 +561,10 @@ class TokenEndpoint:
         body: bytes | BodyError,
         scope: str | None,
         started_wall: datetime,
-        sent: list[str],
+        redactor: Redactor,
     ) -> AccessToken:
+        """Every text of the server's that reaches an error or the token goes through
+        ``redactor`` here (and in :meth:`_oauth_error`, :meth:`_token_from`)."""
         retryable_status = status == 429 or status >= 500
         retry_after = (
             parse_retry_after(headers.get("retry-after"), server_date=headers.get("date"))
@@ -519,7 +573,8 @@ class TokenEndpoint:
         )
         if isinstance(body, BodyError):
             refused = InvalidTokenResponseError(
-                f"token endpoint response (HTTP {status}) refused: {body}",
+                f"token endpoint response (HTTP {status}) refused: "
+                + redactor.scrub(str(body), _MAX_DESCRIPTION),
                 status_code=status,
                 retryable=retryable_status,
             )
@@ -532,7 +587,7 @@ class TokenEndpoint:
             data = None
 
         if isinstance(data, dict) and "error" in data:
-            error = self._oauth_error(status, data, sent)
+            error = self._oauth_error(status, data, redactor)
             if error.retryable or retryable_status:
                 error.retryable = True
                 raise _Retry(error, retry_after)
@@ -544,7 +599,7 @@ class TokenEndpoint:
                 status_code=status,
             )
         if status != 200:
-            kind = headers.get("content-type", "no content type").split(";")[0]
+            kind = redactor.scrub(headers.get("content-type", "no content type").split(";")[0], 80)
             message = f"token endpoint answered HTTP {status} ({kind}) without an OAuth error"
             if retryable_status:
                 raise _Retry(
@@ -554,9 +609,9 @@ class TokenEndpoint:
         if not isinstance(data, dict):
             what = "empty" if not body else ("JSON but not an object" if data is not None else "not JSON")
             raise InvalidTokenResponseError(f"token response is {what}", status_code=status)
-        return self._token_from(data, scope, started_wall)
+        return self._token_from(data, scope, started_wall, redactor)
 
-    def _oauth_error(self, status: int, data: dict[str, Any], sent: list[str]) -> TokenRequestError:
+    def _oauth_error(self, status: int, data: dict[str, Any], redactor: Redactor) -> TokenRequestError:
         code = data.get("error")
         if not isinstance(code, str) or not code:
             return TokenRequestError("invalid_error_response", status_code=status)
@@ -564,13 +619,17 @@ class TokenEndpoint:
         uri = data.get("error_uri")
         cls = error_for_oauth_code(code)
         return cls(
-            _redact(code, sent)[:64],
+            redactor.scrub(code, 64),
             status_code=status,
-            error_description=_redact(description, sent) if isinstance(description, str) else None,
-            error_uri=_redact(uri, sent) if isinstance(uri, str) else None,
+            error_description=redactor.scrub(description, _MAX_DESCRIPTION)
+            if isinstance(description, str)
+            else None,
+            error_uri=redactor.scrub(uri, _MAX_DESCRIPTION) if isinstance(uri, str) else None,
         )
 
-    def _token_from(self, data: dict[str, Any], scope: str | None, started_wall: datetime) -> AccessToken:
+    def _token_from(
+        self, data: dict[str, Any], scope: str | None, started_wall: datetime, redactor: Redactor
+    ) -> AccessToken:
         def bad(message: str) -> InvalidTokenResponseError:
             return InvalidTokenResponseError(f"token response: {message}", status_code=200)
 
@@ -582,7 +641,7 @@ class TokenEndpoint:
         token_type = data.get("token_type")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             shown = (
-                token_type
+                redactor.scrub(token_type)
                 if isinstance(token_type, str) and len(token_type) < 20
                 else type(token_type).__name__
             )
@@ -591,7 +650,8 @@ class TokenEndpoint:
         granted = data.get("scope")
         if granted is not None and not isinstance(granted, str):
             raise bad("scope must be a string")
-        raw = {k: v for k, v in data.items() if k != "access_token"}
+        # A server may echo the request beside a good token; raw is shown (token --json).
+        raw = redactor.scrub_data({k: v for k, v in data.items() if k != "access_token"})
         return AccessToken(
             value=value,
             token_type="Bearer",  # noqa: S106 - a token type, not a password

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 from urllib.parse import unquote, urlsplit
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from .._jose import Algorithm, choose_algorithm, der_to_raw, key_family
+from .._secret import Secret
 from ..errors import ConfigurationError
 from ._base import CachedDescriptionSigner, KeyDescription, ensure_kid
 
@@ -68,45 +69,42 @@ class LocalSigner(CachedDescriptionSigner):
     @classmethod
     def from_pem(
         cls,
-        pem: bytes | str,
-        password: bytes | str | None = None,
+        pem: bytes | str | Secret[bytes] | Secret[str],
+        password: bytes | str | Secret[bytes] | Secret[str] | None = None,
         *,
         algorithm: str | None = None,
         key_id: str | None = None,
         name: str = "PEM key",
     ) -> LocalSigner:
-        """Load a PKCS#1, PKCS#8 (optionally encrypted) or SEC1 PEM private key."""
-        data = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
-        secret = password.encode() if isinstance(password, str) else password
-        try:
-            key = serialization.load_pem_private_key(data, password=secret)
-        except TypeError:
-            # cryptography says "Password was not given but private key is encrypted" or
-            # the reverse; neither message carries key material, but keep ours uniform.
-            if secret is None:
-                raise ConfigurationError(f"{name} is encrypted: pass password=") from None
-            raise ConfigurationError(f"{name} is not encrypted: do not pass a password") from None
-        except (ValueError, UnsupportedAlgorithm):
-            if secret is not None and b"ENCRYPTED" in data:
-                raise ConfigurationError(f"{name}: wrong password, or not a valid private key") from None
-            raise ConfigurationError(f"{name} is not a valid PEM private key") from None
-        return cls(key, algorithm=algorithm, key_id=key_id, name=name)  # type: ignore[arg-type]
+        """Load a PKCS#1, PKCS#8 (optionally encrypted) or SEC1 PEM private key.
+
+        ``pem`` and ``password`` may be :class:`~keyless_m2m._secret.Secret`; plain values
+        are wrapped at once, and no frame of an error raised here holds them.
+        """
+        # Rebinding the parameters drops the raw values from this frame's locals: an error
+        # tracker records them for every frame of a traceback.
+        pem, password = _wrap(pem), _wrap(password)
+        loaded = _load_pem(pem, password)  # returns, never raises: its frame holds the text
+        del pem, password
+        if isinstance(loaded, str):
+            raise ConfigurationError(loaded.format(name=name))
+        return cls(loaded, algorithm=algorithm, key_id=key_id, name=name)
 
     @classmethod
     def from_pem_file(
         cls,
         path: str | PathLike[str],
-        password: bytes | str | None = None,
+        password: bytes | str | Secret[bytes] | Secret[str] | None = None,
         algorithm: str | None = None,
         *,
         key_id: str | None = None,
     ) -> LocalSigner:
         """Load a PEM private key from a file (see :meth:`from_pem`)."""
+        password = _wrap(password)
         file = Path(path)
-        try:
-            data = file.read_bytes()
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read key file {file.name!r}: {exc.strerror}") from None
+        data = _read(file)
+        if isinstance(data, str):
+            raise ConfigurationError(data)
         return cls.from_pem(
             data, password, algorithm=algorithm, key_id=key_id, name=f"key file {file.name!r}"
         )
@@ -121,31 +119,24 @@ class LocalSigner(CachedDescriptionSigner):
     ) -> LocalSigner:
         """Load a private JWK (dict or JSON text). ``alg``/``kid`` members are honoured
         unless overridden."""
-        from jwcrypto import jwk as jwcrypto_jwk
-
-        try:
-            members = json.loads(jwk) if isinstance(jwk, str) else dict(jwk)
-        except ValueError:
-            raise ConfigurationError("the JWK is not valid JSON") from None
-        if not isinstance(members, dict):
-            raise ConfigurationError("the JWK must be a JSON object")
-        try:
-            key = jwcrypto_jwk.JWK(**members)
-            if not key.has_private:
-                raise ConfigurationError("the JWK holds no private key")
-            pem = key.export_to_pem(private_key=True, password=None)
-        except ConfigurationError:
-            raise
-        except Exception:  # jwcrypto raises a variety of types for bad input
-            raise ConfigurationError("the JWK is not a valid RSA, EC or OKP private key") from None
-        alg = algorithm if algorithm is not None else members.get("alg")
-        kid = key_id if key_id is not None else members.get("kid")
-        return cls.from_pem(pem, algorithm=alg, key_id=kid, name="JWK")
+        loaded = _jwk_to_pem(Secret(jwk))  # returns, never raises: its frame holds the members
+        del jwk
+        if isinstance(loaded, str):
+            raise ConfigurationError(loaded)
+        pem, alg, kid = loaded
+        return cls.from_pem(
+            pem,
+            algorithm=algorithm if algorithm is not None else alg,
+            key_id=key_id if key_id is not None else kid,
+            name="JWK",
+        )
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> LocalSigner:
         """``file:///absolute/path/key.pem`` (``password=``/``algorithm=`` as options)."""
         parts = urlsplit(uri)
+        if "password" in options:  # the options dict is this frame's own (built by **)
+            options["password"] = _wrap(options["password"])
         if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path:
             raise ConfigurationError("a file signer URI looks like file:///path/to/key.pem")
         return cls.from_pem_file(unquote(parts.path), **options)
@@ -176,3 +167,76 @@ class LocalSigner(CachedDescriptionSigner):
         if isinstance(key, ec.EllipticCurvePrivateKey):
             return der_to_raw(key.sign(data, ec.ECDSA(alg.crypto_hash())), alg.coordinate_size)
         return key.sign(data)
+
+
+# -- loading, in frames that return instead of raising ------------------------------------
+# A raised error's traceback holds the frames it passed through, and error trackers record
+# their local variables. The helpers below hold the PEM text, the password or the JWK's
+# private members; each returns a key or a message, so none of their frames is ever in a
+# traceback, and the caught exceptions (whose chains would hold them) end inside them.
+
+
+_Text = bytes | str | Secret[bytes] | Secret[str]
+
+
+@overload
+def _wrap(value: _Text) -> Secret[bytes] | Secret[str]: ...
+@overload
+def _wrap(value: _Text | None) -> Secret[bytes] | Secret[str] | None: ...
+def _wrap(value: _Text | None) -> Secret[bytes] | Secret[str] | None:
+    if value is None or isinstance(value, Secret):
+        return value
+    return Secret(value)  # type: ignore[return-value]  # Secret[bytes | str] is one of the two
+
+
+def _read(file: Path) -> Secret[bytes] | str:
+    try:
+        return Secret(file.read_bytes())
+    except OSError as exc:
+        return f"cannot read key file {file.name!r}: {exc.strerror}"
+
+
+def _load_pem(
+    pem: Secret[bytes] | Secret[str], password: Secret[bytes] | Secret[str] | None
+) -> PrivateKey | str:
+    """The key, or a message with ``{name}`` where the key's name goes."""
+    text, secret = pem.reveal(), password.reveal() if password is not None else None
+    data = text.encode("ascii", "replace") if isinstance(text, str) else text
+    if isinstance(secret, str):
+        secret = secret.encode()
+    try:
+        key = serialization.load_pem_private_key(data, password=secret)
+    except TypeError:
+        # cryptography says "Password was not given but private key is encrypted" or
+        # the reverse; neither message carries key material, but keep ours uniform.
+        if secret is None:
+            return "{name} is encrypted: pass password="
+        return "{name} is not encrypted: do not pass a password"
+    except (ValueError, UnsupportedAlgorithm):
+        if secret is not None and b"ENCRYPTED" in data:
+            return "{name}: wrong password, or not a valid private key"
+        return "{name} is not a valid PEM private key"
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        return f"unsupported private key type {type(key).__name__}; use RSA, EC P-256/P-384/P-521 or Ed25519"
+    return key
+
+
+def _jwk_to_pem(jwk: Secret[Mapping[str, Any] | str]) -> tuple[Secret[bytes], Any, Any] | str:
+    """``(PEM, alg member, kid member)`` of a private JWK, or a message."""
+    from jwcrypto import jwk as jwcrypto_jwk
+
+    value = jwk.reveal()
+    try:
+        members = json.loads(value) if isinstance(value, str) else dict(value)
+    except ValueError:
+        return "the JWK is not valid JSON"
+    if not isinstance(members, dict):
+        return "the JWK must be a JSON object"
+    try:
+        key = jwcrypto_jwk.JWK(**members)
+        if not key.has_private:
+            return "the JWK holds no private key"
+        pem = Secret(key.export_to_pem(private_key=True, password=None))
+    except Exception:  # jwcrypto raises a variety of types for bad input
+        return "the JWK is not a valid RSA, EC or OKP private key"
+    return pem, members.get("alg"), members.get("kid")

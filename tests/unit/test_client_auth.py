@@ -10,6 +10,7 @@ import pytest
 
 from keyless_m2m import ClientSecretBasic, ClientSecretPost, ConfigurationError, PrivateKeyJWT
 from keyless_m2m._jose import b64url_decode
+from keyless_m2m._secret import Secret, reveal
 from keyless_m2m.client_auth import CLIENT_ASSERTION_TYPE
 from keyless_m2m.signers import LocalSigner
 from tests.helpers import make_key, pem_of, verify_jws
@@ -33,7 +34,7 @@ async def test_assertion_claims_and_header(signer: LocalSigner) -> None:
     assert prepared.signed
     assert prepared.form["client_assertion_type"] == CLIENT_ASSERTION_TYPE
     assert prepared.form["client_id"] == "my-client"
-    assertion = prepared.form["client_assertion"]
+    assertion = reveal(prepared.form["client_assertion"])
     description = await signer.describe()
     claims = verify_jws(assertion, dict(description.public_jwk), audience=ENDPOINT)
     assert claims["iss"] == claims["sub"] == "my-client"
@@ -87,7 +88,7 @@ def test_bad_configuration_is_refused(signer: LocalSigner) -> None:
 async def test_client_secret_basic_form_encodes_both_parts() -> None:
     auth = ClientSecretBasic("my client:1", "p@ss:wörd+%/")
     prepared = await auth.prepare(ENDPOINT)
-    scheme, _, value = prepared.headers["Authorization"].partition(" ")
+    scheme, _, value = reveal(prepared.headers["Authorization"]).partition(" ")
     assert scheme == "Basic"
     assert base64.b64decode(value).decode() == "my+client%3A1:p%40ss%3Aw%C3%B6rd%2B%25%2F"
     assert dict(prepared.form) == {}
@@ -96,7 +97,11 @@ async def test_client_secret_basic_form_encodes_both_parts() -> None:
 
 async def test_client_secret_post() -> None:
     prepared = await ClientSecretPost("id", "sekrit-value").prepare(ENDPOINT)
-    assert dict(prepared.form) == {"client_id": "id", "client_secret": "sekrit-value"}
+    assert {k: reveal(v) for k, v in prepared.form.items()} == {
+        "client_id": "id",
+        "client_secret": "sekrit-value",
+    }
+    assert isinstance(prepared.form["client_secret"], Secret)
 
 
 async def test_reprs_hide_secrets(signer: LocalSigner) -> None:
@@ -106,5 +111,5 @@ async def test_reprs_hide_secrets(signer: LocalSigner) -> None:
         assert "sekrit" not in repr(prepared) and "c2Vrcml0" not in repr(prepared)
     jwt_auth = PrivateKeyJWT("id", signer)
     prepared = await jwt_auth.prepare(ENDPOINT)
-    assert prepared.form["client_assertion"] not in repr(prepared)
+    assert reveal(prepared.form["client_assertion"]) not in repr(prepared)
     assert "PRIVATE" not in repr(jwt_auth)
