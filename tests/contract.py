@@ -5,21 +5,23 @@ A subclass provides two fixtures:
 - ``signer``: a ready :class:`~keyless_m2m.signers.Signer` (parametrise it over algs);
 - ``expected_alg``: the JWS ``alg`` that signer must describe.
 
-Signatures are verified with PyJWT from the public JWK the signer describes, never with
-the code that made them.
+Each test is one step of :func:`keyless_m2m.testing.contract.check_signer`, the check the
+test kit ships for users' own signers, so the backends here and users' signers meet the
+same rules. Signatures are verified twice, by the kit's verifier (``cryptography``,
+no library code) and by PyJWT, never with the code that made them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-import anyio
 import pytest
 
-from keyless_m2m import PrivateKeyJWT
-from keyless_m2m._jose import ALGORITHMS, b64url, encode_segment, jwk_thumbprint
-from keyless_m2m.signers import KeyDescription, Signer
-from tests.helpers import verify_jws
+from keyless_m2m._jose import b64url, encode_segment
+from keyless_m2m.signers import Signer
+from keyless_m2m.testing import contract
+from tests.helpers import verify_jws as verify_with_pyjwt
 
 
 async def sign_jws(signer: Signer, claims: dict[str, Any]) -> str:
@@ -29,58 +31,34 @@ async def sign_jws(signer: Signer, claims: dict[str, Any]) -> str:
     return f"{signing_input.decode()}.{b64url(await signer.sign(signing_input))}"
 
 
+def verify_twice(token: str, public_jwk: Mapping[str, Any], *, audience: str | None = None) -> dict[str, Any]:
+    """The kit's verifier, then PyJWT's: both must accept, and agree on the claims."""
+    claims = contract.verify_jws(token, public_jwk, audience=audience)
+    assert verify_with_pyjwt(token, dict(public_jwk), audience=audience) == claims
+    return claims
+
+
 @pytest.mark.anyio
 class SignerContract:
     """Behaviour every signer backend must show."""
 
     async def test_satisfies_protocol_and_describes(self, signer: Signer, expected_alg: str) -> None:
-        assert isinstance(signer, Signer)
-        description = await signer.describe()
-        assert isinstance(description, KeyDescription)
-        assert description.algorithm == expected_alg
-        jwk = dict(description.public_jwk)
-        assert jwk["alg"] == expected_alg and jwk["use"] == "sig" and jwk["kid"] == description.key_id
-        assert "d" not in jwk and "p" not in jwk, "a public JWK must hold no private members"
-        assert ALGORITHMS[expected_alg].family == jwk["kty"]
+        await contract.check_describe(signer, algorithm=expected_alg)
 
     async def test_describe_is_cached(self, signer: Signer) -> None:
-        assert await signer.describe() is await signer.describe()
+        await contract.check_describe_is_cached(signer)
 
     async def test_kid_defaults_to_thumbprint(self, signer: Signer) -> None:
-        description = await signer.describe()
-        assert description.key_id == jwk_thumbprint(description.public_jwk)
+        await contract.check_key_id(signer)
 
     async def test_signature_verifies_independently(self, signer: Signer) -> None:
-        description = await signer.describe()
-        claims = {"sub": "contract", "n": 42}
-        assert verify_jws(await sign_jws(signer, claims), dict(description.public_jwk)) == claims
+        await contract.check_signature_verifies(signer, verify=verify_twice)
 
-    async def test_signatures_have_the_jws_length(self, signer: Signer, expected_alg: str) -> None:
-        alg = ALGORITHMS[expected_alg]
-        signature = await signer.sign(b"header.claims")
-        if alg.family == "EC":
-            assert len(signature) == 2 * alg.coordinate_size
-        elif alg.family == "OKP":
-            assert len(signature) == 64
-        else:
-            assert len(signature) >= 256
+    async def test_signatures_have_the_jws_length(self, signer: Signer) -> None:
+        await contract.check_signature_length(signer)
 
     async def test_concurrent_signatures_all_verify(self, signer: Signer) -> None:
-        description = await signer.describe()
-        tokens: list[str] = []
-
-        async def one(i: int) -> None:
-            tokens.append(await sign_jws(signer, {"i": i}))
-
-        async with anyio.create_task_group() as tg:
-            for i in range(8):
-                tg.start_soon(one, i)
-        assert sorted(verify_jws(t, dict(description.public_jwk))["i"] for t in tokens) == list(range(8))
+        await contract.check_concurrent_signatures(signer, verify=verify_twice)
 
     async def test_client_assertion_verifies(self, signer: Signer) -> None:
-        auth = PrivateKeyJWT("contract-client", signer)
-        assertion = await auth.assertion("https://as.example/token")
-        description = await signer.describe()
-        claims = verify_jws(assertion, dict(description.public_jwk), audience="https://as.example/token")
-        assert claims["iss"] == claims["sub"] == "contract-client"
-        assert 0 < claims["exp"] - claims["iat"] <= 300
+        await contract.check_client_assertion(signer, verify=verify_twice)

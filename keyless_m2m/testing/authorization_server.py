@@ -40,6 +40,7 @@ from jwcrypto.common import JWException
 
 from .._jose import ALGORITHMS
 from ..client_auth import CLIENT_ASSERTION_TYPE
+from ._faults import FaultInjection, FaultQueue
 
 __all__ = ["AuthorizationServer", "Fault", "RegisteredClient"]
 
@@ -75,14 +76,16 @@ class Fault:
     reset_after: int | None = None
 
 
-class AuthorizationServer:
+class AuthorizationServer(FaultInjection):
     """Loopback authorization server; see the module docstring.
 
     ``expires_in`` sets the token lifetime; ``latency`` delays every token response;
     ``leeway`` is the clock tolerance (seconds) for ``exp``, ``iat`` and ``nbf``;
-    ``faults`` queues :class:`Fault` answers; ``token_requests``, ``issued`` and
-    ``refusals`` record what happened.
+    :meth:`fail_next` queues :class:`Fault` answers (the test kit's one fault API);
+    ``token_requests``, ``issued`` and ``refusals`` record what happened.
     """
+
+    fault_types = (Fault,)
 
     def __init__(
         self,
@@ -99,7 +102,7 @@ class AuthorizationServer:
         self.latency = latency
         self.token_path = token_path
         self.clients: dict[str, RegisteredClient] = {}
-        self.faults: list[Fault] = []
+        self._faults: FaultQueue[Fault] = FaultQueue()
         self.token_requests = 0
         self.issued: list[str] = []
         self.refusals: list[str] = []  # "error: error_description" of each refused request
@@ -158,13 +161,10 @@ class AuthorizationServer:
         self.clients[client_id] = client
         return client
 
-    def fail_next(self, *faults: Fault) -> None:
-        with self._lock:
-            self.faults.extend(faults)
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self.faults.clear()
+    @property
+    def faults(self) -> list[Fault]:
+        """The queued faults not yet used up, oldest first (a snapshot)."""
+        return self._faults.pending()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -172,6 +172,17 @@ class AuthorizationServer:
         httpd = ThreadingHTTPServer(address, self._handler)
         httpd.daemon_threads = True
         return httpd
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``, as the emulators spell their address."""
+        host, port = self._httpd.server_address[:2]
+        return f"{host!s}:{port}"
+
+    @property
+    def url(self) -> str:
+        """The issuer, ``http://127.0.0.1:PORT`` (the name the emulators use)."""
+        return self.issuer
 
     def start(self) -> AuthorizationServer:
         """Serve (again: after :meth:`stop`, on the same address, with the same clients)."""
@@ -212,16 +223,11 @@ class AuthorizationServer:
     # -- the token endpoint -------------------------------------------------------------
 
     def _next_fault(self, request_number: int) -> Fault | None:
-        with self._lock:
-            if not self.faults:
-                policy = self.fault_policy
-                return policy(request_number) if policy is not None else None
-            fault = self.faults[0]
-            if fault.count is not None:
-                fault.count -= 1
-                if fault.count <= 0:
-                    self.faults.pop(0)
+        fault = self._faults.take()
+        if fault is not None:
             return fault
+        policy = self.fault_policy
+        return policy(request_number) if policy is not None else None
 
     def handle_token_request(
         self, form: dict[str, list[str]], authorization: str | None

@@ -25,6 +25,7 @@ from .._jose import ALGORITHMS
 from ..errors import ConfigurationError
 from ..signers import KeyDescription
 from ..signers.local import LocalSigner, PrivateKey
+from ._faults import FaultInjection, FaultQueue
 
 __all__ = ["InMemorySigner"]
 
@@ -44,19 +45,22 @@ def _generate(algorithm: str) -> PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
 
 
-class InMemorySigner:
+class InMemorySigner(FaultInjection):
     """A signer over a freshly generated key that never leaves memory; for tests only.
 
     ``algorithm`` is any JWS algorithm the library supports (``ES256`` by default: quick
     to generate). ``latency`` (seconds, changeable at any time) delays every ``sign()``
     with ``anyio.sleep``, on asyncio and trio. Counters: ``describes`` (``describe()``
     calls), ``sign_calls`` (every ``sign()``), ``signatures`` (the ones that returned a
-    signature). ``closed`` turns true on ``aclose()``.
+    signature). ``closed`` turns true on ``aclose()``. Faults are exceptions:
+    ``fail_next(SigningError(...))`` makes the next ``sign()`` raise it; ``clear_faults()``.
 
     >>> signer = InMemorySigner("PS256", key_id="test-key")
     >>> signer.public_jwk["kid"], signer.public_jwk["alg"]
     ('test-key', 'PS256')
     """
+
+    fault_types = (BaseException,)
 
     def __init__(self, algorithm: str = "ES256", *, key_id: str | None = None, latency: float = 0.0) -> None:
         if algorithm not in ALGORITHMS:
@@ -71,7 +75,7 @@ class InMemorySigner:
         self.sign_calls = 0
         self.signatures = 0
         self.closed = False
-        self._failures: list[BaseException] = []
+        self._faults: FaultQueue[BaseException] = FaultQueue()
 
     @property
     def description(self) -> KeyDescription:
@@ -92,7 +96,7 @@ class InMemorySigner:
 
     def fail_next(self, *errors: BaseException) -> None:
         """Make the next ``sign()`` calls raise these exceptions, one each, in order."""
-        self._failures.extend(errors)
+        super().fail_next(*errors)
 
     async def describe(self) -> KeyDescription:
         self.describes += 1
@@ -102,8 +106,9 @@ class InMemorySigner:
         self.sign_calls += 1
         if self.latency:
             await anyio.sleep(self.latency)
-        if self._failures:
-            raise self._failures.pop(0)
+        failure = self._faults.take()
+        if failure is not None:
+            raise failure
         signature = await self._local.sign(signing_input)
         self.signatures += 1
         return signature

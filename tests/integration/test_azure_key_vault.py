@@ -17,10 +17,11 @@ import pytest
 from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m._jose import jwk_thumbprint
 from keyless_m2m.signers import AzureKeyVaultSigner, Signer, signer_from_uri
-from keyless_m2m.testing.azure_key_vault import (
+from keyless_m2m.testing.emulators.azure_key_vault import (
     AsyncFakeKeyVaultCredential,
     FakeKeyVault,
     FakeKeyVaultCredential,
+    KeyVaultFault,
 )
 from tests.contract import SignerContract, sign_jws
 from tests.helpers import ALG_KEYS, make_key, require_module, verify_jws
@@ -255,7 +256,7 @@ async def test_throttling_is_not_retried_by_the_sdk(vault: FakeKeyVault) -> None
     signer = make_signer(vault, "p256")
     try:
         await signer.describe()
-        vault.fail_next(1, status=429, operation="sign", retry_after=0.01)
+        vault.fail_next(KeyVaultFault(429, operation="sign", retry_after=0.01))
         with pytest.raises(SigningError) as info:
             await signer.sign(b"header.claims")
         assert info.value.retryable
@@ -270,7 +271,7 @@ async def test_persistent_throttling_is_retryable(vault: FakeKeyVault) -> None:
     signer = make_signer(vault, "rsa")
     try:
         await signer.describe()
-        vault.fail_next(10, status=429, operation="sign", retry_after=0.01)
+        vault.fail_next(KeyVaultFault(429, operation="sign", retry_after=0.01, count=10))
         with pytest.raises(SigningError) as info:
             await signer.sign(b"header.claims")
     finally:
@@ -289,7 +290,7 @@ async def test_server_errors_are_retryable(vault: FakeKeyVault) -> None:
     signer = make_signer(vault, "p256")
     try:
         await signer.describe()
-        vault.fail_next(10, status=500, operation="sign")
+        vault.fail_next(KeyVaultFault(500, operation="sign", count=10))
         with pytest.raises(SigningError) as info:
             await signer.sign(b"header.claims")
     finally:
@@ -304,7 +305,7 @@ async def test_forbidden_is_not_retryable(vault: FakeKeyVault) -> None:
     signer = make_signer(vault, "p256")
     try:
         await signer.describe()
-        vault.fail_next(1, status=403, operation="sign")
+        vault.fail_next(KeyVaultFault(403, operation="sign"))
         with pytest.raises(SigningError) as info:
             await signer.sign(b"header.claims")
     finally:
@@ -390,7 +391,7 @@ async def test_dropped_connection_is_retryable(vault: FakeKeyVault) -> None:
     signer = make_signer(vault, "p256")
     try:
         await signer.describe()
-        vault.fail_next(5, status=0, operation="sign")
+        vault.fail_next(KeyVaultFault(operation="sign", count=5, drop_connection=True))
         with pytest.raises(SigningError) as info:
             await signer.sign(b"header.claims")
     finally:
@@ -415,7 +416,9 @@ async def test_one_vault_call_per_failing_sign(vault: FakeKeyVault, status: int,
     signer = vault.signer("p256")  # the signer's own SDK settings, no test overrides
     try:
         await signer.describe()
-        vault.fail_next(10_000, status=status, operation="sign", retry_after=0.0 if status == 429 else None)
+        vault.fail_next(
+            KeyVaultFault(status, operation="sign", retry_after=0.0 if status == 429 else None, count=10_000)
+        )
         error, calls = await failing_sign(signer, sign_calls(vault))
     finally:
         await signer.aclose()
@@ -429,7 +432,9 @@ async def test_the_token_endpoint_owns_the_retries(vault: FakeKeyVault, status: 
     signer = vault.signer("rsa")
     try:
         await signer.describe()
-        vault.fail_next(10_000, status=status, operation="sign", retry_after=0.0 if status == 429 else None)
+        vault.fail_next(
+            KeyVaultFault(status, operation="sign", retry_after=0.0 if status == 429 else None, count=10_000)
+        )
         error, calls = await failing_token_request(signer, sign_calls(vault))
     finally:
         await signer.aclose()
@@ -442,7 +447,7 @@ async def test_retry_settings_passed_by_the_user_multiply(vault: FakeKeyVault) -
     signer = vault.signer("p256", retry_total=2, retry_backoff_factor=0.0)
     try:
         await signer.describe()
-        vault.fail_next(10_000, status=429, operation="sign", retry_after=0.0)
+        vault.fail_next(KeyVaultFault(429, operation="sign", retry_after=0.0, count=10_000))
         _, calls = await failing_sign(signer, sign_calls(vault))
     finally:
         await signer.aclose()

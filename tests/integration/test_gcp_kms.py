@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from keyless_m2m import PrivateKeyJWT, TokenManager
 from keyless_m2m.errors import ConfigurationError, MissingExtraError, SigningError
 from keyless_m2m.signers import GcpKmsSigner, signer_from_uri
+from keyless_m2m.testing.emulators.gcp_kms import CorruptResponse, RpcFault
 from tests.contract import SignerContract, sign_jws
 from tests.helpers import make_key, missing_server, verify_jws
 from tests.retries import (
@@ -40,7 +41,7 @@ KEYS = {
 
 @pytest.fixture(scope="module")
 def fake_kms() -> Iterator[Any]:
-    from keyless_m2m.testing.gcp_kms import FakeCloudKms
+    from keyless_m2m.testing.emulators.gcp_kms import FakeCloudKms
 
     try:
         kms = FakeCloudKms()
@@ -61,11 +62,11 @@ def fake_kms() -> Iterator[Any]:
 @pytest.fixture
 def kms(fake_kms: Any) -> Iterator[Any]:
     """The module's fake with no faults or call records left over from another test."""
-    fake_kms.reset_faults()
+    fake_kms.clear_faults()
     fake_kms.calls.clear()
     fake_kms.requests.clear()
     yield fake_kms
-    fake_kms.reset_faults()
+    fake_kms.clear_faults()
 
 
 def name_of(kms: Any, alg: str) -> str:
@@ -212,7 +213,7 @@ async def test_integrity_failure_is_one_retryable_call(
 ) -> None:
     signer = make_signer(alg)
     await signer.describe()
-    kms.corrupt_next(field, times=10)
+    kms.fail_next(CorruptResponse(field, count=10))
     error, calls = await failing_sign(signer, sign_calls(kms))
     assert calls == 1
     assert error.code == "INTEGRITY_CHECK_FAILED"
@@ -224,7 +225,7 @@ async def test_integrity_failure_is_one_retryable_call(
 async def test_integrity_failure_then_the_endpoint_retry_succeeds(make_signer: Any, kms: Any) -> None:
     signer = make_signer("ES256")
     description = await signer.describe()
-    kms.corrupt_next("signature_crc32c", times=1)
+    kms.fail_next(CorruptResponse("signature_crc32c"))
     with pytest.raises(SigningError):
         await signer.sign(b"a.b")
     assert verify_jws(await sign_jws(signer, {"n": 2}), dict(description.public_jwk)) == {"n": 2}
@@ -233,7 +234,7 @@ async def test_integrity_failure_then_the_endpoint_retry_succeeds(make_signer: A
 
 @pytest.mark.parametrize(("field", "match"), [("pem_crc32c", "pem_crc32c"), ("pem", "pem_crc32c")])
 async def test_public_key_checksum_is_verified(make_signer: Any, kms: Any, field: str, match: str) -> None:
-    kms.corrupt_next(field, times=1)
+    kms.fail_next(CorruptResponse(field))
     with pytest.raises(SigningError, match=match) as info:
         await make_signer("ES384").describe()
     assert (info.value.code, info.value.retryable) == ("INTEGRITY_CHECK_FAILED", True)
@@ -242,7 +243,7 @@ async def test_public_key_checksum_is_verified(make_signer: Any, kms: Any, field
 
 
 async def test_public_key_name_is_checked(make_signer: Any, kms: Any) -> None:
-    kms.corrupt_next("name", times=5, method="GetPublicKey")
+    kms.fail_next(CorruptResponse("name", method="GetPublicKey", count=5))
     with pytest.raises(SigningError, match="another key version") as info:
         await make_signer("ES256").describe()
     assert info.value.retryable
@@ -253,7 +254,9 @@ async def test_public_key_name_is_checked(make_signer: Any, kms: Any) -> None:
 async def test_transient_errors_are_one_retryable_call(make_signer: Any, kms: Any, code: str) -> None:
     signer = make_signer("ES256")
     await signer.describe()
-    kms.fail_next(code, times=10, method="AsymmetricSign", details="Quota exceeded for quota metric 'x'")
+    kms.fail_next(
+        RpcFault(code, method="AsymmetricSign", details="Quota exceeded for quota metric 'x'", count=10)
+    )
     error, calls = await failing_sign(signer, sign_calls(kms))
     assert calls == 1
     assert (error.code, error.retryable, error.key) == (code, True, name_of(kms, "ES256"))
@@ -265,7 +268,7 @@ async def test_transient_errors_are_one_retryable_call(make_signer: Any, kms: An
 
 
 async def test_transient_error_on_get_public_key_is_one_call(make_signer: Any, kms: Any) -> None:
-    kms.fail_next("UNAVAILABLE", times=5, method="GetPublicKey")
+    kms.fail_next(RpcFault("UNAVAILABLE", method="GetPublicKey", count=5))
     with pytest.raises(SigningError) as info:
         await make_signer("EdDSA").describe()
     assert (info.value.code, info.value.retryable) == ("UNAVAILABLE", True)
@@ -278,7 +281,7 @@ async def test_the_token_endpoint_owns_the_retries(
 ) -> None:
     signer = make_signer("ES256")
     await signer.describe()
-    kms.fail_next(fault, times=10_000, method="AsymmetricSign")
+    kms.fail_next(RpcFault(fault, method="AsymmetricSign", count=10_000))
     error, calls = await failing_token_request(signer, sign_calls(kms))
     assert (error.code, error.retryable) == (fault, retryable)
     assert calls == (ATTEMPTS if retryable else 1)

@@ -21,6 +21,7 @@ import pytest
 from keyless_m2m import PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m.signers import Signer
 from keyless_m2m.testing.authorization_server import AuthorizationServer
+from keyless_m2m.testing.emulators.gcp_kms import RpcFault
 from tests.aws_faults import KmsSignFaults
 from tests.helpers import make_key, require_module
 
@@ -139,7 +140,7 @@ async def test_aws_kms_faults(aws: Backend, fault: str, retryable: bool) -> None
 @pytest.fixture(scope="module")
 def gcp_fake() -> Iterator[Any]:
     require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
-    from keyless_m2m.testing.gcp_kms import FakeCloudKms
+    from keyless_m2m.testing.emulators.gcp_kms import FakeCloudKms
 
     with FakeCloudKms() as kms:
         kms.add_key("faults", "EC_SIGN_P256_SHA256", private_key=make_key("p256"))
@@ -152,16 +153,16 @@ async def gcp(gcp_fake: Any) -> AsyncIterator[Backend]:
 
     def inject(fault: str) -> None:
         if fault == "throttling":
-            gcp_fake.fail_next("RESOURCE_EXHAUSTED", times=10_000, method="AsymmetricSign")
+            gcp_fake.fail_next(RpcFault("RESOURCE_EXHAUSTED", method="AsymmetricSign", count=None))
         elif fault == "timeout":
-            gcp_fake.fail_next("DEADLINE_EXCEEDED", times=10_000, method="AsymmetricSign")
+            gcp_fake.fail_next(RpcFault("DEADLINE_EXCEEDED", method="AsymmetricSign", count=None))
         elif fault == "revoked":
             gcp_fake.deny(name)
         else:
             gcp_fake.set_state(name, "DISABLED")
 
     def heal() -> None:
-        gcp_fake.reset_faults()
+        gcp_fake.clear_faults()
         gcp_fake.allow(name)
         gcp_fake.set_state(name, "ENABLED")
 
@@ -186,7 +187,7 @@ async def test_gcp_kms_faults(gcp: Backend, fault: str, retryable: bool) -> None
 @pytest.fixture
 async def azure() -> AsyncIterator[Backend]:
     require_module("azure.keyvault.keys", reason="the azure extra is not installed")
-    from keyless_m2m.testing.azure_key_vault import FakeKeyVault
+    from keyless_m2m.testing.emulators.azure_key_vault import FakeKeyVault, KeyVaultFault
 
     with FakeKeyVault() as vault:
         vault.add_key("faults", make_key("p256"))
@@ -196,9 +197,12 @@ async def azure() -> AsyncIterator[Backend]:
             if fault == "disabled":
                 vault.set_enabled("faults", False)
             else:
-                status = {"throttling": 429, "timeout": 0, "revoked": 403}[fault]
                 vault.fail_next(
-                    10_000, status=status, operation="sign", retry_after=0.0 if status == 429 else None
+                    {
+                        "throttling": KeyVaultFault(429, operation="sign", retry_after=0.0, count=None),
+                        "timeout": KeyVaultFault(operation="sign", count=None, drop_connection=True),
+                        "revoked": KeyVaultFault(403, operation="sign", count=None),
+                    }[fault]
                 )
 
         def heal() -> None:

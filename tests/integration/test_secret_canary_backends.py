@@ -279,7 +279,7 @@ async def test_aws_kms(
 @pytest.fixture(scope="module")
 def gcp_kms() -> Iterator[Any]:
     require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
-    from keyless_m2m.testing.gcp_kms import FakeCloudKms
+    from keyless_m2m.testing.emulators.gcp_kms import FakeCloudKms
 
     with FakeCloudKms() as kms:
         kms.add_key("canary", "EC_SIGN_P256_SHA256", private_key=make_key("p256"))
@@ -309,7 +309,11 @@ async def test_gcp_kms(canary: Canary, caplog: pytest.LogCaptureFixture, gcp_kms
 
 async def test_azure_key_vault(canary: Canary, caplog: pytest.LogCaptureFixture) -> None:
     require_module("azure.keyvault.keys", reason="the azure extra is not installed")
-    from keyless_m2m.testing.azure_key_vault import AsyncFakeKeyVaultCredential, FakeKeyVault
+    from keyless_m2m.testing.emulators.azure_key_vault import (
+        AsyncFakeKeyVaultCredential,
+        FakeKeyVault,
+        KeyVaultFault,
+    )
 
     bearer = "canary-azure-bearer-" + secrets.token_urlsafe(18)
     rejected = "canary-azure-rejected-" + secrets.token_urlsafe(18)
@@ -321,7 +325,10 @@ async def test_azure_key_vault(canary: Canary, caplog: pytest.LogCaptureFixture)
         signer = vault.signer("canary")
         canary.see(signer)
         faults = {
-            "denied": (lambda: vault.fail_next(10, status=403, operation="sign"), vault.clear_faults),
+            "denied": (
+                lambda: vault.fail_next(KeyVaultFault(403, operation="sign", count=10)),
+                vault.clear_faults,
+            ),
             "disabled": (
                 lambda: vault.set_enabled("canary", False),
                 lambda: vault.set_enabled("canary", True),

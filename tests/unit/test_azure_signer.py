@@ -9,7 +9,7 @@ import pytest
 from keyless_m2m import ConfigurationError, SigningError
 from keyless_m2m.signers import AzureKeyVaultSigner, signer_from_uri
 from keyless_m2m.signers.azure import map_azure_error, parse_key_vault_uri
-from keyless_m2m.testing.azure_key_vault import AsyncFakeKeyVaultCredential, FakeKeyVaultCredential
+from keyless_m2m.testing.emulators.azure_key_vault import AsyncFakeKeyVaultCredential, FakeKeyVaultCredential
 from tests.helpers import require_module
 
 az = require_module("azure.core.exceptions", reason="the azure extra is not installed")
