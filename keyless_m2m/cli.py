@@ -51,7 +51,7 @@ from .discovery import (
     check_client_auth,
     discover,
 )
-from .endpoint import TokenEndpoint
+from .endpoint import TokenEndpoint, shown_url
 from .errors import (
     ConfigurationError,
     DiscoveryError,
@@ -219,9 +219,17 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     else:
         secret = _env(environ, ENV_CLIENT_SECRET)
         source = ENV_CLIENT_SECRET if secret else None
+    token_endpoint, issuer = pick("token_endpoint", ENV_TOKEN_ENDPOINT), pick("issuer", ENV_ISSUER)
+    for what, url in (("the token endpoint", token_endpoint), ("the issuer", issuer)):
+        # Refused here, before any command (doctor's report included) shows the URL.
+        if url is not None and shown_url(url) != url:
+            raise ConfigurationError(
+                f"{what} must not carry credentials (user:password@): they would show in logs "
+                "and errors; pass the client secret with --client-secret-file"
+            )
     return Settings(
-        token_endpoint=pick("token_endpoint", ENV_TOKEN_ENDPOINT),
-        issuer=pick("issuer", ENV_ISSUER),
+        token_endpoint=token_endpoint,
+        issuer=issuer,
         client_id=pick("client_id", ENV_CLIENT_ID),
         signer_uri=pick("signer", ENV_SIGNER),
         client_secret=secret,

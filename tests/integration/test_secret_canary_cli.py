@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -471,3 +474,28 @@ def test_signer_uri_with_a_credential_is_refused_without_echoing_it(uri: str) ->
         signer_from_uri(uri, **vault_options)
     assert VAULT_TOKEN not in str(info.value)
     assert VAULT_TOKEN not in repr(info.value.__dict__)
+
+
+@pytest.mark.parametrize("command", ["doctor", "token"])
+@pytest.mark.parametrize("where", ["flag", "environment"])
+@pytest.mark.parametrize("url_kind", ["token-endpoint", "issuer"])
+def test_a_url_with_a_password_is_refused_by_every_command_without_echoing_it(
+    command: str, where: str, url_kind: str, tmp_path: Path
+) -> None:
+    """``doctor`` used to print ``https://u:PASSWORD@host`` in its configuration line."""
+    password = "url-pw-canary-5be1"
+    url = f"https://svc:{password}@127.0.0.1:9" + ("/token" if url_kind == "token-endpoint" else "")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("file-secret-value\n")
+    args = [sys.executable, "-m", "keyless_m2m", command, "--client-id", "svc"]
+    args += ["--client-secret-file", str(secret_file), "--auth-method", "client_secret_basic"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLESS_M2M_")}
+    variable = "KEYLESS_M2M_TOKEN_ENDPOINT" if url_kind == "token-endpoint" else "KEYLESS_M2M_ISSUER"
+    if where == "flag":
+        args += [f"--{url_kind}", url]
+    else:
+        env[variable] = url
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    assert password not in done.stdout + done.stderr
+    assert "must not carry credentials" in done.stderr
