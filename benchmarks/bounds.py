@@ -11,42 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 
 import anyio
 
-from keyless_m2m import AccessToken, ClientSecretBasic, TokenManager
+from keyless_m2m import TokenManager
 from keyless_m2m.cache import MemoryTokenCache
-from keyless_m2m.endpoint import TokenEndpoint
-
-
-class _Endpoint(TokenEndpoint):
-    def __init__(self) -> None:
-        super().__init__("https://auth.example/token", ClientSecretBasic("svc", "not-a-real-secret"))
-        self.calls = 0
-
-    async def request(
-        self,
-        *,
-        scope: str | None = None,
-        resource: Sequence[str] = (),
-        audience: str | None = None,
-        extra_params: Mapping[str, str] | None = None,
-    ) -> AccessToken:
-        self.calls += 1
-        await anyio.sleep(0.01)
-        return AccessToken(
-            value=f"t{self.calls}",
-            token_type="Bearer",
-            expires_at=datetime.now(UTC) + timedelta(hours=1),
-            scope=scope,
-            expires_in=3600.0,
-        )
+from keyless_m2m.testing.endpoints import OfflineTokenEndpoint
 
 
 async def _cold_audiences(n: int = 200) -> str:
-    async with TokenManager(endpoint=_Endpoint(), scope="s") as tokens:
+    async with TokenManager(endpoint=OfflineTokenEndpoint(delay=0.01), scope="s") as tokens:
         errors = 0
 
         async def one(i: int) -> None:
@@ -70,7 +44,7 @@ async def _cold_audiences(n: int = 200) -> str:
 
 
 async def _one_entry() -> str:
-    async with TokenManager(endpoint=_Endpoint(), scope="s", max_entries=1) as tokens:
+    async with TokenManager(endpoint=OfflineTokenEndpoint(delay=0.01), scope="s", max_entries=1) as tokens:
         try:
             for _ in range(2):
                 await tokens.get_token("reports.read")
@@ -81,7 +55,7 @@ async def _one_entry() -> str:
 
 async def _memory_cache_state(keys: int = 20_000) -> str:
     cache = MemoryTokenCache(max_entries=10)
-    token = await _Endpoint().request()
+    token = await OfflineTokenEndpoint(delay=0.01).request()
     for i in range(keys):
         fence = await cache.acquire(f"k{i}", ttl=5)
         assert fence is not None
@@ -93,7 +67,7 @@ async def _memory_cache_state(keys: int = 20_000) -> str:
 
 async def _stuck_lease() -> str:
     cache = MemoryTokenCache()
-    async with TokenManager(endpoint=_Endpoint(), cache=cache) as tokens:
+    async with TokenManager(endpoint=OfflineTokenEndpoint(delay=0.01), cache=cache) as tokens:
         await cache.acquire(tokens._shared_key(tokens._default_entry), ttl=10_000)
         started = time.monotonic()
         await tokens.get_token()

@@ -11,8 +11,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -32,8 +31,8 @@ from keyless_m2m import (
     TokenManager,
 )
 from keyless_m2m.cache import MemoryTokenCache
-from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
+from keyless_m2m.testing.endpoints import OfflineTokenEndpoint
 
 pytestmark = pytest.mark.anyio
 SECRET = "s3cr3t-value-for-soundness"
@@ -51,36 +50,6 @@ def manager(server: AuthorizationServer, **options: Any) -> TokenManager:
     return TokenManager(
         server.token_endpoint, ClientSecretBasic("svc", SECRET), scope="pockets.read", **options
     )
-
-
-class CountingEndpoint(TokenEndpoint):
-    """A token endpoint without HTTP: answers every request at once (or after ``delay``)
-    with a token for exactly the scope, resources and audience asked for."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        super().__init__("https://auth.example/token", ClientSecretBasic("svc", SECRET))
-        self.delay = delay
-        self.calls = 0
-
-    async def request(
-        self,
-        *,
-        scope: str | None = None,
-        resource: Sequence[str] = (),
-        audience: str | None = None,
-        extra_params: Mapping[str, str] | None = None,
-    ) -> AccessToken:
-        self.calls += 1
-        if self.delay:
-            await anyio.sleep(self.delay)
-        return AccessToken(
-            value=f"token-{self.calls}",
-            token_type="Bearer",
-            expires_at=datetime.now(UTC) + timedelta(seconds=3600),
-            scope=scope,
-            raw={"resource": list(resource), "audience": audience},
-            expires_in=3600.0,
-        )
 
 
 # 1. exceptions leave ``async with`` as themselves ---------------------------------------
@@ -321,7 +290,7 @@ def test_a_second_event_loop_fails_fast_instead_of_hanging(server: Authorization
 
 
 async def test_max_entries_one_serves_every_scope() -> None:
-    endpoint = CountingEndpoint()
+    endpoint = OfflineTokenEndpoint()
     async with TokenManager(endpoint=endpoint, scope="default", max_entries=1) as tokens:
         for _ in range(3):
             assert (await tokens.get_token("reports.read")).scope == "reports.read"
@@ -330,7 +299,7 @@ async def test_max_entries_one_serves_every_scope() -> None:
 
 
 async def test_many_concurrent_cold_audiences_with_the_default_bound() -> None:
-    endpoint = CountingEndpoint(delay=0.05)
+    endpoint = OfflineTokenEndpoint(delay=0.05)
     async with TokenManager(endpoint=endpoint, scope="s") as tokens:
         for _ in range(2):
             got: dict[int, AccessToken] = {}
@@ -346,7 +315,7 @@ async def test_many_concurrent_cold_audiences_with_the_default_bound() -> None:
 
 
 async def test_evicting_a_fresh_token_is_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    endpoint = CountingEndpoint()
+    endpoint = OfflineTokenEndpoint()
     caplog.set_level(logging.WARNING, logger="keyless_m2m")
     async with TokenManager(endpoint=endpoint, max_entries=2) as tokens:
         default = await tokens.get_token()
@@ -379,7 +348,7 @@ def test_property_any_concurrent_scope_sets_with_any_bound(
     for exactly what was asked, and the table stays within its bound."""
 
     async def run() -> None:
-        endpoint = CountingEndpoint(delay=0.001)
+        endpoint = OfflineTokenEndpoint(delay=0.001)
         async with TokenManager(endpoint=endpoint, scope="d", max_entries=max_entries) as tokens:
             for batch in batches:
                 async with anyio.create_task_group() as tg:
@@ -401,7 +370,7 @@ def test_property_any_concurrent_scope_sets_with_any_bound(
 
 async def test_memory_cache_state_is_bounded() -> None:
     cache = MemoryTokenCache(max_entries=10)
-    token = await CountingEndpoint().request()
+    token = await OfflineTokenEndpoint().request()
     for i in range(20_000):
         key = f"k{i}"
         fence = await cache.acquire(key, ttl=5)
@@ -418,7 +387,7 @@ async def test_memory_cache_state_is_bounded() -> None:
 
 async def test_memory_cache_fences_still_increase_per_key() -> None:
     cache = MemoryTokenCache(max_entries=2)
-    token = await CountingEndpoint().request()
+    token = await OfflineTokenEndpoint().request()
     first = await cache.acquire("k", ttl=5)
     assert first is not None and await cache.acquire("k", ttl=5) is None
     await cache.release("k", first)
@@ -470,11 +439,11 @@ async def test_a_lease_that_never_ends_is_bounded_by_the_deadline(server: Author
 )
 def test_constructor_arguments_of_the_wrong_type_are_configuration_errors(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
-        TokenManager(endpoint=CountingEndpoint(), **options)
+        TokenManager(endpoint=OfflineTokenEndpoint(), **options)
 
 
 async def test_get_token_arguments_of_the_wrong_type_are_configuration_errors() -> None:
-    async with TokenManager(endpoint=CountingEndpoint()) as tokens:
+    async with TokenManager(endpoint=OfflineTokenEndpoint()) as tokens:
         for bad in ({"resource": 123}, {"audience": 5}, {"scope": 7}):
             with pytest.raises(ConfigurationError):
                 await tokens.get_token(**bad)
@@ -507,7 +476,7 @@ async def test_an_api_rejecting_every_token_causes_no_refresh_storm(
 
 
 async def test_invalidation_is_honoured_again_after_the_floor() -> None:
-    endpoint = CountingEndpoint()
+    endpoint = OfflineTokenEndpoint()
     async with TokenManager(endpoint=endpoint, min_invalidation_interval=0.2) as tokens:
         first = await tokens.get_token()
         assert await tokens.invalidate(first)
@@ -536,7 +505,7 @@ def test_the_managers_are_token_sources_and_the_flow_needs_nothing_else() -> Non
     from keyless_m2m.bearer import BearerFlow
     from keyless_m2m.source import TokenSource
 
-    assert isinstance(TokenManager(endpoint=CountingEndpoint()), TokenSource)
+    assert isinstance(TokenManager(endpoint=OfflineTokenEndpoint()), TokenSource)
 
     class Fixed:  # a source of the user's own: two methods, no manager
         async def get_token(self, scope: Any = None, *, resource: Any = None, audience: Any = None) -> Any:
