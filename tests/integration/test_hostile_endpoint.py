@@ -10,7 +10,9 @@ test wraps the call in ``anyio.fail_after(deadline + 2)``: a bound, not a timing
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -168,3 +170,33 @@ async def test_a_well_behaved_server_is_unaffected(server: HostileServer) -> Non
         assert (await ep.request()).value == "hostile-token"
     finally:
         await ep.aclose()
+
+
+@pytest.mark.parametrize("where", ["token endpoint", "metadata"])
+def test_the_cli_says_a_corrupt_compressed_answer_is_the_servers_fault(where: str, tmp_path: Path) -> None:
+    """A corrupt gzip body is the server's answer, not the signer's: exit 6 (discovery or
+    response), never 5 (signer), which is what it was when it surfaced as SigningError."""
+    import subprocess
+    import sys
+
+    from keyless_m2m.cli import EXIT_DISCOVERY
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("hostile-cli-secret\n")
+    with HostileServer() as server:
+        headers = [("content-type", "application/json"), ("content-encoding", "gzip")]
+        corrupt = Answer(200, headers, b"not gzip")
+        args = [sys.executable, "-m", "keyless_m2m", "token", "--client-id", "svc"]
+        args += ["--client-secret-file", str(secret_file), "--auth-method", "client_secret_basic"]
+        if where == "metadata":
+            server.answers["/.well-known/oauth-authorization-server"] = corrupt
+            args += ["--issuer", server.url("").rstrip("/")]
+        else:
+            server.answers["/token"] = corrupt
+            args += ["--token-endpoint", server.url("/token")]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLESS_M2M_")}
+        done = subprocess.run(
+            args, capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL
+        )
+    assert done.returncode == EXIT_DISCOVERY, done.stderr
+    assert "SigningError" not in done.stderr
