@@ -21,6 +21,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from .bearer import BearerFlow, bearer_auth_class
 from .errors import ManagerClosedError
 from .manager import TokenManager
+from .manager._core import forked_error
 from .source import ResourceArg, ScopeArg
 from .stats import TokenStats
 from .token import AccessToken
@@ -103,11 +104,7 @@ class SyncTokenManager:
         if self._manager._forked:
             # The portal's thread and loop do not exist in a forked child: calling into them
             # would hang forever. Fail at once instead (see TokenManager._check_usable).
-            raise ManagerClosedError(
-                "this SyncTokenManager was created before os.fork() and cannot be used in the "
-                "child process; create the manager in each worker process instead (e.g. "
-                "gunicorn post_fork, Celery worker_process_init, or lazily on first use)"
-            )
+            raise forked_error("SyncTokenManager")
 
     def auth(
         self,

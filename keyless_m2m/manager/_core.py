@@ -33,7 +33,7 @@ import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -108,6 +108,16 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def forked_error(kind: str) -> ManagerClosedError:
+    """What a manager copied into a forked child raises on its first call there."""
+    return ManagerClosedError(
+        f"this {kind} was created before os.fork() and cannot be used in the child process "
+        "(it shares the parent's connections and event loop); create the manager in each "
+        "worker process instead (e.g. gunicorn post_fork, Celery worker_process_init, or "
+        "lazily on first use)"
+    )
 
 
 @dataclass(slots=True)
@@ -282,18 +292,13 @@ class TokenManager:
     @property
     def stats(self) -> TokenStats:
         """A snapshot of the counters (see :class:`~keyless_m2m.stats.TokenStats`)."""
-        counts, sent = self._counts, self.endpoint.stats
+        sent = self.endpoint.stats
         return TokenStats(
             requests=sent.requests,
             signatures=sent.signatures,
-            failures=counts.failures,
-            waits=counts.waits,
-            refreshes=counts.refreshes,
-            served_stale=counts.served_stale,
             shared_hits=self._shared.hits if self._shared is not None else 0,
             evictions=self._table.evictions,
-            handovers=counts.handovers,
-            ignored_invalidations=counts.ignored_invalidations,
+            **asdict(self._counts),
         )
 
     @property
@@ -354,12 +359,7 @@ class TokenManager:
         if self._closed:
             raise ManagerClosedError("this TokenManager is closed")
         if self._forked:
-            raise ManagerClosedError(
-                "this TokenManager was created before os.fork() and cannot be used in the child "
-                "process (it shares the parent's connections and event loop); create the "
-                "manager in each worker process instead (e.g. gunicorn post_fork, Celery "
-                "worker_process_init, or lazily on first use)"
-            )
+            raise forked_error("TokenManager")
         loop = anyio.lowlevel.current_token().native_token
         if self._loop is None:
             self._loop = loop
