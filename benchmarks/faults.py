@@ -5,7 +5,7 @@ on 127.0.0.1, points a :class:`~keyless_m2m.TokenManager` at it, injects one fau
 refused connection, a reset mid-body, a stalled server, a 503 storm, a flapping server, a
 server clock 10 minutes off), and records what callers saw, how many token requests the
 client made (and how many reached the server), and how long recovery took once the fault
-ended. ``tests/integration/test_faults.py`` runs the same scenarios on asyncio and trio and
+ended. ``tests/integration/manager/test_faults.py`` runs the same scenarios on asyncio and trio and
 asserts the counts; this command prints them as the Markdown table in
 ``docs/reliability.md``::
 

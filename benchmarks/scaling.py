@@ -535,9 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     config = QUICK if args.quick else FULL
 
     try:
-        from tests.integration.redis_server import RedisServer, redis_server_binary
+        from tests.redis_server import RedisServer, redis_server_binary
     except ImportError:
-        print("run from the repository root (tests/integration/redis_server.py)", file=sys.stderr)
+        print("run from the repository root (tests/redis_server.py)", file=sys.stderr)
         return 2
     binary = redis_server_binary()
     if binary is None:

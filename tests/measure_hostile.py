@@ -4,8 +4,8 @@
 Trickled headers, a trickled body and trickled metadata against ``TokenManager`` with
 ``timeout=2, deadline=5``; gzip bombs of 1 GiB of zeros (one and two layers) as a token
 response and as metadata, with the peak RSS growth sampled while the call runs. The test
-suite asserts the same bounds (tests/integration/test_hostile_endpoint.py,
-tests/integration/test_decompression_bounds.py); this prints the figures.
+suite asserts the same bounds (tests/integration/test_endpoint_hostile.py,
+tests/integration/test_http_decompression.py); this prints the figures.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from keyless_m2m import ClientSecretPost, KeylessM2MError, TokenManager
 from keyless_m2m.discovery import discover
 from keyless_m2m.endpoint import TokenEndpoint
 from tests.hostile_server import Answer, HostileServer
-from tests.integration.test_decompression_bounds import _gzip_stream, peak_growth
+from tests.integration.test_http_decompression import _gzip_stream, peak_growth
 
 TOKEN = b'{"access_token": "t", "token_type": "Bearer", "expires_in": 300}'
 AUTH = ClientSecretPost("measure", "measure-secret")

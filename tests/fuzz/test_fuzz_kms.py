@@ -94,7 +94,7 @@ def test_check_signature_length(signature: bytes, alg: str) -> None:
 @pytest.fixture(scope="module")
 def aws() -> Iterator[tuple[Any, Any]]:
     require_module("boto3", reason="the aws extra is not installed")
-    from tests.unit import test_aws_signer as t
+    from tests.unit.signers import test_aws as t
 
     kms = t.boto3.session.Session().client(
         "kms",
@@ -136,7 +136,7 @@ def test_aws_kms_signatures(aws: tuple[Any, Any], signature: bytes, kind: str) -
 @pytest.fixture(scope="module")
 def gcp() -> Any:
     require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
-    from tests.unit import test_gcp_signer as t
+    from tests.unit.signers import test_gcp as t
 
     return t
 
@@ -173,7 +173,7 @@ def test_gcp_kms_signatures(gcp: Any, signature: bytes, crc: str, verified: bool
 @pytest.fixture(scope="module")
 def vault() -> Any:
     require_module("hvac", reason="the vault extra is not installed")
-    from tests.unit import test_vault_signer as t
+    from tests.unit.signers import test_vault as t
 
     return t
 

@@ -2,63 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
-from jwcrypto import jwk as jwcrypto_jwk
 
-from keyless_m2m.signers import LocalSigner
-from tests.helpers import ALG_KEYS, make_key, missing_server, pem_of
-from tests.oidc_provider import harness
+# Re-exported for tests/integration/test_cli_and_discovery.py until it imports them from
+# tests.oidc_provider.clients itself.
+from tests.oidc_provider.clients import SECRET, AuthServer, public_jwk_of, running_provider
 
-SCOPES = ["pockets.read", "transfers.read", "pockets.write"]
-SECRET = "op-client-secret-7b1f0d6c3e9a"
-JWT_ALGS = ["RS256", "PS256", "ES256", "ES384", "EdDSA"]
-
-
-def public_jwk_of(kind: str) -> dict[str, Any]:
-    key = jwcrypto_jwk.JWK.from_pem(pem_of(make_key(kind)))
-    return dict(json.loads(key.export_public()))
-
-
-@dataclass
-class AuthServer:
-    issuer: str
-    token_endpoint: str
-    pid: int
-    signers: dict[str, LocalSigner] = field(default_factory=dict)
+__all__ = ["SECRET", "AuthServer", "public_jwk_of"]
 
 
 @pytest.fixture(scope="session")
 def oidc_provider() -> Iterator[AuthServer]:
-    problem = harness.ensure_installed()
-    if problem:
-        missing_server(problem)
-    clients: list[dict[str, Any]] = []
-    signers: dict[str, LocalSigner] = {}
-    for alg in JWT_ALGS:
-        kind = ALG_KEYS[alg]
-        signers[alg] = LocalSigner.from_pem(pem_of(make_key(kind)), algorithm=alg)
-        clients.append(
-            {
-                "client_id": f"jwt-{alg.lower()}",
-                "token_endpoint_auth_method": "private_key_jwt",
-                "token_endpoint_auth_signing_alg": alg,
-                "jwks": {"keys": [public_jwk_of(kind)]},
-                "scope": " ".join(SCOPES),
-            }
-        )
-    for method in ("client_secret_basic", "client_secret_post"):
-        clients.append(
-            {
-                "client_id": f"secret-{method.rsplit('_', 1)[1]}",
-                "client_secret": SECRET,
-                "token_endpoint_auth_method": method,
-                "scope": " ".join(SCOPES),
-            }
-        )
-    with harness.start_oidc_provider(clients, SCOPES, access_token_ttl=900) as op:
-        yield AuthServer(op.issuer, op.token_endpoint, op.pid, signers)
+    with running_provider() as server:
+        yield server

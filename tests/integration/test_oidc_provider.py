@@ -16,7 +16,7 @@ from keyless_m2m import (
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.signers import LocalSigner
 from tests.helpers import make_key, pem_of
-from tests.integration.conftest import JWT_ALGS, SECRET, AuthServer
+from tests.oidc_provider.clients import JWT_ALGS, SECRET, AuthServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -19,7 +19,7 @@ from keyless_m2m import (
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.signers import LocalSigner
 from tests.helpers import exception_texts, make_key, pem_of
-from tests.integration.conftest import SECRET, AuthServer
+from tests.oidc_provider.clients import SECRET, AuthServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -353,7 +353,7 @@ async def test_azure_key_vault(canary: Canary, caplog: pytest.LogCaptureFixture)
 @pytest.fixture(scope="module")
 def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     require_module("hvac", reason="the vault extra is not installed")
-    from tests.integration.test_vault_transit import running_server
+    from tests.integration.signers.test_vault import running_server
 
     with running_server("openbao", tmp_path_factory.mktemp("openbao-canary")) as server:
         yield server
@@ -424,7 +424,7 @@ class Redis:
 async def redis(canary: Canary) -> AsyncIterator[Redis]:
     require_module("redis", reason="the redis extra is not installed")
     from keyless_m2m.cache import RedisTokenCache
-    from tests.integration.redis_server import RedisServer, require_redis_server
+    from tests.redis_server import RedisServer, require_redis_server
 
     server = RedisServer(require_redis_server()).start()
     try:

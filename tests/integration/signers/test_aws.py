@@ -4,7 +4,7 @@ Only what moto does like AWS is asserted here: ``RAW`` signing with RSASSA-PKCS1
 ECDSA, key specs, aliases, unknown keys. moto signs ``DIGEST`` messages wrongly (it hashes
 them again), uses the maximum PSS salt (its PS256 signatures do not verify with the
 salt = hash length JWS requires) and has no Ed25519; those paths are covered by request
-shape in ``tests/unit/test_aws_signer.py``. moto also signs with disabled keys: that test
+shape in ``tests/unit/signers/test_aws.py``. moto also signs with disabled keys: that test
 is a strict xfail, so it starts failing the day moto behaves like AWS.
 """
 

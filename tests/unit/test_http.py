@@ -1,4 +1,4 @@
-"""The proxy rule and URL display, without sockets (the wire is in tests/integration/test_proxies.py)."""
+"""The proxy rule and URL display, without sockets (the wire is in tests/integration/test_http_proxies.py)."""
 
 from __future__ import annotations
 

@@ -1,101 +1,31 @@
-"""The token manager's ten behaviours (issue 3), on asyncio and trio, against a real
+"""The token manager's behaviours (issue 3), on asyncio and trio, against a real
 loopback authorization server and a counting signer. Counts, never wall-clock times."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from collections.abc import Iterator
-from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from keyless_m2m import (
     AccessToken,
-    ClientSecretBasic,
     ConfigurationError,
     InvalidTokenResponseError,
     KeylessM2MError,
     ManagerClosedError,
     PrivateKeyJWT,
     ServerError,
-    SyncTokenManager,
     TokenManager,
     TransportError,
 )
 from keyless_m2m.errors import SigningError
-from keyless_m2m.signers import KeyDescription, LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
-from tests.helpers import exception_chain, make_key, pem_of, require_module
+from tests.helpers import exception_chain
+from tests.manager_rig import FAST_RETRY, CountingSigner, gather_tokens, manager, run_without_suspending
 
 pytestmark = pytest.mark.anyio
-FAST_RETRY = {"backoff": 0.01, "max_backoff": 0.02, "max_attempts": 2}
-
-
-class CountingSigner:
-    """A Signer that counts signatures and can take its time (like a KMS round trip)."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.inner = LocalSigner.from_pem(pem_of(make_key("p256")))
-        self.delay = delay
-        self.signatures = 0
-
-    async def describe(self) -> KeyDescription:
-        return await self.inner.describe()
-
-    async def sign(self, signing_input: bytes) -> bytes:
-        self.signatures += 1
-        if self.delay:
-            await anyio.sleep(self.delay)
-        return await self.inner.sign(signing_input)
-
-    async def aclose(self) -> None:
-        return None
-
-
-@pytest.fixture
-def server() -> Iterator[AuthorizationServer]:
-    with AuthorizationServer(expires_in=3600) as srv:
-        yield srv
-
-
-@pytest.fixture
-def signer(server: AuthorizationServer) -> CountingSigner:
-    signer = CountingSigner()
-    server.register_client("svc", public_jwk=dict(signer.inner._description.public_jwk))  # type: ignore[union-attr]
-    return signer
-
-
-def manager(server: AuthorizationServer, signer: CountingSigner, **options: Any) -> TokenManager:
-    return TokenManager(server.token_endpoint, PrivateKeyJWT("svc", signer), scope="pockets.read", **options)
-
-
-def run_without_suspending(coro: Any) -> Any:
-    """Drive a coroutine one step: proves it finishes without yielding to the event loop."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise AssertionError("get_token() suspended: the hot path must not yield")
-
-
-async def gather_tokens(tokens: TokenManager, n: int, **kwargs: Any) -> list[AccessToken]:
-    results: list[AccessToken] = []
-
-    async def one() -> None:
-        results.append(await tokens.get_token(**kwargs))
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(n):
-            tg.start_soon(one)
-    return results
-
-
-# 1. stampede ---------------------------------------------------------------------------
 
 
 async def test_stampede_cold_and_at_expiry_is_one_request_and_one_signature(
@@ -370,138 +300,6 @@ async def test_concurrent_401s_cause_one_refresh(server: AuthorizationServer, si
         assert (await tokens.get_token()) is fresh[0] and server.token_requests == 2
 
 
-# 8. httpx ------------------------------------------------------------------------------
-
-
-class Api:
-    """An API that rejects the first ``reject`` distinct tokens with invalid_token."""
-
-    def __init__(self, reject: int = 1) -> None:
-        self.reject = reject
-        self.rejected: set[str] = set()
-        self.calls: list[str] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        auth = request.headers.get("authorization", "")
-        self.calls.append(auth)
-        if len(self.rejected) < self.reject or auth in self.rejected:
-            self.rejected.add(auth)
-            return httpx.Response(
-                401, headers={"WWW-Authenticate": 'Bearer realm="api", error="invalid_token"'}
-            )
-        return httpx.Response(200, json={"ok": True})
-
-
-async def test_httpx_auth_sets_bearer_and_retries_once_after_invalid_token(
-    server: AuthorizationServer, signer: CountingSigner
-) -> None:
-    api = Api(reject=1)
-    async with manager(server, signer) as tokens:
-        first = await tokens.get_token()
-        async with httpx.AsyncClient(auth=tokens.auth(), transport=httpx.MockTransport(api)) as http:
-            response = await http.post("https://api.example/v2/pockets/", json={"a": 1})
-        assert response.status_code == 200
-        assert api.calls == [f"Bearer {first.value}", f"Bearer {(await tokens.get_token()).value}"]
-        assert api.calls[0] != api.calls[1] and server.token_requests == 2
-
-
-async def test_httpx_auth_does_not_loop_and_does_not_replay_streams(
-    server: AuthorizationServer, signer: CountingSigner
-) -> None:
-    api = Api(reject=10)
-    async with manager(server, signer) as tokens:
-        async with httpx.AsyncClient(auth=tokens.auth(), transport=httpx.MockTransport(api)) as http:
-            response = await http.get("https://api.example/")
-            assert response.status_code == 401 and len(api.calls) == 2  # one retry, not more
-
-            async def body() -> Any:
-                yield b"chunk"
-
-            api.calls.clear()
-            response = await http.post("https://api.example/", content=body())
-            assert response.status_code == 401 and len(api.calls) == 1  # stream: not replayed
-
-
-async def test_plain_401_without_invalid_token_is_returned(
-    server: AuthorizationServer, signer: CountingSigner
-) -> None:
-    def api(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="api"'})
-
-    async with manager(server, signer) as tokens:
-        async with httpx.AsyncClient(auth=tokens.auth(), transport=httpx.MockTransport(api)) as http:
-            assert (await http.get("https://api.example/")).status_code == 401
-        assert server.token_requests == 1
-
-
-def test_sync_httpx_client_through_sync_manager(server: AuthorizationServer) -> None:
-    server.register_client("basic", client_secret="s3cr3t-value")
-    api = Api(reject=1)
-    with SyncTokenManager(server.token_endpoint, ClientSecretBasic("basic", "s3cr3t-value")) as tokens:
-        with httpx.Client(auth=tokens.auth(), transport=httpx.MockTransport(api)) as http:
-            assert http.get("https://api.example/").status_code == 200
-        assert len(api.calls) == 2 and api.calls[0] != api.calls[1]
-        assert server.token_requests == 2
-
-
-def test_httpx2_fork_when_installed(server: AuthorizationServer) -> None:
-    httpx2 = require_module("httpx2")
-    server.register_client("basic", client_secret="s3cr3t-value")
-    calls: list[str] = []
-
-    def api(request: Any) -> Any:
-        calls.append(request.headers.get("authorization", ""))
-        if len(calls) == 1:
-            return httpx2.Response(401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        return httpx2.Response(200)
-
-    with SyncTokenManager(server.token_endpoint, ClientSecretBasic("basic", "s3cr3t-value")) as tokens:
-        with httpx2.Client(auth=tokens.auth(library="httpx2"), transport=httpx2.MockTransport(api)) as http:
-            assert http.get("https://api.example/").status_code == 200
-    assert len(calls) == 2 and calls[0] != calls[1] and all(c.startswith("Bearer at_") for c in calls)
-    assert server.token_requests == 2
-
-
-# 9. SyncTokenManager -------------------------------------------------------------------
-
-
-def test_sync_manager_64_threads_one_request_and_no_thread_leak(server: AuthorizationServer) -> None:
-    server.register_client("basic", client_secret="s3cr3t-value")
-    server.latency = 0.2
-    before = threading.active_count()
-    tokens = SyncTokenManager(server.token_endpoint, ClientSecretBasic("basic", "s3cr3t-value"))
-    results: list[str] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(64)
-
-    def worker() -> None:
-        try:
-            barrier.wait(timeout=10)
-            results.append(tokens.get_token().value)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=20)
-    assert not errors and len(results) == 64 and len(set(results)) == 1
-    assert server.token_requests == 1
-    tokens.close()
-    tokens.close()  # idempotent
-    with pytest.raises(ManagerClosedError):
-        tokens.get_token()
-    for _ in range(100):
-        if threading.active_count() <= before:
-            break
-        threading.Event().wait(0.02)
-    assert threading.active_count() <= before
-
-
-# 10. lifecycle -------------------------------------------------------------------------
-
-
 async def test_outside_a_context_refreshes_inline_with_single_flight(
     server: AuthorizationServer, signer: CountingSigner
 ) -> None:
@@ -581,16 +379,3 @@ async def test_a_user_signers_exception_text_is_not_passed_on(
     texts = [f"{e!s} {e!r}" for e in exception_chain(caught.value)]
     texts += [r.getMessage() for r in caplog.records]
     assert texts and not any("CANARY" in t for t in texts)
-
-
-def test_auth_of_the_wrong_kind_of_manager_is_a_clear_type_error(server: AuthorizationServer) -> None:
-    server.register_client("basic", client_secret="s3cr3t-value")
-    tokens = TokenManager(server.token_endpoint, ClientSecretBasic("basic", "s3cr3t-value"))
-    with httpx.Client(auth=tokens.auth(), transport=httpx.MockTransport(Api())) as http:
-        with pytest.raises(TypeError, match="SyncTokenManager"):
-            http.get("https://api.example/")
-    with SyncTokenManager(server.token_endpoint, ClientSecretBasic("basic", "s3cr3t-value")) as sync:
-        flow = sync.auth().async_auth_flow(httpx.Request("GET", "https://api.example/"))
-        with pytest.raises(TypeError, match=r"TokenManager\.auth"):
-            anyio.run(flow.__anext__)
-    assert server.token_requests == 0

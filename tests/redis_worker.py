@@ -1,6 +1,6 @@
 """One process of the cross-process shared-cache tests (run by test_redis_cache.py).
 
-``python -m tests.integration.redis_worker CONFIG_JSON``: builds a TokenManager with a
+``python -m tests.redis_worker CONFIG_JSON``: builds a TokenManager with a
 RedisTokenCache, prints ``ready``, then reads one line from stdin: a JSON list of
 wall-clock start times. At each, ``tasks`` tasks call ``get_token()`` at once; after
 each phase it prints one JSON line: the SHA-256 prefixes of the tokens seen (never the

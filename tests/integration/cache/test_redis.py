@@ -27,8 +27,8 @@ from keyless_m2m.cache.redis import _Codec
 from keyless_m2m.errors import CacheDecryptionError, CacheUnavailableError, ConfigurationError
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.helpers import require_module
-from tests.integration.redis_server import RedisServer, require_redis_server
 from tests.processes import free_port, stop_process
+from tests.redis_server import RedisServer, require_redis_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 require_module("redis", reason="the redis extra is not installed")
@@ -296,13 +296,13 @@ def test_redis_url_password_never_appears() -> None:
 
 
 class _Workers:
-    """Worker processes (tests/integration/redis_worker.py), stopped by PID."""
+    """Worker processes (tests/redis_worker.py), stopped by PID."""
 
     def __init__(self, config: dict[str, Any], count: int) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "tests.integration.redis_worker", json.dumps(config)],
+                [sys.executable, "-m", "tests.redis_worker", json.dumps(config)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

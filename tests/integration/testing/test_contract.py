@@ -10,7 +10,7 @@ import pytest
 from keyless_m2m.cache import RedisTokenCache
 from keyless_m2m.testing.contract import check_token_cache
 from tests.helpers import require_module
-from tests.integration.redis_server import RedisServer, require_redis_server
+from tests.redis_server import RedisServer, require_redis_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 require_module("redis", reason="the redis extra is not installed")

@@ -25,7 +25,7 @@ from keyless_m2m.testing.emulators.azure_key_vault import (
 )
 from tests.contract import SignerContract, sign_jws
 from tests.helpers import ALG_KEYS, make_key, require_module, verify_jws
-from tests.integration.conftest import AuthServer
+from tests.oidc_provider.clients import AuthServer
 from tests.retries import (
     ATTEMPTS,
     Hang,
