@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from .._runtime import import_extra, running_async_library
+from .._runtime import check_max_concurrency, import_extra, renamed_keyword, running_async_library
 from ..errors import CacheDecryptionError, CacheError, CacheUnavailableError, ConfigurationError
 from ..token import AccessToken
 
@@ -255,6 +255,9 @@ class RedisTokenCache:
       on a dead Redis longer than this before the manager fetches for itself.
     - ``poll_interval``: how often a waiter re-reads the entry if a pub/sub message was
       missed (default 0.5 s).
+    - ``max_concurrency``: worker threads a blocking ``redis.Redis`` client may use at once
+      (default 8), the same name as the signers' bound; ``max_threads=`` is its deprecated
+      name.
     """
 
     def __init__(
@@ -265,7 +268,8 @@ class RedisTokenCache:
         encryption_key: bytes | Sequence[bytes] | None = None,
         timeout: float = 0.5,
         poll_interval: float = 0.5,
-        max_threads: int = 8,
+        max_concurrency: int | None = None,
+        max_threads: int | None = None,
     ) -> None:
         self._redis_module = import_extra("redis", "redis")
         if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "{} \n"):
@@ -291,7 +295,12 @@ class RedisTokenCache:
         self.namespace = namespace
         self.timeout = timeout
         self.poll_interval = poll_interval
-        self._limiter = anyio.CapacityLimiter(max_threads)
+        concurrency = renamed_keyword(
+            "max_concurrency", max_concurrency, "max_threads", max_threads, owner="RedisTokenCache"
+        )
+        self._limiter = anyio.CapacityLimiter(
+            check_max_concurrency(8 if concurrency is None else concurrency)
+        )
         self._url: str | None = None
         self._client: Any = None
         self._owns_client = False

@@ -17,7 +17,6 @@ It imports only ``_jose`` and ``errors``: vendor SDKs are imported in their own 
 from __future__ import annotations
 
 import re
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,9 +27,11 @@ import anyio
 import anyio.to_thread
 
 from .._jose import Algorithm, PublicKey, check_signature_length, jwk_thumbprint, jws_algorithm, public_jwk
+from .._runtime import check_max_concurrency as check_max_concurrency
 
 # The backends import these from here; their home is the leaf module.
 from .._runtime import import_extra as import_extra
+from .._runtime import renamed_keyword as renamed_keyword
 from .._runtime import running_async_library as running_async_library
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
 
@@ -181,27 +182,6 @@ async def call_provider(
             raise
         error = mapped
     raise error from None
-
-
-def check_max_concurrency(value: object) -> int:
-    """``max_concurrency``, the one name of a signer's bound on concurrent provider calls
-    (worker threads for blocking SDKs): a positive integer."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigurationError("max_concurrency must be a positive integer")
-    return value
-
-
-def renamed_keyword(
-    new: str, new_value: _T | None, old: str, old_value: _T | None, *, owner: str
-) -> _T | None:
-    """The value of a keyword argument that had another name: the new name's, or the old
-    name's with a :class:`DeprecationWarning`; both at once is a ``ConfigurationError``."""
-    if old_value is None:
-        return new_value
-    if new_value is not None:
-        raise ConfigurationError(f"pass {new}= or {old}=, not both ({old}= is the deprecated name of {new}=)")
-    warnings.warn(f"{owner}({old}=...) is deprecated; use {new}=", DeprecationWarning, stacklevel=3)
-    return old_value
 
 
 async def run_blocking(func: Callable[[], _T], limiter: anyio.CapacityLimiter | None = None) -> _T:
