@@ -23,6 +23,7 @@ import os
 import re
 import ssl
 import time
+import warnings
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -351,8 +352,13 @@ class TokenEndpoint:
             raise ConfigurationError("client_auth must be PrivateKeyJWT, ClientSecretBasic, ...")
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise ConfigurationError("http_client must be an httpx.AsyncClient")
-        if stats is not None and not isinstance(stats, EndpointStats):
-            raise ConfigurationError("stats must be an EndpointStats")
+        if stats is not None:
+            warnings.warn(
+                "TokenEndpoint(stats=...) is deprecated and ignored: the endpoint counts on its own; "
+                "read endpoint.stats (a snapshot)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         if not callable(sleep):
             raise ConfigurationError("sleep must be an async callable")
         self.client_auth = client_auth
@@ -364,7 +370,8 @@ class TokenEndpoint:
         self.max_response_bytes = _count("max_response_bytes", max_response_bytes)
         self.timeout = _number("timeout", timeout)
         self.verify = tls_verification(verify)
-        self.stats = stats if stats is not None else EndpointStats()
+        self._requests = 0  # HTTP attempts sent
+        self._signatures = 0  # client assertions signed
         self._sleep = sleep
         self._http = http_client
         self._owns_http = http_client is None
@@ -413,6 +420,11 @@ class TokenEndpoint:
         if extra_params:
             form.extend((str(k), str(v)) for k, v in extra_params.items())
         return form
+
+    @property
+    def stats(self) -> EndpointStats:
+        """A snapshot of what this endpoint sent (:class:`~keyless_m2m.stats.EndpointStats`)."""
+        return EndpointStats(requests=self._requests, signatures=self._signatures)
 
     async def request(
         self,
@@ -487,12 +499,12 @@ class TokenEndpoint:
         progress.step = "waiting for client authentication (the signer)"
         prepared = await self.client_auth.prepare(self.url)
         if prepared.signed:
-            self.stats.signatures += 1
+            self._signatures += 1
         # Secret values stay wrapped until httpx writes them (_FormBody, _CredentialHeaders);
         # everything the server says back is scrubbed of every form of them (redactor).
         redactor = Redactor.from_sent(prepared.form, prepared.headers)
         form: list[tuple[str, str | Secret[str]]] = [*base_form, *prepared.form.items()]
-        self.stats.requests += 1
+        self._requests += 1
         started = time.monotonic()
         started_wall = datetime.now(UTC)
         logger.debug("token request to %s (%s)", self.url, self.client_auth.method)

@@ -1,8 +1,10 @@
 """Counters: what each component did, as frozen snapshots for tests, benchmarks and metrics.
 
-The token endpoint counts what it sends (:class:`EndpointStats`); the token manager counts
-what its callers and flights did and returns both as one :class:`TokenStats` snapshot from
-``manager.stats``. Nothing here imports anything above it.
+Each component counts on its own and hands out frozen snapshots: the token endpoint what
+it sends (:class:`EndpointStats` from ``endpoint.stats``); the token manager what its
+callers and flights did, with its endpoint's counts, as one :class:`TokenStats` from
+``manager.stats``. A snapshot never changes after it is taken. Nothing here imports
+anything above it.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from dataclasses import dataclass
 __all__ = ["EndpointStats", "TokenStats"]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class EndpointStats:
-    """What one :class:`~keyless_m2m.endpoint.TokenEndpoint` sent: ``requests`` (HTTP
-    attempts) and ``signatures`` (client assertions signed). Mutable: the endpoint's own."""
+    """A snapshot of what one :class:`~keyless_m2m.endpoint.TokenEndpoint` sent:
+    ``requests`` (HTTP attempts) and ``signatures`` (client assertions signed)
+    (``endpoint.stats``)."""
 
     requests: int = 0
     signatures: int = 0

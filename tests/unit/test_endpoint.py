@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from collections.abc import Callable
@@ -289,3 +290,23 @@ async def test_redirect_is_a_typed_error_that_names_the_reason() -> None:
         await ep.request()
     assert info.value.status_code == 307 and not info.value.retryable
     assert len(rec.requests) == 1 and sleeps == []
+
+
+async def test_stats_are_a_frozen_snapshot_the_endpoint_alone_counts() -> None:
+    ep, _ = endpoint(Recorder(httpx.Response(503), ok()))
+    before = ep.stats
+    await ep.request()
+    after = ep.stats
+    assert (before.requests, before.signatures) == (0, 0)  # taken before: never changes
+    assert (after.requests, after.signatures) == (2, 0)  # two attempts, no assertion signed
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.requests = 0  # type: ignore[misc]
+    assert ep.stats == after
+
+
+def test_stats_argument_is_deprecated_and_ignored() -> None:
+    from keyless_m2m.stats import EndpointStats
+
+    with pytest.warns(DeprecationWarning, match=r"TokenEndpoint\(stats=\.\.\.\) is deprecated"):
+        ep = TokenEndpoint(URL, ClientSecretPost("client", SECRET), stats=EndpointStats(requests=7))
+    assert ep.stats == EndpointStats(requests=0, signatures=0)

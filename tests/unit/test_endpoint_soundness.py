@@ -173,7 +173,6 @@ BAD_OPTIONS = [
     {"max_response_bytes": 0},
     {"allow_insecure_http": "no"},
     {"http_client": object()},
-    {"stats": {}},
     {"sleep": 5},
 ]
 
