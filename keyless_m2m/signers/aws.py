@@ -26,7 +26,6 @@ Facts this module is built on (real AWS; moto differs on the last two, see the d
 from __future__ import annotations
 
 import functools
-import ipaddress
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -36,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 
+from .._http import is_loopback_host
 from .._jose import (
     Algorithm,
     KeyFamily,
@@ -155,15 +155,6 @@ _ERRORS: Final = ProviderErrors(
 _CONFIGURATION_CODES: Final = frozenset(
     {"InvalidKeyUsageException", "UnsupportedOperationException", "InvalidArnException"}
 )
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_kms_key_id(key_id: object) -> tuple[str, str | None]:
@@ -321,7 +312,7 @@ class AwsKmsSigner(CachedDescriptionSigner):
                 raise ConfigurationError("awskms URI: the endpoint host is empty")
             if "endpoint_url" in options:
                 raise ConfigurationError("awskms URI names an endpoint host; do not pass endpoint_url too")
-            scheme = "http" if _is_loopback(host) else "https"
+            scheme = "http" if is_loopback_host(host) else "https"
             shown = f"[{host}]" if ":" in host else host
             options["endpoint_url"] = f"{scheme}://{shown}" + (f":{port}" if port is not None else "")
         return cls(key_id, **options)
