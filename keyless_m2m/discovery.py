@@ -66,6 +66,7 @@ __all__ = [
     "client_auth_algorithm",
     "discover",
     "metadata_urls",
+    "server_clock_skew",
 ]
 
 logger = logging.getLogger("keyless_m2m")
@@ -142,7 +143,9 @@ def _string_list(data: Mapping[str, Any], name: str, url: str) -> tuple[str, ...
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise DiscoveryError(f"the metadata at {url} has a {name} that is not a list of strings")
+        raise DiscoveryError(
+            f"the metadata at {url} has a {name} that is not a list of strings", reason="invalid"
+        )
     return tuple(value)
 
 
@@ -175,11 +178,12 @@ def _parse(
         raise DiscoveryError(
             f"issuer mismatch: asked for {issuer!r}, but the metadata at {url} says "
             f"issuer={_shown(said)}; configure exactly the issuer the server publishes "
-            "(only if that server is the one you meant to trust)"
+            "(only if that server is the one you meant to trust)",
+            reason="issuer_mismatch",
         )
     token_endpoint = data.get("token_endpoint")
     if not isinstance(token_endpoint, str) or not token_endpoint:
-        raise DiscoveryError(f"the metadata at {url} has no token_endpoint")
+        raise DiscoveryError(f"the metadata at {url} has no token_endpoint", reason="invalid")
     _check_token_endpoint(url, token_endpoint, allow_insecure_http)
     return ServerMetadata(
         issuer=issuer,
@@ -204,13 +208,16 @@ def _check_token_endpoint(url: str, token_endpoint: str, allow_insecure_http: bo
     try:
         check_endpoint_url(token_endpoint, allow_insecure_http=allow_insecure_http)
     except ConfigurationError as exc:
-        raise DiscoveryError(f"the metadata at {url} has an unusable token_endpoint: {exc}") from None
+        raise DiscoveryError(
+            f"the metadata at {url} has an unusable token_endpoint: {exc}", reason="insecure_token_endpoint"
+        ) from None
     if urlsplit(url).scheme == "https" and urlsplit(token_endpoint).scheme != "https":
         raise DiscoveryError(
             f"the metadata at {url} names the plain http:// token endpoint {token_endpoint!r}: "
             "refused, metadata fetched over https never downgrades the token endpoint to http "
             "(the client's credentials would travel in clear text; allow_insecure_http and "
-            "loopback hosts do not change this). Configure token_endpoint= yourself if you mean it"
+            "loopback hosts do not change this). Configure token_endpoint= yourself if you mean it",
+            reason="insecure_token_endpoint",
         )
 
 
@@ -238,6 +245,7 @@ async def _get(client: httpx.AsyncClient, url: str) -> tuple[int, bytes, str | N
         status, body_error = refused
         raise DiscoveryError(
             f"the metadata at {url} (HTTP {status}) is refused: {body_error}",
+            reason="refused",
             retryable=status == 429 or status >= 500,
         )
     assert failure is not None
@@ -245,6 +253,23 @@ async def _get(client: httpx.AsyncClient, url: str) -> tuple[int, bytes, str | N
     raise TransportError(
         f"cannot reach the authorization server metadata at {url}: {what}", reason=reason, retryable=retryable
     )
+
+
+async def server_clock_skew(http_client: httpx.AsyncClient, url: str) -> float | None:
+    """The server's clock minus this machine's, in seconds, from the ``Date`` header of
+    one GET to ``url`` (any status counts; the header has a one-second resolution).
+
+    >>> async with httpx.AsyncClient() as http:                            # doctest: +SKIP
+    ...     skew = await server_clock_skew(http, "https://auth.example/oauth2/token")
+
+    ``None`` when the answer has no usable ``Date`` header. Raises
+    :class:`~keyless_m2m.TransportError` when the server cannot be reached and
+    :class:`~keyless_m2m.DiscoveryError` for a body over the size cap, in a refused coding,
+    or corrupt (the body is read, bounded, and dropped). A client assertion lives 60 s
+    from its ``iat``: a skew of tens of seconds makes servers reject it.
+    """
+    _status, _body, date_header, local = await _get(http_client, url)
+    return _clock_skew(date_header, local)
 
 
 async def discover(
@@ -344,6 +369,7 @@ async def _discover(
         misses.append(f"{url}: HTTP {status}")
     raise DiscoveryError(
         f"no authorization server metadata for issuer {issuer!r} ({'; '.join(misses)})",
+        reason="not_found",
         retryable=retryable,
     )
 
@@ -370,7 +396,8 @@ def check_client_auth(metadata: ServerMetadata, method: str, algorithm: str | No
     if grants is not None and "client_credentials" not in grants:
         raise DiscoveryError(
             f"the authorization server {metadata.issuer} does not list the client_credentials "
-            f"grant; it supports: {', '.join(grants) or 'none'}"
+            f"grant; it supports: {', '.join(grants) or 'none'}",
+            reason="grant_unsupported",
         )
     methods = metadata.token_endpoint_auth_methods_supported
     if methods is None:
@@ -378,7 +405,8 @@ def check_client_auth(metadata: ServerMetadata, method: str, algorithm: str | No
     elif method not in methods:
         raise DiscoveryError(
             f"the authorization server {metadata.issuer} does not support the token endpoint "
-            f"auth method {method!r}; it supports: {', '.join(methods) or 'none'}"
+            f"auth method {method!r}; it supports: {', '.join(methods) or 'none'}",
+            reason="method_unsupported",
         )
     if algorithm is not None:
         algs = metadata.token_endpoint_auth_signing_alg_values_supported
@@ -387,7 +415,8 @@ def check_client_auth(metadata: ServerMetadata, method: str, algorithm: str | No
         elif algorithm not in algs:
             raise DiscoveryError(
                 f"the authorization server {metadata.issuer} does not accept {algorithm} "
-                f"client assertions; it accepts: {', '.join(algs) or 'none'}"
+                f"client assertions; it accepts: {', '.join(algs) or 'none'}",
+                reason="algorithm_unsupported",
             )
     return notes
 

@@ -18,7 +18,7 @@ Every exception the library raises on purpose derives from :class:`KeylessM2MErr
     │   ├── InvalidTargetError          invalid_target (RFC 8707)
     │   ├── TemporarilyUnavailableError temporarily_unavailable  (retryable)
     │   └── ServerError                 server_error (retryable)
-    ├── DiscoveryError                  authorization server metadata is missing or wrong
+    ├── DiscoveryError                  authorization server metadata is missing or wrong  .reason
     ├── CacheError                      the shared token cache (Redis) failed
     │   ├── CacheUnavailableError       it cannot be reached in time (retryable)
     │   └── CacheDecryptionError        an entry cannot be decrypted (wrong or retired key)
@@ -245,7 +245,35 @@ class ServerError(TokenRequestError):
 
 
 class DiscoveryError(KeylessM2MError):
-    """Authorization server metadata could not be fetched or does not fit the client."""
+    """Authorization server metadata could not be fetched or does not fit the client.
+
+    ``reason`` says which, for code: ``"not_found"`` (no metadata at any location),
+    ``"refused"`` (a metadata body over the size cap, in a refused coding, or corrupt),
+    ``"issuer_mismatch"`` (the document names another issuer), ``"invalid"`` (the document
+    is unusable: no ``token_endpoint``, a list that is not a list of strings),
+    ``"insecure_token_endpoint"`` (its token endpoint is refused: not a usable URL, or
+    plain ``http://`` from metadata fetched over https), ``"grant_unsupported"`` (the
+    server does not list the client-credentials grant), ``"method_unsupported"`` (nor the
+    client's authentication method) or ``"algorithm_unsupported"`` (nor the client
+    assertion's algorithm). The message says the same for people.
+    """
+
+    REASONS = frozenset(
+        {
+            "not_found",
+            "refused",
+            "issuer_mismatch",
+            "invalid",
+            "insecure_token_endpoint",
+            "grant_unsupported",
+            "method_unsupported",
+            "algorithm_unsupported",
+        }
+    )
+
+    def __init__(self, message: str, *, reason: str = "invalid", retryable: bool | None = None) -> None:
+        super().__init__(message, retryable=retryable)
+        self.reason = reason
 
 
 class CacheError(KeylessM2MError):

@@ -39,6 +39,8 @@ def sample(cls: type[KeylessM2MError]) -> KeylessM2MError:
         )
     if issubclass(cls, errors.InvalidTokenResponseError):
         return cls("not a token", status_code=502, retryable=True)
+    if issubclass(cls, errors.DiscoveryError):
+        return cls("the metadata names another issuer", reason="issuer_mismatch", retryable=True)
     return cls(f"{cls.__name__} happened", retryable=not cls.retryable)
 
 
@@ -84,6 +86,26 @@ def test_copy_and_pickle_keep_message_and_attributes(cls: type[KeylessM2MError],
 def test_transport_error_keeps_its_reason() -> None:
     clone = pickle.loads(pickle.dumps(sample(errors.TransportError)))  # noqa: S301 - our own bytes
     assert clone.reason == "tls_verification" and clone.retryable is False
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_discovery_error_keeps_its_reason(how: str) -> None:
+    original = sample(errors.DiscoveryError)
+    if how == "copy":
+        clone = copy.copy(original)
+    elif how == "deepcopy":
+        clone = copy.deepcopy(original)
+    else:
+        clone = pickle.loads(pickle.dumps(original))  # noqa: S301 - our own bytes
+    assert isinstance(clone, errors.DiscoveryError)
+    assert clone.reason == "issuer_mismatch" and clone.retryable is True
+    assert str(clone) == "the metadata names another issuer"
+
+
+def test_discovery_error_reason_defaults_to_invalid() -> None:
+    error = errors.DiscoveryError("the metadata is unusable")
+    assert error.reason == "invalid" and error.reason in errors.DiscoveryError.REASONS
+    assert pickle.loads(pickle.dumps(error)).reason == "invalid"  # noqa: S301 - our own bytes
 
 
 def test_missing_extra_keeps_its_names() -> None:
