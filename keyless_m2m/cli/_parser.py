@@ -1,0 +1,233 @@
+"""The argument parser of ``keyless-m2m``: the shared option groups, one subparser per
+command, and the refusals that keep a secret off the command line and out of usage errors."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, NoReturn
+
+from ..signers import known_schemes
+from ._exit import EXIT_CODES_HELP
+from ._output import PROG
+from ._settings import (
+    ENV_CLIENT_ID,
+    ENV_CLIENT_SECRET,
+    ENV_ISSUER,
+    ENV_SCOPE,
+    ENV_SIGNER,
+    ENV_TOKEN_ENDPOINT,
+    METHODS,
+)
+
+__all__ = ["build_parser"]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def _concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError("must be between 1 and 1000000")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that unrecognized arguments are named without their values: a
+    mistyped option may be followed by a secret."""
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            names = [arg.split("=", 1)[0] for arg in message[len(prefix) :].split() if arg.startswith("-")]
+            message = prefix + (" ".join(names) or "(values not shown)")
+        super().error(message)
+
+
+class _RefuseSecretOnCommandLine(argparse.Action):
+    """``--client-secret VALUE`` is refused without echoing VALUE (argparse would print it
+    back as an unrecognized argument)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"a client secret is not taken on the command line (other users can read it there): "
+            f"set {ENV_CLIENT_SECRET} or pass --client-secret-file PATH"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (subcommands ``token``, ``jwks``, ``assertion``, ``doctor``, ``demo``)."""
+    from .. import __version__
+
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    output = _Parser(add_help=False, allow_abbrev=False)
+    logs = output.add_argument_group("output")
+    # SUPPRESS: given before or after the subcommand, the flag is kept (a subparser's
+    # default would otherwise overwrite the main parser's value).
+    logs.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show debug logs, and a traceback on error",
+    )
+    logs.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show informational logs (retries, refreshes)",
+    )
+
+    client = _Parser(add_help=False, allow_abbrev=False)
+    group = client.add_argument_group(
+        "authorization server and client (flags win over environment variables)"
+    )
+    group.add_argument(
+        "--token-endpoint", metavar="URL", help=f"the token endpoint URL [${ENV_TOKEN_ENDPOINT}]"
+    )
+    group.add_argument(
+        "--issuer",
+        metavar="URL",
+        help=f"the issuer; its metadata gives the token endpoint and what it supports [${ENV_ISSUER}]",
+    )
+    group.add_argument("--client-id", metavar="ID", help=f"the client id [${ENV_CLIENT_ID}]")
+    group.add_argument(
+        "--signer",
+        metavar="URI",
+        help=f"the signing key, e.g. file:///key.pem or awskms:///alias/name [${ENV_SIGNER}]",
+    )
+    group.add_argument(
+        "--client-secret-file",
+        metavar="PATH",
+        help=f"read a client secret from PATH ('-': stdin) instead of ${ENV_CLIENT_SECRET}",
+    )
+    group.add_argument("--client-secret", action=_RefuseSecretOnCommandLine, help=argparse.SUPPRESS)
+    group.add_argument(
+        "--auth-method",
+        choices=METHODS,
+        help="client authentication (default: private_key_jwt with a signer, else client_secret_basic)",
+    )
+    group.add_argument("--scope", metavar="SCOPES", help=f"space-separated scopes to request [${ENV_SCOPE}]")
+    group.add_argument(
+        "--resource", metavar="URI", action="append", help="RFC 8707 resource indicator (repeatable)"
+    )
+    group.add_argument("--audience", metavar="VALUE", help="the token request's audience parameter")
+    group.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for the signer (e.g. PS256)")
+    group.add_argument(
+        "--assertion-aud",
+        choices=("token_endpoint", "issuer"),
+        help="the client assertion's aud: the token endpoint (default) or the issuer "
+        "(draft-ietf-oauth-rfc7523bis; needs --issuer)",
+    )
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow plain http:// to non-loopback hosts (never do this in production)",
+    )
+    group.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="HTTP timeout (10)")
+    group.add_argument("--ca-bundle", metavar="PATH", help="trust the CA certificates in this PEM file")
+
+    parser = _Parser(
+        prog=PROG,
+        allow_abbrev=False,
+        description="OAuth 2.0 client-credentials tokens with private_key_jwt signed in your KMS/HSM.\n"
+        f"Start with `{PROG} demo`.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
+        parents=[output],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[output],
+        allow_abbrev=False,
+        formatter_class=formatter,
+        help="run the whole flow against an embedded loopback authorization server",
+        description="Start an authorization server on 127.0.0.1, register a throwaway EC P-256 key "
+        "(or --signer URI), and show the flow: discovery, the client assertion, the token, "
+        "single flight under concurrency, a forced refresh. No account or server needed.",
+        epilog=EXIT_CODES_HELP,
+    )
+    demo.add_argument("--signer", metavar="URI", help="use this key instead of a throwaway one")
+    demo.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for --signer (e.g. PS256)")
+    demo.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=10_000,
+        metavar="N",
+        help="concurrent get_token() calls (10000)",
+    )
+
+    token = commands.add_parser(
+        "token",
+        parents=[client, output],
+        allow_abbrev=False,
+        formatter_class=formatter,
+        help="print an access token",
+        description="Get a token with the client-credentials grant and print it (it is what you asked "
+        "for: mind where the output goes).",
+        epilog=EXIT_CODES_HELP,
+    )
+    token.add_argument(
+        "--json", action="store_true", help="print the whole token response as JSON, token included"
+    )
+
+    jwks = commands.add_parser(
+        "jwks",
+        parents=[output],
+        allow_abbrev=False,
+        formatter_class=formatter,
+        help="print the public JWKS of signers, to register with the authorization server",
+        description=f'Print {{"keys": [...]}} with the public JWK of each signer (default: ${ENV_SIGNER}). '
+        f"Known URI schemes: {', '.join(known_schemes())}.",
+        epilog=EXIT_CODES_HELP,
+    )
+    jwks.add_argument("uris", nargs="*", metavar="SIGNER_URI", help="signer URIs")
+    jwks.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for the signers (e.g. PS256)")
+
+    assertion = commands.add_parser(
+        "assertion",
+        parents=[client, output],
+        allow_abbrev=False,
+        formatter_class=formatter,
+        help="mint one client assertion (private_key_jwt)",
+        description="Sign one client assertion and print it (compact JWS). Its aud is the token "
+        "endpoint (from --token-endpoint or the issuer's metadata) unless --assertion-aud issuer.",
+        epilog=EXIT_CODES_HELP,
+    )
+    assertion.add_argument(
+        "--decode", action="store_true", help="print JSON with the assertion, its header and its claims"
+    )
+
+    commands.add_parser(
+        "doctor",
+        parents=[client, output],
+        allow_abbrev=False,
+        formatter_class=formatter,
+        help="check a configuration end to end, with a fix for each failure",
+        description="Check, step by step: the configuration, the signer, a sign + verify round trip "
+        "(verified independently with jwcrypto), the server's metadata, method and algorithm "
+        "support, clock skew against the server's Date header, and a real token request. The "
+        "exit code is the one of the first failed check.",
+        epilog=EXIT_CODES_HELP,
+    )
+    return parser

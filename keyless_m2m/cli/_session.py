@@ -1,0 +1,96 @@
+"""The ``Session`` of one ``keyless-m2m`` command: it builds the signers, client
+authentication, HTTP clients and token managers the command asks for from its
+:class:`~keyless_m2m.cli.Settings`, with the same TLS and timeout options for each, and
+closes the signers at the end."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import httpx
+
+from ..client_auth import ClientAuth, ClientSecretBasic, ClientSecretPost, PrivateKeyJWT
+from ..errors import ConfigurationError
+from ..manager import TokenManager
+from ..signers import Signer, signer_from_uri
+from ._settings import ENV_ISSUER, ENV_SIGNER, ENV_TOKEN_ENDPOINT, Settings
+
+__all__ = ["Session"]
+
+
+class Session:
+    """Builds signers, client auth and managers from :class:`Settings`, and closes them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._signers: dict[str, Signer] = {}
+
+    def signer(self, uri: str | None = None) -> Signer:
+        uri = uri or self.settings.signer_uri
+        if not uri:
+            raise ConfigurationError(f"no signer: pass --signer URI or set {ENV_SIGNER}")
+        if uri not in self._signers:
+            options: dict[str, Any] = {}
+            if self.settings.algorithm:
+                options["algorithm"] = self.settings.algorithm
+            self._signers[uri] = signer_from_uri(uri, **options)
+        return self._signers[uri]
+
+    def client_auth(self, *, issuer: str | None = None) -> ClientAuth:
+        settings = self.settings
+        client_id = settings.require_client_id()
+        method = settings.method()
+        if method == "private_key_jwt":
+            aud_issuer = None
+            if settings.assertion_aud == "issuer":
+                aud_issuer = issuer or settings.issuer
+                if not aud_issuer:
+                    raise ConfigurationError(f"--assertion-aud issuer needs --issuer or {ENV_ISSUER}")
+            return PrivateKeyJWT(client_id, self.signer(), issuer=aud_issuer)
+        assert settings.client_secret is not None
+        if method == "client_secret_post":
+            return ClientSecretPost(client_id, settings.client_secret)
+        return ClientSecretBasic(client_id, settings.client_secret)
+
+    def verify(self) -> Any:
+        if self.settings.ca_bundle is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=self.settings.ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"cannot load the CA bundle {self.settings.ca_bundle!r}: {exc}"
+            ) from None
+
+    def endpoint_options(self) -> dict[str, Any]:
+        return {
+            "timeout": self.settings.timeout,
+            "verify": self.verify(),
+            "allow_insecure_http": self.settings.allow_insecure_http,
+        }
+
+    def http_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self.settings.timeout, verify=self.verify(), follow_redirects=False)
+
+    def manager(self, auth: ClientAuth) -> TokenManager:
+        settings = self.settings
+        options: dict[str, Any] = {
+            "scope": settings.scope,
+            "resource": settings.resources or None,
+            "audience": settings.audience,
+            **self.endpoint_options(),
+        }
+        if settings.token_endpoint:
+            return TokenManager(settings.token_endpoint, auth, **options)
+        if settings.issuer:
+            return TokenManager.from_issuer(settings.issuer, auth, **options)
+        raise ConfigurationError(
+            f"no authorization server: pass --token-endpoint URL or --issuer URL "
+            f"(or set {ENV_TOKEN_ENDPOINT} / {ENV_ISSUER})"
+        )
+
+    async def aclose(self) -> None:
+        signers, self._signers = list(self._signers.values()), {}
+        for signer in signers:
+            await signer.aclose()
