@@ -20,8 +20,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .bearer import BearerFlow, bearer_auth_class
 from .errors import ManagerClosedError
-from .manager import TokenManager
-from .manager._core import forked_error
+from .manager import TokenManager, forked_error
 from .source import ResourceArg, ScopeArg
 from .stats import TokenStats
 from .token import AccessToken

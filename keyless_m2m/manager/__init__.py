@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..source import ResourceArg, ScopeArg
 from ..stats import TokenStats
-from ._core import MANAGER_OPTIONS, TokenManager
+from ._core import MANAGER_OPTIONS, TokenManager, forked_error
 from ._entries import EntryKey, normalize_scope
 
 __all__ = [
@@ -21,5 +21,6 @@ __all__ = [
     "ScopeArg",
     "TokenManager",
     "TokenStats",
+    "forked_error",
     "normalize_scope",
 ]
