@@ -11,6 +11,9 @@ behind::
         url = server.url("/token")
         ...
         server.requests   # ["POST /token", ...]
+
+and what the bounds are measured with: :func:`gzip_stream` builds a (nested) bomb without
+holding its decoded size, :func:`peak_growth` samples the peak RSS while a call runs.
 """
 
 from __future__ import annotations
@@ -19,11 +22,16 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-__all__ = ["Answer", "HostileServer"]
+import anyio
+
+from keyless_m2m import KeylessM2MError
+
+__all__ = ["Answer", "HostileServer", "gzip_stream", "peak_growth"]
 
 _MAX_REQUEST = 1024 * 1024
 
@@ -166,3 +174,41 @@ class HostileServer:
             self.bytes_sent += 1
             if self._stopping.wait(trickle):
                 return
+
+
+def gzip_stream(chunks: Iterator[bytes], wbits: int = 31) -> bytes:
+    """``chunks`` compressed as one stream (gzip by default; ``wbits=-15``: raw deflate),
+    one chunk at a time, so 1 GiB of zeros never sits in memory."""
+    squeeze = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    return b"".join(squeeze.compress(chunk) for chunk in chunks) + squeeze.flush()
+
+
+async def peak_growth(call: Callable[[], Awaitable[object]]) -> tuple[int, BaseException | None]:
+    """Run ``call``; the peak RSS growth (bytes) while it ran, and the
+    :class:`~keyless_m2m.KeylessM2MError` it raised (``None``: it returned). A thread samples
+    every 2 ms: an after-the-fact reading would miss memory the allocator has returned."""
+    import psutil  # a test dependency; imported here so the server alone does not need it
+
+    process = psutil.Process()
+    baseline = process.memory_info().rss
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.002):
+            peak = max(peak, process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    raised: BaseException | None = None
+    try:
+        with anyio.fail_after(60):
+            await call()
+    except KeylessM2MError as exc:
+        raised = exc
+    finally:
+        done.set()
+        sampler.join(timeout=5)
+    peak = max(peak, process.memory_info().rss)
+    return peak - baseline, raised

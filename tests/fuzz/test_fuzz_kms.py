@@ -1,8 +1,9 @@
 """Fuzz what KMS backends answer: signatures of the wrong length, DER garbage, broken
 encodings. Through the JOSE helpers every backend uses, and through the AWS (botocore
-``Stubber``), GCP (a stand-in client with real proto messages) and Vault (a fake hvac
-client) signers. Property: a signature of exactly the JWS size for the algorithm, or a
-``SigningError`` that names the key and carries no credential."""
+``Stubber``, ``tests/aws_stubs.py``), GCP (a stand-in client with real proto messages,
+``tests/gcp_stubs.py``) and Vault (a fake hvac client, ``tests/vault_stubs.py``) signers.
+Property: a signature of exactly the JWS size for the algorithm, or a ``SigningError``
+that names the key and carries no credential."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from keyless_m2m import SigningError
 from keyless_m2m._jose import ALGORITHMS, check_signature_length, der_to_raw
 from keyless_m2m.signers import Signer
+from tests import aws_stubs
 from tests.fuzz.helpers import assert_clean, run_bounded
 from tests.helpers import make_key, require_module
 
@@ -92,39 +94,32 @@ def test_check_signature_length(signature: bytes, alg: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def aws() -> Iterator[tuple[Any, Any]]:
+def kms() -> Iterator[Any]:
     require_module("boto3", reason="the aws extra is not installed")
-    from tests.unit.signers import test_aws as t
-
-    kms = t.boto3.session.Session().client(
-        "kms",
-        region_name=t.REGION,
-        aws_access_key_id=t.ACCESS_KEY_ID,
-        aws_secret_access_key=t.SECRET_ACCESS_KEY,
-    )
-    yield t, kms  # one real client for every example, a fresh Stubber for each
-    kms.close()
+    client = aws_stubs.kms_client()
+    yield client  # one real client for every example, a fresh Stubber for each
+    client.close()
 
 
 @fixture_ok
 @given(st.one_of(der_like, st.binary(max_size=600)), st.sampled_from(["p256", "p384", "rsa"]))
-def test_aws_kms_signatures(aws: tuple[Any, Any], signature: bytes, kind: str) -> None:
+def test_aws_kms_signatures(kms: Any, signature: bytes, kind: str) -> None:
     from botocore.stub import Stubber
 
     from keyless_m2m.signers import AwsKmsSigner
 
     alg = {"p256": "ES256", "p384": "ES384", "rsa": "RS256"}[kind]
-    t, kms = aws
+    key_arn = aws_stubs.KEY_ARN
     with Stubber(kms) as stub:
-        t.expect_describe(stub, kind)
+        aws_stubs.expect_describe(stub, kind)
         stub.add_response(
-            "sign", {"KeyId": t.KEY_ARN, "Signature": signature, "SigningAlgorithm": t.KMS_ALG[alg]}
+            "sign", {"KeyId": key_arn, "Signature": signature, "SigningAlgorithm": aws_stubs.KMS_ALG[alg]}
         )
-        signer = AwsKmsSigner(t.KEY_ARN, client=kms, algorithm=alg)
+        signer = AwsKmsSigner(key_arn, client=kms, algorithm=alg)
         try:
             raw = _describe_and_sign(signer)
         except SigningError as exc:
-            assert_clean(exc, [t.ACCESS_KEY_ID, t.SECRET_ACCESS_KEY])
+            assert_clean(exc, [aws_stubs.ACCESS_KEY_ID, aws_stubs.SECRET_ACCESS_KEY])
         else:
             _assert_jws_length(raw, alg)
         run_bounded(signer.aclose)
@@ -134,29 +129,30 @@ def test_aws_kms_signatures(aws: tuple[Any, Any], signature: bytes, kind: str) -
 
 
 @pytest.fixture(scope="module")
-def gcp() -> Any:
+def gcp() -> None:
     require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
-    from tests.unit.signers import test_gcp as t
-
-    return t
 
 
 @fixture_ok
 @given(der_like, st.sampled_from(["good", "bad", "missing"]), st.booleans())
-def test_gcp_kms_signatures(gcp: Any, signature: bytes, crc: str, verified: bool) -> None:
-    from keyless_m2m.signers import GcpKmsSigner
+def test_gcp_kms_signatures(gcp: None, signature: bytes, crc: str, verified: bool) -> None:
+    import google_crc32c
+    from google.cloud import kms_v1
 
-    class Fuzzed(gcp.StubClient):  # type: ignore[misc, name-defined]
+    from keyless_m2m.signers import GcpKmsSigner
+    from tests.gcp_stubs import NAME, StubClient
+
+    class Fuzzed(StubClient):
         def asymmetric_sign(self, *, request: Any, **kwargs: Any) -> Any:
-            value = gcp.google_crc32c.value(signature)
-            return gcp.kms_v1.AsymmetricSignResponse(
+            value = google_crc32c.value(signature)
+            return kms_v1.AsymmetricSignResponse(
                 signature=signature,
                 signature_crc32c={"good": value, "bad": (value + 1) % 2**32, "missing": None}[crc],
                 verified_digest_crc32c=verified,
                 name=self.name,
             )
 
-    signer = GcpKmsSigner(gcp.NAME, client=Fuzzed(make_key("p256"), "EC_SIGN_P256_SHA256"))
+    signer = GcpKmsSigner(NAME, client=Fuzzed(make_key("p256"), "EC_SIGN_P256_SHA256"))
     try:
         raw = _describe_and_sign(signer)
     except SigningError as exc:
@@ -171,11 +167,8 @@ def test_gcp_kms_signatures(gcp: Any, signature: bytes, crc: str, verified: bool
 
 
 @pytest.fixture(scope="module")
-def vault() -> Any:
+def vault() -> None:
     require_module("hvac", reason="the vault extra is not installed")
-    from tests.unit.signers import test_vault as t
-
-    return t
 
 
 vault_signatures = st.one_of(
@@ -195,18 +188,19 @@ vault_signatures = st.one_of(
 @given(
     vault_signatures, st.sampled_from([("ecdsa-p256", "ES256"), ("ed25519", "EdDSA"), ("rsa-2048", "PS256")])
 )
-def test_vault_transit_signatures(vault: Any, signature: Any, case: tuple[str, str]) -> None:
+def test_vault_transit_signatures(vault: None, signature: Any, case: tuple[str, str]) -> None:
     from keyless_m2m.signers.vault import VaultTransitSigner
+    from tests.vault_stubs import KEY_FOR_TYPE, TOKEN, FakeClient  # imports hvac
 
-    client = vault.FakeClient()
+    client = FakeClient()
     key_type, alg = case
-    client.transit.add(key_type, key_type, make_key(vault.KEY_FOR_TYPE[key_type]))
+    client.transit.add(key_type, key_type, make_key(KEY_FOR_TYPE[key_type]))
     client.transit.response_patch = {"signature": signature}
     signer = VaultTransitSigner(key_type, client=client, algorithm=alg)
     try:
         raw = _describe_and_sign(signer)
     except SigningError as exc:
-        assert_clean(exc, [vault.TOKEN])
+        assert_clean(exc, [TOKEN])
     else:
         _assert_jws_length(raw, alg)
     run_bounded(signer.aclose)

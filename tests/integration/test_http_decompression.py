@@ -10,19 +10,16 @@ would miss memory the allocator has already returned).
 from __future__ import annotations
 
 import json
-import threading
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
-import anyio
 import httpx
-import psutil
 import pytest
 
-from keyless_m2m import ClientSecretPost, DiscoveryError, InvalidTokenResponseError, KeylessM2MError
+from keyless_m2m import ClientSecretPost, DiscoveryError, InvalidTokenResponseError
 from keyless_m2m.discovery import discover
 from keyless_m2m.endpoint import TokenEndpoint
-from tests.hostile_server import Answer, HostileServer
+from tests.hostile_server import Answer, HostileServer, gzip_stream, peak_growth
 
 pytestmark = pytest.mark.anyio
 SECRET = "bomb-secret-2f7a90"
@@ -30,17 +27,12 @@ TOKEN = b'{"access_token": "bomb-token", "token_type": "Bearer", "expires_in": 3
 MAX_GROWTH = 32 * 1024 * 1024
 
 
-def _gzip_stream(chunks: Iterator[bytes], wbits: int = 31) -> bytes:
-    squeeze = zlib.compressobj(6, zlib.DEFLATED, wbits)
-    return b"".join(squeeze.compress(chunk) for chunk in chunks) + squeeze.flush()
-
-
 @pytest.fixture(scope="module")
 def bombs() -> dict[str, bytes]:
     # One raw deflate stream of 1 GiB of zeros, wrapped as gzip (RFC 1952) and as zlib
     # (RFC 1950, HTTP's "deflate"): compressing the gigabyte once, not twice.
     zeros = bytes(1 << 20)
-    raw = _gzip_stream((zeros for _ in range(1024)), wbits=-15)
+    raw = gzip_stream((zeros for _ in range(1024)), wbits=-15)
     crc, adler = 0, 1
     for _ in range(1024):
         crc = zlib.crc32(zeros, crc)
@@ -55,40 +47,13 @@ def bombs() -> dict[str, bytes]:
     deflated = b"\x78\x9c" + raw + adler.to_bytes(4, "big")
     assert zlib.decompressobj(31).decompress(once, 64) == bytes(64)  # well-formed, both
     assert zlib.decompressobj(15).decompress(deflated, 64) == bytes(64)
-    return {"gzip": once, "gzip, gzip": _gzip_stream(iter([once])), "deflate": deflated}
+    return {"gzip": once, "gzip, gzip": gzip_stream(iter([once])), "deflate": deflated}
 
 
 @pytest.fixture
 def server() -> Iterator[HostileServer]:
     with HostileServer() as hostile:
         yield hostile
-
-
-async def peak_growth(call: Callable[[], Awaitable[object]]) -> tuple[int, BaseException | None]:
-    """Run ``call``; the peak RSS growth (bytes) while it ran, and what it raised."""
-    process = psutil.Process()
-    baseline = process.memory_info().rss
-    peak = baseline
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.002):
-            peak = max(peak, process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    raised: BaseException | None = None
-    try:
-        with anyio.fail_after(60):
-            await call()
-    except KeylessM2MError as exc:
-        raised = exc
-    finally:
-        done.set()
-        sampler.join(timeout=5)
-    peak = max(peak, process.memory_info().rss)
-    return peak - baseline, raised
 
 
 @pytest.mark.parametrize("coding", ["gzip", "gzip, gzip", "deflate"])
@@ -133,7 +98,7 @@ async def test_nested_or_unknown_codings_are_refused(server: HostileServer, codi
 @pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate", "identity", "GZIP"])
 async def test_supported_codings_are_read(server: HostileServer, coding: str) -> None:
     if coding.lower() in ("gzip", "x-gzip"):
-        body = _gzip_stream(iter([TOKEN]))
+        body = gzip_stream(iter([TOKEN]))
     elif coding == "deflate":
         body = zlib.compress(TOKEN)
     else:

@@ -353,7 +353,7 @@ async def test_azure_key_vault(canary: Canary, caplog: pytest.LogCaptureFixture)
 @pytest.fixture(scope="module")
 def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     require_module("hvac", reason="the vault extra is not installed")
-    from tests.integration.signers.test_vault import running_server
+    from tests.vault_server import running_server  # imports hvac
 
     with running_server("openbao", tmp_path_factory.mktemp("openbao-canary")) as server:
         yield server

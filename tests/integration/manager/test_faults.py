@@ -1,7 +1,7 @@
 """Faults at a real loopback token endpoint, on asyncio and trio.
 
-The scenarios live in :mod:`benchmarks.faults` (``python -m benchmarks.faults`` prints them
-as the table in ``docs/reliability.md``); here each one runs and its counts are asserted:
+The scenarios live in :mod:`tests.fault_scenarios` (``python -m benchmarks.faults`` prints
+them as the table in ``docs/reliability.md``); here each one runs and its counts are asserted:
 what callers saw, how many requests the client made (bounded), and that service came back
 by itself. Nothing here asserts a duration; waits the client chose (``sleeps``) are
 asserted as values.
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks import faults
-from benchmarks.faults import CALLERS, RIG_OPTIONS
+from tests import fault_scenarios as faults
+from tests.fault_scenarios import CALLERS, RIG_OPTIONS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

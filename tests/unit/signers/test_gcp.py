@@ -7,20 +7,18 @@ import hashlib
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from keyless_m2m.errors import ConfigurationError, SigningError
 from keyless_m2m.signers import GcpKmsSigner, signer_from_uri
 from keyless_m2m.signers.gcp import GCP_TO_JWS, jws_algorithm_for, parse_key_version_name
 from tests.contract import sign_jws
+from tests.gcp_stubs import NAME, StubClient
 from tests.helpers import make_key, require_module, verify_jws
 
 kms_v1 = require_module("google.cloud.kms_v1", reason="the gcp extra is not installed")
 google_crc32c = require_module("google_crc32c")
 core_exceptions = require_module("google.api_core.exceptions")
 
-NAME = "projects/my-proj/locations/europe-west1/keyRings/m2m/cryptoKeys/assertions/cryptoKeyVersions/3"
 CRYPTO_KEY = NAME.rsplit("/cryptoKeyVersions/", 1)[0]
 
 
@@ -167,51 +165,6 @@ def test_the_signer_has_no_retry_options(option: str) -> None:
 
 
 # -- through a stand-in sync client ------------------------------------------------------------
-
-
-class StubClient:
-    """Quacks like ``KeyManagementServiceClient``: real proto-plus messages, no network."""
-
-    def __init__(self, private_key: Any, algorithm: str, *, name: str = NAME) -> None:
-        self.private_key = private_key
-        self.algorithm = algorithm
-        self.name = name
-        self.errors: list[Exception] = []
-        self.sign_requests: list[Any] = []
-        self.kwargs: list[dict[str, Any]] = []
-
-    def get_public_key(self, *, request: Any, **kwargs: Any) -> Any:
-        self.kwargs.append(kwargs)
-        pem = self.private_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return kms_v1.PublicKey(
-            pem=pem.decode(),
-            pem_crc32c=google_crc32c.value(pem),
-            name=request.name,
-            algorithm=kms_v1.CryptoKeyVersion.CryptoKeyVersionAlgorithm[self.algorithm],
-        )
-
-    def asymmetric_sign(self, *, request: Any, **kwargs: Any) -> Any:
-        self.kwargs.append(kwargs)
-        self.sign_requests.append(request)
-        if self.errors:
-            raise self.errors.pop(0)
-        digest = request.digest.sha256
-        signature = self.private_key.sign(digest, ec.ECDSA(_prehashed()))
-        return kms_v1.AsymmetricSignResponse(
-            signature=signature,
-            signature_crc32c=google_crc32c.value(signature),
-            verified_digest_crc32c=True,
-            name=self.name,
-        )
-
-
-def _prehashed() -> Any:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import utils
-
-    return utils.Prehashed(hashes.SHA256())
 
 
 @pytest.fixture

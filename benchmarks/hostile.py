@@ -1,11 +1,12 @@
 """Measure what hostile answers cost (the rows of docs/reliability.md#hostile-answers):
-``python -m tests.measure_hostile [asyncio|trio]``.
+``python -m benchmarks.hostile [asyncio|trio]``.
 
 Trickled headers, a trickled body and trickled metadata against ``TokenManager`` with
 ``timeout=2, deadline=5``; gzip bombs of 1 GiB of zeros (one and two layers) as a token
 response and as metadata, with the peak RSS growth sampled while the call runs. The test
 suite asserts the same bounds (tests/integration/test_endpoint_hostile.py,
-tests/integration/test_http_decompression.py); this prints the figures.
+tests/integration/test_http_decompression.py) with the same server and sampler
+(``tests/hostile_server.py``); this prints the figures.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import anyio
 from keyless_m2m import ClientSecretPost, KeylessM2MError, TokenManager
 from keyless_m2m.discovery import discover
 from keyless_m2m.endpoint import TokenEndpoint
-from tests.hostile_server import Answer, HostileServer
-from tests.integration.test_http_decompression import _gzip_stream, peak_growth
+from tests.hostile_server import Answer, HostileServer, gzip_stream, peak_growth
 
 TOKEN = b'{"access_token": "t", "token_type": "Bearer", "expires_in": 300}'
 AUTH = ClientSecretPost("measure", "measure-secret")
@@ -66,8 +66,8 @@ async def trickles() -> None:
 
 async def bombs() -> None:
     zeros = bytes(1 << 20)
-    once = _gzip_stream(zeros for _ in range(1024))
-    for coding, body in (("gzip", once), ("gzip, gzip", _gzip_stream(iter([once])))):
+    once = gzip_stream(zeros for _ in range(1024))
+    for coding, body in (("gzip", once), ("gzip, gzip", gzip_stream(iter([once])))):
         with HostileServer() as server:
             answer = Answer(body=body, headers=[("content-encoding", coding)])
             server.answers["/token"] = answer
