@@ -22,7 +22,6 @@ import math
 import os
 import re
 import ssl
-import time
 import warnings
 from collections.abc import (
     AsyncIterator,
@@ -36,6 +35,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from time import monotonic, time
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -505,8 +505,8 @@ class TokenEndpoint:
         redactor = Redactor.from_sent(prepared.form, prepared.headers)
         form: list[tuple[str, str | Secret[str]]] = [*base_form, *prepared.form.items()]
         self._requests += 1
-        started = time.monotonic()
-        started_wall = datetime.now(UTC)
+        started = monotonic()
+        started_wall = datetime.fromtimestamp(time(), UTC)
         logger.debug("token request to %s (%s)", self.url, self.client_auth.method)
         failure: tuple[str, str, bool] | None = None
         with anyio.move_on_after(self.timeout) as exchange:
@@ -531,7 +531,7 @@ class TokenEndpoint:
             if not retryable:
                 raise error
             raise _Retry(error, None)
-        logger.debug("token endpoint answered HTTP %d in %.3fs", status, time.monotonic() - started)
+        logger.debug("token endpoint answered HTTP %d in %.3fs", status, monotonic() - started)
         return self._parse(status, response_headers, body, scope, started_wall, redactor)
 
     async def _post(

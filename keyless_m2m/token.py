@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from time import time
 from typing import Any
 
 
@@ -42,7 +43,7 @@ class AccessToken:
 
     def expires_within(self, seconds: float) -> bool:
         """Whether the wall-clock expiry is less than ``seconds`` away."""
-        return datetime.now(UTC) + timedelta(seconds=seconds) >= self.expires_at
+        return datetime.fromtimestamp(time(), UTC) + timedelta(seconds=seconds) >= self.expires_at
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AccessToken):

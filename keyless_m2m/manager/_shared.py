@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from time import monotonic
+from time import monotonic, time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -142,7 +141,7 @@ class SharedTier:
         if remaining is not None:
             age = max(0.0, usable - remaining)
         else:
-            age = max(0.0, time.time() - (token.expires_at.timestamp() - token.expires_in))
+            age = max(0.0, time() - (token.expires_at.timestamp() - token.expires_in))
         if age >= refresh_after:
             return None
         self.hits += 1

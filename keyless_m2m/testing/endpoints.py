@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from time import time
 
 import anyio
 
@@ -43,7 +44,7 @@ class OfflineTokenEndpoint(TokenEndpoint):
         return AccessToken(
             value=f"offline-token-{self.calls}",
             token_type="Bearer",  # noqa: S106 - a token type, not a password
-            expires_at=datetime.now(UTC) + timedelta(seconds=self.expires_in),
+            expires_at=datetime.fromtimestamp(time(), UTC) + timedelta(seconds=self.expires_in),
             scope=scope,
             raw={"resource": list(resource), "audience": audience},
             expires_in=self.expires_in,
