@@ -209,7 +209,7 @@ def _check_token_endpoint(url: str, token_endpoint: str, allow_insecure_http: bo
         check_endpoint_url(token_endpoint, allow_insecure_http=allow_insecure_http)
     except ConfigurationError as exc:
         raise DiscoveryError(
-            f"the metadata at {url} has an unusable token_endpoint: {exc}", reason="insecure_token_endpoint"
+            f"the metadata at {url} has an unusable token_endpoint: {exc}", reason="unusable_token_endpoint"
         ) from None
     if urlsplit(url).scheme == "https" and urlsplit(token_endpoint).scheme != "https":
         raise DiscoveryError(
@@ -217,7 +217,7 @@ def _check_token_endpoint(url: str, token_endpoint: str, allow_insecure_http: bo
             "refused, metadata fetched over https never downgrades the token endpoint to http "
             "(the client's credentials would travel in clear text; allow_insecure_http and "
             "loopback hosts do not change this). Configure token_endpoint= yourself if you mean it",
-            reason="insecure_token_endpoint",
+            reason="unusable_token_endpoint",
         )
 
 

@@ -251,11 +251,12 @@ class DiscoveryError(KeylessM2MError):
     ``"refused"`` (a metadata body over the size cap, in a refused coding, or corrupt),
     ``"issuer_mismatch"`` (the document names another issuer), ``"invalid"`` (the document
     is unusable: no ``token_endpoint``, a list that is not a list of strings),
-    ``"insecure_token_endpoint"`` (its token endpoint is refused: not a usable URL, or
-    plain ``http://`` from metadata fetched over https), ``"grant_unsupported"`` (the
-    server does not list the client-credentials grant), ``"method_unsupported"`` (nor the
-    client's authentication method) or ``"algorithm_unsupported"`` (nor the client
-    assertion's algorithm). The message says the same for people.
+    ``"unusable_token_endpoint"`` (its token endpoint is refused: not a valid URL, one with
+    ``user:password@``, plain ``http://`` to a remote host, or plain ``http://`` from
+    metadata fetched over https), ``"grant_unsupported"`` (the server does not list the
+    client-credentials grant), ``"method_unsupported"`` (nor the client's authentication
+    method) or ``"algorithm_unsupported"`` (nor the client assertion's algorithm). The
+    message says the same for people.
     """
 
     REASONS = frozenset(
@@ -264,7 +265,7 @@ class DiscoveryError(KeylessM2MError):
             "refused",
             "issuer_mismatch",
             "invalid",
-            "insecure_token_endpoint",
+            "unusable_token_endpoint",
             "grant_unsupported",
             "method_unsupported",
             "algorithm_unsupported",
