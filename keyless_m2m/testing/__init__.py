@@ -4,7 +4,10 @@ The test kit's own doubles, of this library's protocols:
 
 - :mod:`.authorization_server`: ``AuthorizationServer``, a real OAuth 2.0 server on loopback;
 - :mod:`.signers`: ``InMemorySigner``, a signer over a throwaway key;
-- :mod:`.pytest_plugin`: the ``authorization_server`` and ``in_memory_signer`` fixtures;
+- :mod:`.clock`: ``ManualClock``, the library's clock under the test's control (also
+  ``from keyless_m2m.testing import ManualClock``);
+- :mod:`.pytest_plugin`: the ``authorization_server``, ``in_memory_signer`` and
+  ``manual_clock`` fixtures;
 - :mod:`.contract`: ``check_signer`` and ``check_token_cache``, for your own signers and caches.
 
 Apart from them, :mod:`.emulators` holds the emulators of other vendors' key services
@@ -12,5 +15,10 @@ Apart from them, :mod:`.emulators` holds the emulators of other vendors' key ser
 the same way: ``fail_next(*faults)`` with fault objects, and ``clear_faults()``.
 
 Each module imports its optional dependencies only when imported, for example
-``from keyless_m2m.testing.emulators.azure_key_vault import FakeKeyVault``.
+``from keyless_m2m.testing.emulators.azure_key_vault import FakeKeyVault``. The clock needs
+nothing beyond the standard library, so this package exports it.
 """
+
+from .clock import ManualClock
+
+__all__ = ["ManualClock"]
