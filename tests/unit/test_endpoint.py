@@ -248,7 +248,7 @@ def test_plain_http_only_for_loopback() -> None:
     for url in ("http://127.0.0.1:8080/token", "http://localhost/token", "http://[::1]:9/token"):
         TokenEndpoint(url, auth)
     TokenEndpoint("http://auth.example/token", auth, allow_insecure_http=True)
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="absolute https:// URL"):
         TokenEndpoint("ftp://auth.example/token", auth)
 
 

@@ -125,7 +125,7 @@ async def test_corrupt_compressed_metadata_is_a_discovery_error(coding: str, bod
         transport=httpx.MockTransport(answer(200, body, [("content-encoding", coding)]))
     )
     try:
-        with pytest.raises(DiscoveryError):
+        with pytest.raises(DiscoveryError, match=r"body is (corrupt|truncated)"):
             await discover(ISSUER, http_client=client, max_age=0)
     finally:
         await client.aclose()
@@ -143,7 +143,7 @@ async def test_unusable_token_endpoint_in_metadata_is_a_discovery_error() -> Non
     body = b'{"issuer": "https://auth.example", "token_endpoint": "https://[::1/token"}'
     client = httpx.AsyncClient(transport=httpx.MockTransport(answer(200, body)))
     try:
-        with pytest.raises(DiscoveryError):
+        with pytest.raises(DiscoveryError, match="unusable token_endpoint"):
             await discover(ISSUER, http_client=client, max_age=0)
     finally:
         await client.aclose()
@@ -181,19 +181,19 @@ BAD_OPTIONS = [
     "options", BAD_OPTIONS, ids=[f"{next(iter(o))}-{i}" for i, o in enumerate(BAD_OPTIONS)]
 )
 def test_bad_constructor_arguments_are_configuration_errors(options: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=rf"^{next(iter(options))} must"):  # names the option
         TokenEndpoint(URL, ClientSecretPost("c", SECRET), **options)
 
 
 @pytest.mark.parametrize("url", ["https://[::1/token", "https://exa mple.com/token", "https://:99999/x", 12])
 def test_bad_urls_are_configuration_errors(url: Any) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=r"^token endpoint "):
         TokenEndpoint(url, ClientSecretPost("c", SECRET))
 
 
 @pytest.mark.parametrize("options", [{"metadata_max_age": "x"}, {"metadata_max_age": -1}, {"deadline": None}])
 def test_bad_discovery_options_are_configuration_errors(options: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=rf"^{next(iter(options))} must"):
         DiscoveredTokenEndpoint(ISSUER, ClientSecretPost("c", SECRET), **options)
 
 

@@ -30,7 +30,12 @@ from keyless_m2m import (
 from keyless_m2m._jose import b64url
 from keyless_m2m.client_auth import ClientAuth
 from keyless_m2m.endpoint import TokenEndpoint
-from keyless_m2m.errors import ConfigurationError, InvalidTokenResponseError, TransportError
+from keyless_m2m.errors import (
+    ConfigurationError,
+    InvalidClientError,
+    InvalidTokenResponseError,
+    TransportError,
+)
 from keyless_m2m.signers import LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
 from keyless_m2m.testing.signers import InMemorySigner
@@ -121,7 +126,7 @@ async def _fails(endpoint: TokenEndpoint) -> KeylessM2MError:
 async def test_refusal(world: World, method: str) -> None:
     signer = InMemorySigner("ES256") if method == "private_key_jwt" else None  # an unregistered key
     error = await _fails(TokenEndpoint(world.server.token_endpoint, world.auth(method, signer)))
-    assert error.__class__.__name__ == "InvalidClientError"
+    assert type(error) is InvalidClientError
     assert_clean(error, world.forbidden())
 
 

@@ -33,7 +33,7 @@ def test_thumbprint_matches_rfc7638_example() -> None:
 
 
 def test_thumbprint_rejects_unknown_kty() -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="kty 'oct'"):
         jwk_thumbprint({"kty": "oct", "k": "AAAA"})
 
 
@@ -61,9 +61,9 @@ def test_der_to_raw_known_vectors(der: bytes, size: int, raw: bytes) -> None:
 
 
 def test_der_to_raw_rejects_garbage_and_oversize() -> None:
-    with pytest.raises(SigningError):
+    with pytest.raises(SigningError, match="malformed ECDSA signature"):
         der_to_raw(b"\x30\x00garbage", 32)
-    with pytest.raises(SigningError):
+    with pytest.raises(SigningError, match="wrong size"):
         der_to_raw(encode_dss_signature(1 << 256, 1), 32)  # r does not fit 32 bytes
 
 

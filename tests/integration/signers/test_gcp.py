@@ -226,7 +226,7 @@ async def test_integrity_failure_then_the_endpoint_retry_succeeds(make_signer: A
     signer = make_signer("ES256")
     description = await signer.describe()
     kms.fail_next(CorruptResponse("signature_crc32c"))
-    with pytest.raises(SigningError):
+    with pytest.raises(SigningError, match="damaged in transit"):
         await signer.sign(b"a.b")
     assert verify_jws(await sign_jws(signer, {"n": 2}), dict(description.public_jwk)) == {"n": 2}
     assert kms.calls["AsymmetricSign"] == 2

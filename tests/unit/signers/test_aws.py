@@ -391,8 +391,9 @@ async def test_describe_can_be_retried_after_a_transient_error(kms: Any, stub: A
     stub.add_client_error("get_public_key", "ThrottlingException", "slow down", http_status_code=400)
     expect_describe(stub, "p256", ALIAS)
     signer = AwsKmsSigner(ALIAS, client=kms)
-    with pytest.raises(SigningError):
+    with pytest.raises(SigningError, match="ThrottlingException") as caught:
         await signer.describe()
+    assert caught.value.retryable
     assert (await signer.describe()).algorithm == "ES256"
 
 
@@ -578,7 +579,7 @@ def test_accepted_key_ids(key_id: str) -> None:
     ],
 )
 def test_rejected_key_ids(key_id: Any) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="AWS KMS key"):
         AwsKmsSigner(key_id)
 
 
@@ -589,18 +590,18 @@ def test_region_comes_from_the_arn_and_must_agree() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"client": object(), "region": "eu-west-1"},
-        {"client": object(), "endpoint_url": "http://127.0.0.1:1"},
-        {"algorithm": "HS256"},
-        {"key_id": ""},
-        {"endpoint_url": "ftp://x"},
-        {"max_concurrency": 0},
+        ({"client": object(), "region": "eu-west-1"}, "not both"),
+        ({"client": object(), "endpoint_url": "http://127.0.0.1:1"}, "not both"),
+        ({"algorithm": "HS256"}, "unknown JWS algorithm 'HS256'"),
+        ({"key_id": ""}, "key_id must"),
+        ({"endpoint_url": "ftp://x"}, "endpoint_url must"),
+        ({"max_concurrency": 0}, "max_concurrency must"),
     ],
 )
-def test_bad_options(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError):
+def test_bad_options(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
         AwsKmsSigner(ALIAS, **kwargs)
 
 
@@ -678,7 +679,7 @@ def test_kms_key_given_as_key_id_still_works_with_a_warning() -> None:
     ],
 )
 def test_bad_uris(uri: str) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="awskms"):
         signer_from_uri(uri)
 
 

@@ -68,7 +68,7 @@ def test_parse_key_vault_uri(uri: str, expected: tuple[str, str, str | None]) ->
     ],
 )
 def test_parse_key_vault_uri_rejects(uri: str) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=r"Key Vault|azurekms URIs look like"):
         parse_key_vault_uri(uri)
 
 

@@ -195,7 +195,7 @@ def test_once_cell_serves_asyncio_then_trio() -> None:
 
     async def contend() -> None:
         async def one() -> None:
-            with pytest.raises(SigningError):
+            with pytest.raises(SigningError, match=r"^down$"):
                 await cell.get_or_init(fail)
 
         async with anyio.create_task_group() as tasks:

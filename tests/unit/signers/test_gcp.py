@@ -184,7 +184,8 @@ async def test_sends_a_digest_with_crc_and_turns_der_into_raw(stub: StubClient) 
     assert request.digest.sha256 == hashlib.sha256(signing_input).digest()
     assert request.digest_crc32c == google_crc32c.value(request.digest.sha256)
     # The SDK's own retry is off: the token endpoint is the one layer that retries.
-    assert all(kw == {"retry": None, "timeout": 3.5} for kw in stub.kwargs)
+    # (GetPublicKey, then AsymmetricSign: both RPCs, not an empty list that proves nothing.)
+    assert stub.kwargs == [{"retry": None, "timeout": 3.5}] * 2
     await signer.aclose()
 
 

@@ -117,7 +117,7 @@ async def test_from_jwk_honours_alg_and_kid() -> None:
     public_only = json.loads(key.export_public())
     with pytest.raises(ConfigurationError, match="no private key"):
         LocalSigner.from_jwk(public_only)
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="not valid JSON"):
         LocalSigner.from_jwk("{not json")
 
 

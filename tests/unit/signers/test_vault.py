@@ -191,21 +191,21 @@ async def test_alg_that_does_not_fit_the_key(client: FakeClient, key_type: str, 
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"key_name": "a/b"},
-        {"key_name": ""},
-        {"key_name": "-x"},
-        {"key_name": "cl\u00e9"},
-        {"key_name": "k", "mount_point": "//"},
-        {"key_name": "k", "key_version": 0},
-        {"key_name": "k", "key_version": True},
-        {"key_name": "k", "algorithm": "HS256"},
-        {"key_name": "k", "url": "http://vault:8200"},
+        ({"key_name": "a/b"}, "invalid transit key name 'a/b'"),
+        ({"key_name": ""}, "invalid transit key name ''"),
+        ({"key_name": "-x"}, "invalid transit key name '-x'"),
+        ({"key_name": "cl\u00e9"}, "invalid transit key name"),
+        ({"key_name": "k", "mount_point": "//"}, "invalid transit mount point"),
+        ({"key_name": "k", "key_version": 0}, "key_version must"),
+        ({"key_name": "k", "key_version": True}, "key_version must"),
+        ({"key_name": "k", "algorithm": "HS256"}, "unknown JWS algorithm 'HS256'"),
+        ({"key_name": "k", "url": "http://vault:8200"}, "not both"),
     ],
 )
-def test_bad_arguments(client: FakeClient, kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError):
+def test_bad_arguments(client: FakeClient, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
         VaultTransitSigner(client=client, **kwargs)
 
 
@@ -369,7 +369,7 @@ def test_from_uri(client: FakeClient) -> None:
     ],
 )
 def test_bad_uris(client: FakeClient, uri: str) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=r"hashivault|mount point"):
         VaultTransitSigner.from_uri(uri, client=client)
 
 
