@@ -5,6 +5,7 @@ are in ``tests/unit/conftest.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -41,6 +42,15 @@ class CountingSigner:
 
     async def aclose(self) -> None:
         return None
+
+
+async def until(condition: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    """Checkpoint until ``condition()`` holds, at most ``timeout`` seconds: for what another
+    thread (the loopback server) or task does. Never for the manager's clock: advance the
+    ``manual_clock`` for that."""
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.005)  # a polling interval, not a wait for the manager
 
 
 def manager(server: AuthorizationServer, signer: CountingSigner, **options: Any) -> TokenManager:

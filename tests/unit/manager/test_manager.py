@@ -1,5 +1,6 @@
 """The token manager's behaviours (issue 3), on asyncio and trio, against a real
-loopback authorization server and a counting signer. Counts, never wall-clock times."""
+loopback authorization server and a counting signer. Counts, never wall-clock times: the
+manager's time moves with the ``manual_clock`` fixture (keyless_m2m.testing.ManualClock)."""
 
 from __future__ import annotations
 
@@ -21,22 +22,29 @@ from keyless_m2m import (
     TransportError,
 )
 from keyless_m2m.errors import SigningError
+from keyless_m2m.testing import ManualClock
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
 from tests.helpers import exception_chain
-from tests.manager_rig import FAST_RETRY, CountingSigner, gather_tokens, manager, run_without_suspending
+from tests.manager_rig import (
+    FAST_RETRY,
+    CountingSigner,
+    gather_tokens,
+    manager,
+    run_without_suspending,
+    until,
+)
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_stampede_cold_and_at_expiry_is_one_request_and_one_signature(
-    server: AuthorizationServer, signer: CountingSigner
+    server: AuthorizationServer, signer: CountingSigner, manual_clock: ManualClock
 ) -> None:
-    server.expires_in = 1
     async with manager(server, signer, refresh_window=0, expiry_leeway=0) as tokens:
         first = await gather_tokens(tokens, 10_000)
         assert server.token_requests == 1 and signer.signatures == 1
         assert len({t.value for t in first}) == 1
-        await anyio.sleep(1.05)  # the token has now expired; no background refresh was due
+        manual_clock.advance(3600)  # the token has now expired; no background refresh was due
         second = await gather_tokens(tokens, 10_000)
         assert server.token_requests == 2 and signer.signatures == 2
         assert {t.value for t in second} != {t.value for t in first}
@@ -66,28 +74,27 @@ async def test_hot_path_for_an_explicit_scope(server: AuthorizationServer, signe
 # 3. background refresh -----------------------------------------------------------------
 
 
-async def test_background_refresh_never_makes_callers_wait(server: AuthorizationServer) -> None:
+async def test_background_refresh_never_makes_callers_wait(
+    server: AuthorizationServer, manual_clock: ManualClock
+) -> None:
     signer = CountingSigner(delay=0.2)
     server.register_client("svc", public_jwk=dict(signer.inner._description.public_jwk))  # type: ignore[union-attr]
-    server.expires_in = 4
-    async with manager(server, signer, refresh_window=3.5, expiry_leeway=0) as tokens:
-        old = await tokens.get_token()  # refresh window opens 0.5 s after issue
+    async with manager(server, signer, refresh_window=3500, expiry_leeway=0) as tokens:
+        old = await tokens.get_token()  # 3600 s tokens: the refresh window opens after 100 s
         cold_waits = tokens.stats.waits  # the cold fetch had to be waited for; no later call may
         server.latency = 0.5
-        await anyio.sleep(0.6)
+        manual_clock.advance(101)
         seen_during_refresh = []
         # The first call in the window starts the background refresh and returns at once;
         # every call while it runs (it takes >= 0.7 s) returns the old token at once.
-        for i in range(20):
-            seen_during_refresh.append(run_without_suspending(tokens.get_token()))
-            if i == 0:
-                server.expires_in = 3600  # the next token lives long: no third refresh
-            await anyio.sleep(0.02)
-        assert all(t is old for t in seen_during_refresh)
-        assert tokens.stats.refreshes == 2 and tokens.stats.waits == cold_waits
+        seen_during_refresh.append(run_without_suspending(tokens.get_token()))
         with anyio.fail_after(10):
-            while tokens.stats.requests < 2 or tokens._default_entry.flight is not None:
-                await anyio.sleep(0.05)
+            while tokens._default_entry.flight is not None:
+                seen_during_refresh.append(run_without_suspending(tokens.get_token()))
+                await anyio.sleep(0.01)  # spreads the calls over the server's and signer's delays
+        assert len(seen_during_refresh) >= 20 and all(t is old for t in seen_during_refresh)
+        assert tokens.stats.refreshes == 2 and tokens.stats.waits == cold_waits
+        await until(lambda: tokens.stats.requests == 2 and tokens._default_entry.flight is None)
         new = run_without_suspending(tokens.get_token())
         assert new is not old and new.value != old.value
         assert server.token_requests == 2 and signer.signatures == 2 and tokens.stats.waits == cold_waits
@@ -97,11 +104,11 @@ async def test_background_refresh_never_makes_callers_wait(server: Authorization
 
 
 async def test_failure_fails_waiters_once_then_backs_off_then_recovers(
-    server: AuthorizationServer, signer: CountingSigner
+    server: AuthorizationServer, signer: CountingSigner, manual_clock: ManualClock
 ) -> None:
     server.latency = 0.1
     server.fail_next(Fault(status=500, body={"error": "server_error"}, count=None))
-    async with manager(server, signer, failure_backoff=0.5, max_failure_backoff=0.5, **FAST_RETRY) as tokens:
+    async with manager(server, signer, failure_backoff=5, max_failure_backoff=5, **FAST_RETRY) as tokens:
         outcomes: list[BaseException] = []
 
         async def caller() -> None:
@@ -121,51 +128,55 @@ async def test_failure_fails_waiters_once_then_backs_off_then_recovers(
                 await tokens.get_token()
         assert server.token_requests == 2
         server.clear_faults()
-        await anyio.sleep(0.55)
+        manual_clock.advance(5.1)  # past the (jittered, at most 5 s) backoff
         assert (await tokens.get_token()).value  # recovered by itself
         assert server.token_requests == 3
 
 
 async def test_valid_token_is_served_while_refresh_fails_then_connection_refused(
-    signer: CountingSigner, caplog: pytest.LogCaptureFixture
+    signer: CountingSigner, caplog: pytest.LogCaptureFixture, manual_clock: ManualClock
 ) -> None:
     caplog.set_level(logging.WARNING, logger="keyless_m2m")
-    first = AuthorizationServer(expires_in=30).start()
+    first = AuthorizationServer(expires_in=3600).start()
     port = int(first.issuer.rsplit(":", 1)[1])
     first.register_client("svc", public_jwk=dict(signer.inner._description.public_jwk))  # type: ignore[union-attr]
     try:
         async with manager(
             first,
             signer,
-            refresh_window=29.5,
+            refresh_window=3500,
             expiry_leeway=0,
-            failure_backoff=0.2,
-            max_failure_backoff=0.2,
+            failure_backoff=10,
+            max_failure_backoff=10,
             **FAST_RETRY,
         ) as tokens:
+            entry = tokens._default_entry
             valid = await tokens.get_token()
             first.fail_next(Fault(status=500, count=None))
-            await anyio.sleep(0.6)  # inside the refresh window now
-            for _ in range(30):
+            manual_clock.advance(101)  # inside the refresh window now
+            assert await tokens.get_token() is valid  # starts a background refresh, which fails
+            await until(lambda: tokens.stats.failures == 1 and entry.flight is None)
+            for _ in range(30):  # inside the backoff: the valid token, and no new flight
                 assert await tokens.get_token() is valid
-                await anyio.sleep(0.02)
-            assert tokens.stats.failures >= 1
+            assert tokens.stats.failures == 1 and tokens.stats.requests == 3
             assert any("serving the current token" in r.getMessage() for r in caplog.records)
             first.stop()  # now the endpoint refuses connections
-            await anyio.sleep(0.3)
-            for _ in range(30):
-                assert await tokens.get_token() is valid
-                await anyio.sleep(0.02)
+            for failures in (2, 3, 4):
+                manual_clock.advance(10.1)  # past the backoff (jittered, at most 10 s)
+                for _ in range(10):
+                    assert await tokens.get_token() is valid
+                await until(lambda n=failures: tokens.stats.failures == n and entry.flight is None)
             failures_while_down = tokens.stats.failures
-            assert failures_while_down >= 2
+            assert failures_while_down == 4
             # every failed flight made at most max_attempts requests: backoff, not hammering
             assert tokens.stats.requests <= 1 + 2 * failures_while_down
-            second = AuthorizationServer(port=port, expires_in=30).start()
+            second = AuthorizationServer(port=port, expires_in=3600).start()
             second.register_client("svc", public_jwk=dict(signer.inner._description.public_jwk))  # type: ignore[union-attr]
             try:
-                with anyio.fail_after(10):
-                    while (await tokens.get_token()) is valid:
-                        await anyio.sleep(0.05)
+                manual_clock.advance(10.1)
+                assert await tokens.get_token() is valid  # starts the refresh that succeeds
+                await until(lambda: entry.flight is None)
+                assert await tokens.get_token() is not valid
                 assert second.token_requests == 1
             finally:
                 second.stop()
@@ -216,12 +227,13 @@ async def test_cancelled_leader_and_waiters_do_not_strand_others(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(leader)
-            await anyio.sleep(0.05)  # the flight is in progress now
+            await until(lambda: server.token_requests == 1)  # the flight is in progress now
             for s in waiter_scopes:
                 tg.start_soon(waiter, s)
             for _ in range(10):
                 tg.start_soon(waiter, None)
-            await anyio.sleep(0.05)
+            # Every waiter is waiting (in a context, the leader waits for its flight too).
+            await until(lambda: tokens.stats.waits == (16 if in_context else 15))
             leader_scope.cancel()
             for s in waiter_scopes:
                 s.cancel()
@@ -341,21 +353,21 @@ async def test_close_wakes_waiters(server: AuthorizationServer, signer: Counting
         async with anyio.create_task_group() as tg:
             for _ in range(5):
                 tg.start_soon(waiter)
-            await anyio.sleep(0.1)
+            await until(lambda: tokens.stats.waits == 5)  # all five wait for the one flight
             await tokens.aclose()
     assert len(errors) == 5
 
 
-async def test_invalid_response_is_never_cached(server: AuthorizationServer, signer: CountingSigner) -> None:
-    async with manager(
-        server, signer, failure_backoff=0.01, max_failure_backoff=0.01, max_attempts=1
-    ) as tokens:
+async def test_invalid_response_is_never_cached(
+    server: AuthorizationServer, signer: CountingSigner, manual_clock: ManualClock
+) -> None:
+    async with manager(server, signer, failure_backoff=1, max_failure_backoff=1, max_attempts=1) as tokens:
         good = await tokens.get_token(scope="a")
         await tokens.invalidate(good)
         server.fail_next(Fault(status=200, body={"access_token": "", "token_type": "Bearer"}))
         with pytest.raises(InvalidTokenResponseError):
             await tokens.get_token(scope="a")
-        await anyio.sleep(0.02)
+        manual_clock.advance(1.1)  # past the failure backoff
         after = await tokens.get_token(scope="a")
         assert after.value and after != good
 
