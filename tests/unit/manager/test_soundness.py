@@ -31,8 +31,10 @@ from keyless_m2m import (
     TokenManager,
 )
 from keyless_m2m.cache import MemoryTokenCache
+from keyless_m2m.testing import ManualClock
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
 from keyless_m2m.testing.endpoints import OfflineTokenEndpoint
+from tests.manager_rig import until
 
 pytestmark = pytest.mark.anyio
 SECRET = "s3cr3t-value-for-soundness"
@@ -76,7 +78,7 @@ async def test_an_error_while_a_background_flight_runs_leaves_as_itself(server: 
         async with tokens:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(tokens.get_token)  # a flight is in progress when the body fails
-                await anyio.sleep(0.1)
+                await until(lambda: server.token_requests == 1)
                 tg.cancel_scope.cancel()
             raise ValueError("mine")
     assert tokens.closed
@@ -142,10 +144,10 @@ async def test_bare_mode_cancelled_leader_hands_the_flight_to_a_waiter(server: A
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(leader)
-                await anyio.sleep(0.05)
+                await until(lambda: server.token_requests == 1)  # the leader's request is out
                 for _ in range(20):
                     tg.start_soon(waiter)
-                await anyio.sleep(0.05)
+                await until(lambda: tokens.stats.waits == 20)
                 leader_scope.cancel()
         assert len(got) == 20 and len({t.value for t in got}) == 1
         assert server.token_requests in (1, 2)  # did the abandoned one arrive? load decides
@@ -176,9 +178,10 @@ async def test_a_flight_that_ends_after_aclose_is_not_served(
             await stack.enter_async_context(tokens)
         async with anyio.create_task_group() as tg:
             tg.start_soon(caller)
-            await anyio.sleep(0.1)
+            await until(lambda: server.token_requests == 1)
             await tokens.aclose()
-    await anyio.sleep(0.6)  # the server has answered by now, had anyone still listened
+    await until(lambda: len(server.statuses) == 1)  # the server has answered: nobody listened
+    await anyio.wait_all_tasks_blocked()
     assert len(outcomes) == 1 and isinstance(outcomes[0], ManagerClosedError)
     with pytest.raises(ManagerClosedError):
         await tokens.get_token()
@@ -475,15 +478,15 @@ async def test_an_api_rejecting_every_token_causes_no_refresh_storm(
     assert len([r for r in caplog.records if "min_invalidation_interval" in r.getMessage()]) == 1
 
 
-async def test_invalidation_is_honoured_again_after_the_floor() -> None:
+async def test_invalidation_is_honoured_again_after_the_floor(manual_clock: ManualClock) -> None:
     endpoint = OfflineTokenEndpoint()
-    async with TokenManager(endpoint=endpoint, min_invalidation_interval=0.2) as tokens:
+    async with TokenManager(endpoint=endpoint, min_invalidation_interval=10) as tokens:
         first = await tokens.get_token()
         assert await tokens.invalidate(first)
         second = await tokens.get_token()
         assert not await tokens.invalidate(second)  # within the floor: refused
         assert await tokens.get_token() is second
-        await anyio.sleep(0.25)
+        manual_clock.advance(10)  # past the floor
         assert await tokens.invalidate(second)
         assert (await tokens.get_token()).value != second.value
         assert endpoint.calls == 3 and tokens.stats.ignored_invalidations == 1
