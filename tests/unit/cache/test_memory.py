@@ -12,6 +12,7 @@ import pytest
 from keyless_m2m import AccessToken, ClientSecretBasic, TokenManager
 from keyless_m2m.cache import MemoryTokenCache, TokenCache
 from keyless_m2m.errors import CacheUnavailableError
+from keyless_m2m.testing import ManualClock
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 
 pytestmark = pytest.mark.anyio
@@ -58,13 +59,15 @@ async def test_managers_sharing_a_memory_cache_make_one_request(server: Authoriz
         await manager.aclose()
 
 
-async def test_refresh_window_token_in_the_shared_cache_is_replaced_once(server: AuthorizationServer) -> None:
-    server.expires_in = 4  # leeway 0.4 s, refresh window 0.9 s: refresh from 2.7 s on
+async def test_refresh_window_token_in_the_shared_cache_is_replaced_once(
+    server: AuthorizationServer, manual_clock: ManualClock
+) -> None:
+    # 600 s tokens: leeway 10 s, refresh window 150 s, so refreshed from 440 s on.
     cache = MemoryTokenCache()
     a, b = _manager(server, cache), _manager(server, cache)
     first = await a.get_token()
     assert await b.get_token() == first
-    await anyio.sleep(2.9)
+    manual_clock.advance(441)
     # Both are in the refresh window (no task group: the caller refreshes inline). a
     # replaces the shared token; b finds the replacement instead of fetching its own.
     second = await a.get_token()
@@ -76,11 +79,11 @@ async def test_refresh_window_token_in_the_shared_cache_is_replaced_once(server:
     await b.aclose()
 
 
-async def test_fence_and_lease_rules() -> None:
+async def test_fence_and_lease_rules(manual_clock: ManualClock) -> None:
     cache = MemoryTokenCache()
-    f1 = await cache.acquire("k", ttl=0.1)
+    f1 = await cache.acquire("k", ttl=10)
     assert f1 is not None and await cache.acquire("k", ttl=1) is None
-    await anyio.sleep(0.15)
+    manual_clock.advance(10)  # the first lease has run out
     f2 = await cache.acquire("k", ttl=1)
     assert f2 is not None and f2 > f1
     assert await cache.put("k", _token("newer"), fence=f2, ttl=60)
@@ -101,7 +104,7 @@ async def test_waiter_wakes_on_release_not_at_its_timeout() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
-        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()  # the waiter is waiting
         order.append("release")
         await cache.release("k", fence)
     assert order == ["release", "woke"]
