@@ -25,6 +25,7 @@ from keyless_m2m import AccessToken, ClientSecretBasic, TokenManager
 from keyless_m2m.cache import RedisTokenCache, TokenCache
 from keyless_m2m.cache.redis import _Codec
 from keyless_m2m.errors import CacheDecryptionError, CacheUnavailableError, ConfigurationError
+from keyless_m2m.testing import ManualClock
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.helpers import require_module
 from tests.processes import free_port, stop_process
@@ -33,7 +34,7 @@ from tests.redis_server import RedisServer, require_redis_server
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 require_module("redis", reason="the redis extra is not installed")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # tests/integration/cache/ -> the repository
 CLIENT_ID = "svc-shared-cache"
 SECRET = "shared-cache-client-secret-42f1"
 
@@ -161,9 +162,9 @@ async def test_lease_is_exclusive_and_fences_grow(redis_server: RedisServer, nam
 
 async def test_stale_fencing_token_cannot_overwrite(redis_server: RedisServer, namespace: str) -> None:
     async with RedisTokenCache(redis_server.url, namespace=namespace) as cache:
-        stale = await cache.acquire("k", ttl=0.2)
+        stale = await cache.acquire("k", ttl=0.05)
         assert stale is not None
-        await anyio.sleep(0.3)  # the stale holder stalls past its lease
+        await anyio.sleep(0.1)  # the stale holder stalls past its lease: Redis's key TTL, not our clock
         fresh = await cache.acquire("k", ttl=5)
         assert fresh is not None and fresh > stale
         assert await cache.put("k", _token("newer-token"), fence=fresh, ttl=60)
@@ -179,10 +180,10 @@ async def test_stale_fencing_token_cannot_overwrite(redis_server: RedisServer, n
 
 async def test_entry_expires_in_redis_with_the_token(redis_server: RedisServer, namespace: str) -> None:
     async with RedisTokenCache(redis_server.url, namespace=namespace) as cache:
-        assert await cache.put("k", _token(), fence=1, ttl=0.3)
+        assert await cache.put("k", _token(), fence=1, ttl=0.1)
         ttl_ms = await cache._call("pttl", cache.names("k")[0])
-        assert 0 < ttl_ms <= 300
-        await anyio.sleep(0.4)
+        assert 0 < ttl_ms <= 100
+        await anyio.sleep(0.15)  # Redis expires the key on its own clock, not the manager's
         assert await cache.get("k") is None
 
 
@@ -246,7 +247,10 @@ def test_codec_errors_are_typed_and_bound_to_the_key_name() -> None:
 
 
 async def test_redis_down_falls_back_then_shares_again(
-    namespace: str, auth_server: AuthorizationServer, caplog: pytest.LogCaptureFixture
+    namespace: str,
+    auth_server: AuthorizationServer,
+    caplog: pytest.LogCaptureFixture,
+    manual_clock: ManualClock,
 ) -> None:
     redis = RedisServer(require_redis_server()).start()
     try:
@@ -266,7 +270,7 @@ async def test_redis_down_falls_back_then_shares_again(
                 await cache_a.get("anything")  # marked down: no network, no wait
 
             redis.start()  # same port, empty
-            await anyio.sleep(1.1)  # past the first down-backoff
+            manual_clock.advance(1.1)  # past the first down-backoff (1 s)
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="keyless_m2m"):
                 assert await a.invalidate(token)
@@ -406,10 +410,10 @@ async def test_lease_holder_killed_mid_refresh(
         workers.go(holder, [0.0])
         deadline = time.monotonic() + 20
         while auth_server.token_requests < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.02)  # polls a real subprocess's request, not the manager's clock
         assert auth_server.token_requests == 1
         workers.go(other, [0.0])
-        time.sleep(0.3)  # the other process now waits on the holder's lease
+        time.sleep(0.1)  # a real subprocess starts waiting on the holder's lease (Redis's TTL)
         auth_server.latency = 0.0
         os.kill(holder.pid, signal.SIGKILL)
         # Well before cache_wait: the lease ran out, the other process took it over.
@@ -580,24 +584,23 @@ async def test_an_unencrypted_cache_says_it_is_a_trust_boundary(
 
 
 async def test_a_process_with_a_wrong_wall_clock_serves_no_longer_than_the_token_lives(
-    redis_server: RedisServer,
-    namespace: str,
-    auth_server: AuthorizationServer,
-    monkeypatch: pytest.MonkeyPatch,
+    redis_server: RedisServer, namespace: str, auth_server: AuthorizationServer, manual_clock: ManualClock
 ) -> None:
-    import types
-
-    import keyless_m2m.manager._shared as manager_module
+    import keyless_m2m.manager._shared as shared_tier
 
     auth_server.expires_in = 20  # usable for 18 s (leeway: a tenth)
-    async with _two_processes(redis_server.url, namespace, auth_server) as (a, b, _):
+    async with _two_processes(redis_server.url, namespace, auth_server) as (a, b, cache_a):
         await a.get_token()
-        await anyio.sleep(1.0)
-        true_remaining = a._default_entry.current.usable_until - time.monotonic()
-        real = time.time
+        # 5 s pass: on the managers' clock, and on Redis's (its key TTL, which the manual
+        # clock does not move: shortened by hand).
+        manual_clock.advance(5)
+        tok = cache_a.names(a._shared_key(a._default_entry))[0]
+        await cache_a._call("pexpire", tok, await cache_a._call("pttl", tok) - 5000)
+        true_remaining = a._default_entry.current.usable_until - manual_clock.monotonic()
         # b's wall clock is an hour behind: by its clock the token was issued in the future.
-        monkeypatch.setattr(manager_module, "time", types.SimpleNamespace(time=lambda: real() - 3600))
-        await b.get_token()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(shared_tier, "time", lambda: manual_clock.time() - 3600)
+            await b.get_token()
         assert b.stats.shared_hits == 1 and auth_server.token_requests == 1
-        served_for = b._default_entry.current.usable_until - time.monotonic()
-        assert served_for <= true_remaining + 0.25
+        served_for = b._default_entry.current.usable_until - manual_clock.monotonic()
+        assert 12 < served_for <= true_remaining + 0.25
