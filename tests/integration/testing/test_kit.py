@@ -20,14 +20,14 @@ import pytest
 from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m._jose import jwk_thumbprint
 from keyless_m2m.signers import Signer
-from keyless_m2m.testing import pytest_plugin
+from keyless_m2m.testing import ManualClock, pytest_plugin
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from keyless_m2m.testing.signers import InMemorySigner
 
 pytest_plugins = ["pytester"]
 
 anyio_test = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # tests/integration/testing/ -> the repository
 
 
 @pytest.fixture
@@ -68,12 +68,12 @@ def test_in_memory_signer_keys_are_fresh_and_hidden() -> None:
 
 
 @anyio_test
-async def test_in_memory_signer_with_the_manager_and_server(server: AuthorizationServer) -> None:
+async def test_in_memory_signer_with_the_manager_and_server(
+    server: AuthorizationServer, manual_clock: ManualClock
+) -> None:
     signer = InMemorySigner("ES256", latency=0.05)
     server.register_client("svc", jwks=signer.jwks)
-    async with TokenManager(
-        server.token_endpoint, PrivateKeyJWT("svc", signer), failure_backoff=0.01
-    ) as tokens:
+    async with TokenManager(server.token_endpoint, PrivateKeyJWT("svc", signer)) as tokens:
         async with anyio.create_task_group() as tg:
             for _ in range(200):
                 tg.start_soon(tokens.get_token)
@@ -85,7 +85,7 @@ async def test_in_memory_signer_with_the_manager_and_server(server: Authorizatio
         with pytest.raises(SigningError, match="throttling"):
             await tokens.get_token()
         assert server.token_requests == 1  # nothing was sent without a signature
-        await anyio.sleep(0.05)  # past the failure backoff
+        manual_clock.advance(1.1)  # past the failure backoff (jittered, at most 1 s)
         second = await tokens.get_token()
     assert second.value != first.value and second.value == server.issued[-1]
     assert (signer.sign_calls, signer.signatures) == (3, 2)
@@ -112,7 +112,7 @@ def test_the_entry_point_names_the_plugin() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     entry_points = project["project"]["entry-points"]["pytest11"]
     assert entry_points == {"keyless_m2m": pytest_plugin.__name__}
-    assert {"authorization_server", "in_memory_signer"} <= set(pytest_plugin.__all__)
+    assert {"authorization_server", "in_memory_signer", "manual_clock"} <= set(pytest_plugin.__all__)
 
 
 USER_TESTS = """
@@ -130,6 +130,15 @@ async def test_token(authorization_server, in_memory_signer):
         token = await t.get_token()
     assert token.value == authorization_server.issued[0]
     assert in_memory_signer.signatures == 1
+
+@pytest.mark.anyio
+async def test_expiry_without_sleeping(authorization_server, in_memory_signer, manual_clock):
+    authorization_server.register_client("svc", jwks=in_memory_signer.jwks)
+    async with TokenManager(authorization_server.token_endpoint, PrivateKeyJWT("svc", in_memory_signer)) as t:
+        first = await t.get_token()
+        manual_clock.advance(3600)
+        assert await t.get_token() != first
+    assert authorization_server.token_requests == 2
 
 def test_fresh_server_per_test(authorization_server):
     assert authorization_server.clients == {} and authorization_server.token_requests == 0
@@ -157,7 +166,7 @@ def plugin_args() -> list[str]:
 def test_plugin_fixtures_in_a_user_suite(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_user=USER_TESTS)
     result = pytester.runpytest_subprocess(*plugin_args())
-    result.assert_outcomes(passed=5)  # test_token on asyncio and trio
+    result.assert_outcomes(passed=7)  # test_token and test_expiry_without_sleeping on asyncio and trio
 
 
 def test_a_conftest_fixture_of_the_same_name_wins(pytester: pytest.Pytester) -> None:
