@@ -31,9 +31,9 @@ from keyless_m2m import (
 from keyless_m2m.client_auth import ClientAuth
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.signers import LocalSigner
+from tests.cli_runner import cli
 from tests.echo_server import CHANNELS, EchoServer
 from tests.helpers import exception_texts, make_key, pem_of
-from tests.integration.test_cli_and_discovery import cli
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -22,8 +22,8 @@ import jwt
 import pytest
 
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
+from tests.cli_runner import jwk_of
 from tests.helpers import ALG_KEYS, make_key, pem_of
-from tests.integration.test_cli_and_discovery import jwk_of
 
 with warnings.catch_warnings():
     # Authlib >= 1.7 prefers the httpx2 fork and warns once, at import, when it falls back

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from keyless_m2m.errors import ConfigurationError
 from keyless_m2m.signers import signer_from_uri
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
+from tests.cli_runner import cli, jwk_of
 from tests.helpers import make_key, pem_of
-from tests.integration.test_cli_and_discovery import cli, jwk_of
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,63 @@
+"""``keyless_m2m.cli.run``, in-process on asyncio and trio: usage errors, ``--help`` and
+``--version``, one stderr line per error (``--debug``: the traceback), errors inside
+exception groups."""
+
+from __future__ import annotations
+
+import pytest
+
+from keyless_m2m import (
+    InvalidClientError,
+    TransportError,
+)
+from keyless_m2m.cli import (
+    ENV_CLIENT_ID,
+    ENV_SIGNER,
+    _leaf,
+    run,
+)
+
+pytest_anyio = pytest.mark.anyio
+
+
+def test_errors_inside_exception_groups_are_unwrapped() -> None:
+    inner = InvalidClientError("invalid_client", status_code=401)
+    group = BaseExceptionGroup("outer", [ExceptionGroup("inner", [inner, TransportError("x")])])
+    assert _leaf(group) is inner
+
+
+@pytest_anyio
+async def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run([], environ={}) == 2
+    assert await run(["frobnicate"], environ={}) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+@pytest_anyio
+async def test_version_and_help_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run(["--version"], environ={}) == 0
+    assert capsys.readouterr().out.startswith("keyless-m2m ")
+    assert await run(["doctor", "--help"], environ={}) == 0
+    out = capsys.readouterr().out
+    assert ENV_SIGNER in out and "exit codes" in out
+
+
+@pytest_anyio
+async def test_missing_configuration_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run(["token"], environ={}) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("keyless-m2m: ConfigurationError: no client id")
+    assert ENV_CLIENT_ID in captured.err
+
+    assert await run(["token", "--client-id", "svc", "--signer", "file:///nope.pem"], environ={}) == 2
+    assert "cannot read key file" in capsys.readouterr().err
+
+
+@pytest_anyio
+async def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run(["token", "--debug"], environ={}) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert err.rstrip().splitlines()[-1].startswith("keyless-m2m: ConfigurationError: no client id")
