@@ -6,6 +6,7 @@ every module that reads the clock. Asyncio and trio; no test here sleeps."""
 from __future__ import annotations
 
 import ast
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -282,7 +283,7 @@ def test_exported_from_the_testing_package() -> None:
 # -- the documented example (docs/testing.md, "A clock you control") ----------------------
 
 
-@anyio_test
+@pytest.mark.anyio
 async def test_my_client_gets_a_new_token_after_expiry(manual_clock: ManualClock) -> None:
     endpoint = OfflineTokenEndpoint(expires_in=3600)
     async with TokenManager(endpoint=endpoint) as tokens:
@@ -290,6 +291,15 @@ async def test_my_client_gets_a_new_token_after_expiry(manual_clock: ManualClock
         manual_clock.advance(3600)  # past its expiry, without sleeping
         second = await tokens.get_token()
     assert second != first and endpoint.calls == 2
+
+
+def test_the_documented_example_is_this_test() -> None:
+    text = (PACKAGE.parent / "docs" / "testing.md").read_text(encoding="utf-8")
+    section = text.split("\n## A clock you control\n", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert inspect.getsource(test_my_client_gets_a_new_token_after_expiry) in example
+    for line in ("from keyless_m2m import TokenManager", "from keyless_m2m.testing import ManualClock"):
+        assert line in example
 
 
 # -- the registry is complete -------------------------------------------------------------
