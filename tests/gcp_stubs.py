@@ -39,7 +39,7 @@ class StubClient:
             pem=pem.decode(),
             pem_crc32c=google_crc32c.value(pem),
             name=request.name,
-            algorithm=kms_v1.CryptoKeyVersion.CryptoKeyVersionAlgorithm[self.algorithm],
+            algorithm=getattr(kms_v1.CryptoKeyVersion.CryptoKeyVersionAlgorithm, self.algorithm),
         )
 
     def asymmetric_sign(self, *, request: Any, **kwargs: Any) -> Any:

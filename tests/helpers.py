@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import jwt
+import jwt.types
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -80,7 +81,7 @@ def pem_of(key: Any, *, fmt: str = "pkcs8", password: bytes | None = None) -> by
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     )
-    return key.private_bytes(serialization.Encoding.PEM, formats[fmt], encryption)
+    return bytes(key.private_bytes(serialization.Encoding.PEM, formats[fmt], encryption))
 
 
 ALG_KEYS = {
@@ -101,7 +102,7 @@ def verify_jws(token: str, public_jwk: dict[str, Any], *, audience: str | None =
     """Verify a compact JWS with PyJWT (independent of the code that signed it)."""
     alg = public_jwk["alg"]
     key = jwt.PyJWK.from_dict(dict(public_jwk), algorithm=alg)
-    options: dict[str, Any] = {"verify_aud": audience is not None}
+    options: jwt.types.Options = {"verify_aud": audience is not None}
     return jwt.decode(token, key=key.key, algorithms=[alg], audience=audience, options=options)
 
 

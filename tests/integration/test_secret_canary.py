@@ -105,8 +105,8 @@ async def test_nothing_secret_escapes(oidc_provider: AuthServer, caplog: pytest.
         seen.append(repr(sync))
 
     assert len(errors) == 6
-    for exc in errors:
-        seen += exception_texts(exc)
+    for error in errors:
+        seen += exception_texts(error)
     for record in caplog.records:
         seen += [record.getMessage(), repr(record.args)]
     assert len(caplog.records) > 0

@@ -41,7 +41,12 @@ from tests.helpers import make_key, pem_of, require_module
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 CLIENT_SECRET = "canary-client-secret-" + secrets.token_hex(8)
-FAST = {"max_attempts": 1, "backoff": 0.0, "failure_backoff": 0.01, "max_failure_backoff": 0.02}
+FAST: dict[str, Any] = {
+    "max_attempts": 1,
+    "backoff": 0.0,
+    "failure_backoff": 0.01,
+    "max_failure_backoff": 0.02,
+}
 
 
 def _b64url_int(value: int) -> str:

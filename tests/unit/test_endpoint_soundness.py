@@ -151,7 +151,7 @@ async def test_unusable_token_endpoint_in_metadata_is_a_discovery_error() -> Non
 
 # -- constructor arguments ------------------------------------------------------------------------
 
-BAD_OPTIONS = [
+BAD_OPTIONS: list[dict[str, Any]] = [
     {"timeout": "x"},
     {"timeout": None},
     {"timeout": -1},

@@ -193,12 +193,12 @@ async def test_signer_that_fails_after_a_sent_assertion(world: World) -> None:
     original = signer.sign
     calls = 0
 
-    async def sign(data: bytes) -> bytes:
+    async def sign(signing_input: bytes) -> bytes:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise SigningError("the HSM is unplugged")
-        return await original(data)
+        return await original(signing_input)
 
     signer.sign = sign  # type: ignore[method-assign]
     error = await _fails(TokenEndpoint(world.server.token_endpoint, auth, backoff=0, max_attempts=3))

@@ -10,13 +10,14 @@ import pickle
 import re
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote, quote_plus
 
 import pytest
 
 from keyless_m2m import ClientSecretBasic, ClientSecretPost, PrivateKeyJWT
 from keyless_m2m._secret import REDACTED, Redactor, Secret, reveal
+from keyless_m2m.client_auth import ClientAuth
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.errors import KeylessM2MError
 from keyless_m2m.testing.signers import InMemorySigner
@@ -41,7 +42,7 @@ def test_no_attribute_walk_finds_the_value() -> None:
     walker.walk(secret, "secret")  # repr plus one level into __slots__
     assert walker.found == []
     with pytest.raises(AttributeError):
-        secret._get = lambda: b"other"  # type: ignore[method-assign]
+        secret._get = lambda: b"other"
 
 
 def test_not_picklable_copies_are_itself() -> None:
@@ -200,11 +201,12 @@ def raw_server() -> Iterator[RawServer]:
 @pytest.mark.anyio
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post", "private_key_jwt"])
 async def test_the_request_on_the_wire(raw_server: RawServer, method: str) -> None:
-    auth = {
+    make_auth: dict[str, Callable[[], ClientAuth]] = {
         "client_secret_basic": lambda: ClientSecretBasic("my client", SECRET),
         "client_secret_post": lambda: ClientSecretPost("my client", SECRET),
         "private_key_jwt": lambda: PrivateKeyJWT("my client", InMemorySigner("ES256")),
-    }[method]()
+    }
+    auth = make_auth[method]()
     endpoint = TokenEndpoint(raw_server.url, auth, max_attempts=1)
     with pytest.raises(KeylessM2MError):
         await endpoint.request(scope="a b")

@@ -307,7 +307,7 @@ async def test_cancellation_releases_a_caller_stuck_in_the_sync_client(kms: Any)
     # The sync client runs in worker threads (on trio always; here on both backends).
     hang = Hang()
     real = kms.sync_client()
-    signer = GcpKmsSigner(name_of(kms, "ES256"), client=_HangingSyncClient(real, hang))  # type: ignore[arg-type]
+    signer = GcpKmsSigner(name_of(kms, "ES256"), client=_HangingSyncClient(real, hang))
     try:
         await signer.describe()
         await assert_cancel_releases_the_caller(lambda: signer.sign(b"header.claims"), hang)
@@ -441,7 +441,7 @@ async def test_given_async_client_needs_asyncio(kms: Any, anyio_backend: Any) ->
                 raise AssertionError("not called")
 
         with pytest.raises(ConfigurationError, match="needs asyncio"):
-            await GcpKmsSigner(name_of(kms, "ES256"), client=AsyncLike()).describe()  # type: ignore[arg-type]
+            await GcpKmsSigner(name_of(kms, "ES256"), client=AsyncLike()).describe()
         return
     client = kms.async_client()
     try:

@@ -278,7 +278,7 @@ class _Wire:
                     self.hang()
             return send(request, **kwargs)
 
-        adapter.send = counting_send  # type: ignore[method-assign]
+        adapter.send = counting_send
 
 
 @contextlib.contextmanager

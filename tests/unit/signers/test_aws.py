@@ -501,7 +501,7 @@ class FakeBoto3:
 async def test_client_is_created_once_across_threads() -> None:
     signer = AwsKmsSigner(KEY_ARN, max_concurrency=8)
     fake = FakeBoto3()
-    signer._boto3 = fake  # type: ignore[assignment]
+    signer._boto3 = fake
     async with anyio.create_task_group() as tg:
         for i in range(8):
             tg.start_soon(signer.sign, f"a.{i}".encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -93,7 +94,7 @@ def test_unsupported_keys_are_refused() -> None:
         LocalSigner.from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
 
 
-def test_key_file_and_uri(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_key_file_and_uri(tmp_path: Path) -> None:
     path = tmp_path / "key.pem"
     path.write_bytes(pem_of(make_key("p256")))
     a = LocalSigner.from_pem_file(path)
