@@ -27,7 +27,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar, overload
 from urllib.parse import quote, quote_plus, unquote_plus
 
 __all__ = ["REDACTED", "Redactor", "Secret", "reveal", "scrubbing_http_logs"]
@@ -101,7 +101,11 @@ class Secret(Generic[T]):
         return self
 
 
-def reveal(value: Secret[T] | T) -> T:
+@overload
+def reveal(value: Secret[T]) -> T: ...
+@overload
+def reveal(value: T) -> T: ...
+def reveal(value: Any) -> Any:
     """``value.reveal()`` for a :class:`Secret`, else ``value``."""
     return value.reveal() if isinstance(value, Secret) else value
 
