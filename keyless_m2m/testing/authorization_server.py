@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, unquote_plus
 
 from jwcrypto import jwk, jws
@@ -184,7 +184,7 @@ class AuthorizationServer(FaultInjection):
         """The issuer, ``http://127.0.0.1:PORT`` (the name the emulators use)."""
         return self.issuer
 
-    def start(self) -> AuthorizationServer:
+    def start(self) -> Self:
         """Serve (again: after :meth:`stop`, on the same address, with the same clients)."""
         if self._thread is None:
             if self._httpd.socket.fileno() < 0:  # stopped: listen again on the same port
@@ -212,7 +212,7 @@ class AuthorizationServer(FaultInjection):
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
 
-    def __enter__(self) -> AuthorizationServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

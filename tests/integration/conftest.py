@@ -1,4 +1,5 @@
-"""Integration fixtures: a real oidc-provider authorization server on loopback."""
+"""Integration fixtures: a real oidc-provider authorization server on loopback (its
+clients and constants are in tests/oidc_provider/clients.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-# Re-exported for tests/integration/test_cli_and_discovery.py until it imports them from
-# tests.oidc_provider.clients itself.
-from tests.oidc_provider.clients import SECRET, AuthServer, public_jwk_of, running_provider
-
-__all__ = ["SECRET", "AuthServer", "public_jwk_of"]
+from tests.oidc_provider.clients import AuthServer, running_provider
 
 
 @pytest.fixture(scope="session")

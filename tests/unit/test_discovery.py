@@ -160,8 +160,13 @@ async def test_no_metadata_anywhere() -> None:
 
 @anyio_test
 async def test_bad_issuers_are_configuration_errors() -> None:
-    for issuer in ("http://auth.example", "https://auth.example?tenant=a", "auth.example"):
-        with pytest.raises(ConfigurationError):
+    cases = {
+        "http://auth.example": "refusing plain http:// for the issuer",
+        "https://auth.example?tenant=a": r"has no \?query",
+        "auth.example": "must be an absolute https:// URL",
+    }
+    for issuer, reason in cases.items():
+        with pytest.raises(ConfigurationError, match=reason):
             await discover(issuer)
 
 

@@ -102,6 +102,7 @@ def test_every_exit_code_is_in_the_table_once() -> None:
 
 @pytest.mark.parametrize("command", [[], ["token"], ["jwks"], ["assertion"], ["doctor"], ["demo"]])
 def test_every_help_ends_with_the_exit_codes(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exited:
         build_parser().parse_args([*command, "--help"])
+    assert exited.value.code == 0
     assert capsys.readouterr().out.endswith("\n" + EXIT_CODES_HELP)

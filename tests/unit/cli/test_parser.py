@@ -28,9 +28,11 @@ def test_debug_before_or_after_the_command(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
-def test_timeout_must_be_positive(value: str) -> None:
-    with pytest.raises(SystemExit):
+def test_timeout_must_be_positive(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(["token", "--timeout", value])
+    assert exited.value.code == 2  # usage
+    assert "--timeout" in capsys.readouterr().err
 
 
 def test_demo_needs_no_arguments() -> None:
