@@ -14,11 +14,11 @@ from contextlib import AbstractContextManager
 from functools import partial
 from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, overload
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .bearer import BearerFlow, bearer_auth_class
+from .bearer import BearerAuth, BearerFlow, bearer_auth_class
 from .errors import ManagerClosedError
 from .manager import TokenManager, forked_error
 from .source import ResourceArg, ScopeArg
@@ -105,6 +105,24 @@ class SyncTokenManager:
             # would hang forever. Fail at once instead (see TokenManager._check_usable).
             raise forked_error("SyncTokenManager")
 
+    @overload
+    def auth(
+        self,
+        scope: ScopeArg = None,
+        *,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+        library: Literal["httpx"] = "httpx",
+    ) -> BearerAuth: ...
+    @overload
+    def auth(
+        self,
+        scope: ScopeArg = None,
+        *,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+        library: str,
+    ) -> BearerFlow: ...
     def auth(
         self,
         scope: ScopeArg = None,
@@ -113,7 +131,8 @@ class SyncTokenManager:
         audience: str | None = None,
         library: str = "httpx",
     ) -> BearerFlow:
-        """An ``httpx.Auth`` for ``httpx.Client(auth=tokens.auth())``."""
+        """An ``httpx.Auth`` for ``httpx.Client(auth=tokens.auth())`` (``library=``: as for
+        :meth:`TokenManager.auth`)."""
         return bearer_auth_class(library)(self, scope=scope, resource=resource, audience=audience)
 
     def close(self) -> None:

@@ -36,13 +36,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, overload
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from ..bearer import BearerFlow, bearer_auth_class
+from ..bearer import BearerAuth, BearerFlow, bearer_auth_class
 from ..client_auth import ClientAuth
 from ..endpoint import TokenEndpoint
 from ..errors import (
@@ -537,6 +537,24 @@ class TokenManager:
 
     # -- httpx ----------------------------------------------------------------------------
 
+    @overload
+    def auth(
+        self,
+        scope: ScopeArg = None,
+        *,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+        library: Literal["httpx"] = "httpx",
+    ) -> BearerAuth: ...
+    @overload
+    def auth(
+        self,
+        scope: ScopeArg = None,
+        *,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+        library: str,
+    ) -> BearerFlow: ...
     def auth(
         self,
         scope: ScopeArg = None,
@@ -546,7 +564,8 @@ class TokenManager:
         library: str = "httpx",
     ) -> BearerFlow:
         """An ``httpx.Auth`` adding ``Authorization: Bearer`` and retrying once after a 401
-        ``invalid_token``: ``httpx.AsyncClient(auth=tokens.auth())``."""
+        ``invalid_token``: ``httpx.AsyncClient(auth=tokens.auth())``. With ``library=``
+        (``"httpx2"``), the same flow on that library's ``Auth``."""
         return bearer_auth_class(library)(self, scope=scope, resource=resource, audience=audience)
 
     # -- lifecycle ------------------------------------------------------------------------
