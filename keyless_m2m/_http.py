@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import httpx
 
+from ._text import printable
 from .errors import MissingExtraError
 
 __all__ = [
@@ -96,7 +97,7 @@ def _codings(response: httpx.Response) -> list[str]:
     if codings and codings[0] == "x-gzip":
         return ["gzip"]
     if codings and codings[0] not in ("gzip", "deflate"):
-        shown = "".join(ch if ch.isprintable() else "?" for ch in codings[0][:40])
+        shown = printable(codings[0][:40])
         raise BodyError(f"content-encoding {shown!r} is refused (accepted: identity, gzip, deflate)")
     return codings
 
@@ -167,11 +168,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         stack.extend(e for e in (current.__context__, current.__cause__) if e is not None)
 
 
-def _printable(text: str, limit: int = 120) -> str:
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def transport_failure(exc: BaseException, host: str) -> tuple[str, str, bool]:
     """``(reason, what happened, retryable)`` for an exception from the HTTP exchange.
 
@@ -184,7 +180,7 @@ def transport_failure(exc: BaseException, host: str) -> tuple[str, str, bool]:
     for cause in causes:
         if isinstance(cause, ssl.SSLCertVerificationError):
             why = cause.verify_message or cause.reason or "unknown reason"
-            return "tls_verification", f"certificate verify failed: {_printable(str(why))}", False
+            return "tls_verification", f"certificate verify failed: {printable(str(why), 120)}", False
     for cause in causes:
         if isinstance(cause, socket.gaierror):
             return "dns", f"the name {host!r} does not resolve", True
@@ -201,7 +197,7 @@ def transport_failure(exc: BaseException, host: str) -> tuple[str, str, bool]:
     for cause in causes:
         if isinstance(cause, ssl.SSLError):
             reason = cause.reason or type(cause).__name__
-            return "tls", f"TLS handshake failed: {_printable(str(reason))}", False
+            return "tls", f"TLS handshake failed: {printable(str(reason), 120)}", False
     if isinstance(exc, httpx.TimeoutException):
         phase = {
             httpx.ConnectTimeout: "connecting",

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, NoReturn, TypeVar, overload
 from urllib.parse import quote, quote_plus, unquote_plus
 
+from ._text import printable
+
 __all__ = ["REDACTED", "Redactor", "Secret", "reveal", "scrubbing_http_logs"]
 
 T = TypeVar("T")
@@ -190,10 +192,7 @@ class Redactor:
                 text = text.replace(value, REDACTED)
         if windows and len(text) >= _WINDOW:
             text = _drop_runs(text, windows)
-        text = "".join(ch if ch.isprintable() else "?" for ch in text)
-        if limit is not None and len(text) > limit:
-            text = text[:limit] + "..."
-        return text
+        return printable(text, limit)
 
     def scrub_data(self, value: Any, depth: int = 0) -> Any:
         """``value`` (decoded JSON) with every string scrubbed, keys included."""

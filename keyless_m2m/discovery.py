@@ -44,6 +44,7 @@ import anyio
 import httpx
 
 from ._http import ACCEPT_ENCODING, BodyError, build_client, read_body, transport_failure
+from ._text import printable
 from .client_auth import ClientAuth
 from .endpoint import (
     TokenEndpoint,
@@ -125,10 +126,7 @@ def clear_metadata_cache() -> None:
 
 def _shown(value: Any, limit: int = 120) -> str:
     """A server-supplied value, safe and short enough to put in a message."""
-    text = repr(shown_url(value) if isinstance(value, str) else value)
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
+    return printable(repr(shown_url(value) if isinstance(value, str) else value), limit)
 
 
 def _check_issuer(issuer: Any, allow_insecure_http: bool) -> str:
