@@ -20,7 +20,7 @@ from keyless_m2m.signers import KeyDescription, LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.helpers import make_key, pem_of
 
-FAST_RETRY = {"backoff": 0.01, "max_backoff": 0.02, "max_attempts": 2}
+FAST_RETRY: dict[str, Any] = {"backoff": 0.01, "max_backoff": 0.02, "max_attempts": 2}
 
 
 class CountingSigner:

@@ -165,7 +165,11 @@ async def test_valid_token_is_served_while_refresh_fails_then_connection_refused
                 manual_clock.advance(10.1)  # past the backoff (jittered, at most 10 s)
                 for _ in range(10):
                     assert await tokens.get_token() is valid
-                await until(lambda n=failures: tokens.stats.failures == n and entry.flight is None)
+
+                def failed(n: int = failures) -> bool:
+                    return tokens.stats.failures == n and entry.flight is None
+
+                await until(failed)
             failures_while_down = tokens.stats.failures
             assert failures_while_down == 4
             # every failed flight made at most max_attempts requests: backoff, not hammering

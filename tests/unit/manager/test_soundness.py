@@ -447,7 +447,8 @@ def test_constructor_arguments_of_the_wrong_type_are_configuration_errors(option
 
 async def test_get_token_arguments_of_the_wrong_type_are_configuration_errors() -> None:
     async with TokenManager(endpoint=OfflineTokenEndpoint()) as tokens:
-        for bad in ({"resource": 123}, {"audience": 5}, {"scope": 7}):
+        cases: list[dict[str, Any]] = [{"resource": 123}, {"audience": 5}, {"scope": 7}]
+        for bad in cases:
             with pytest.raises(ConfigurationError):
                 await tokens.get_token(**bad)
 
