@@ -223,7 +223,9 @@ async def test_encrypted_entries_need_the_right_key(
             assert await no_key.get("k") is None
         rotated_read = await rotated.get("k")
         assert rotated_read is not None and rotated_read.value == secret_value
-        assert all(secret_value not in r.getMessage() for r in caplog.records)
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) >= 2  # both misses were logged, and neither shows the token
+        assert not [m for m in messages if secret_value in m]
         # Whoever can write to Redis cannot plant a plaintext token for a sealed cache.
         assert await no_key.put("k", _token("planted"), fence=2, ttl=60)
         assert await sealed.get("k") is None
@@ -239,7 +241,7 @@ def test_codec_errors_are_typed_and_bound_to_the_key_name() -> None:
     with pytest.raises(CacheDecryptionError, match="does not authenticate"):
         _Codec([key_1]).decode(data[:-3] + b"AAA", b"ns:{a}:tok")
     assert _Codec([key_1]).decode(data, b"ns:{a}:tok").value == "tok-value-a"
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="encryption keys must be 16, 24 or 32 random bytes"):
         _Codec([b"short"])
 
 
@@ -392,7 +394,8 @@ async def test_eight_processes_make_one_request_cold_and_one_at_expiry(
     finally:
         workers.stop()
     for phase in (cold, expired):
-        assert all(r["errors"] == [] for r in phase)
+        assert len(phase) == len(workers.procs) > 1
+        assert [r["errors"] for r in phase] == [[]] * len(phase)
         assert len({t for r in phase for t in r["tokens"]}) == 1  # everyone had the same token
     assert sum(r["requests"] for r in expired) == 2
     assert sum(r["shared_hits"] for r in expired) == 14

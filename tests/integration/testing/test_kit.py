@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenManager
+from keyless_m2m import ConfigurationError, InvalidClientError, PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m._jose import jwk_thumbprint
 from keyless_m2m.signers import Signer
 from keyless_m2m.testing import ManualClock, pytest_plugin
@@ -98,7 +98,7 @@ async def test_a_stranger_signer_is_refused_with_the_reason(server: Authorizatio
     async with TokenManager(server.token_endpoint, PrivateKeyJWT("svc", stranger)) as tokens:
         with pytest.raises(Exception, match="does not verify") as caught:
             await tokens.get_token()
-    assert type(caught.value).__name__ == "InvalidClientError"
+    assert type(caught.value) is InvalidClientError
     assert server.refusals == [
         "invalid_client: the signature does not verify with client 'svc''s registered keys "
         f"(assertion kid {stranger.description.key_id!r}, registered kids {registered.description.key_id!r})"

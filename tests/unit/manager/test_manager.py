@@ -285,11 +285,11 @@ async def test_cache_is_bounded_lru(server: AuthorizationServer, signer: Countin
 
 
 def test_bad_options_are_configuration_errors(server: AuthorizationServer, signer: CountingSigner) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=r"^max_entries must be an integer of at least 1"):
         manager(server, signer, max_entries=0)
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=r"^refresh_window must be a non-negative number"):
         manager(server, signer, refresh_window=-1)
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="needs token_endpoint= and client_auth="):
         TokenManager(server.token_endpoint)
 
 

@@ -441,7 +441,8 @@ async def test_a_lease_that_never_ends_is_bounded_by_the_deadline(server: Author
     ids=lambda o: next(iter(o)),
 )
 def test_constructor_arguments_of_the_wrong_type_are_configuration_errors(options: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError):
+    name = next(iter(options))
+    with pytest.raises(ConfigurationError, match=rf"\b{name}\b"):  # the message names the option
         TokenManager(endpoint=OfflineTokenEndpoint(), **options)
 
 
@@ -449,7 +450,7 @@ async def test_get_token_arguments_of_the_wrong_type_are_configuration_errors() 
     async with TokenManager(endpoint=OfflineTokenEndpoint()) as tokens:
         cases: list[dict[str, Any]] = [{"resource": 123}, {"audience": 5}, {"scope": 7}]
         for bad in cases:
-            with pytest.raises(ConfigurationError):
+            with pytest.raises(ConfigurationError, match=f"^{next(iter(bad))} must be "):
                 await tokens.get_token(**bad)
 
 
