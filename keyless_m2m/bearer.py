@@ -21,7 +21,7 @@ import inspect
 import re
 from collections.abc import AsyncGenerator, Generator
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import httpx
 
@@ -30,7 +30,7 @@ from .source import ResourceArg, ScopeArg, SyncTokenSource, TokenSource
 if TYPE_CHECKING:
     from .token import AccessToken
 
-__all__ = ["BearerAuth", "BearerFlow", "bearer_auth_class", "is_invalid_token_challenge"]
+__all__ = ["BearerAuth", "BearerFlow", "BearerSource", "bearer_auth_class", "is_invalid_token_challenge"]
 
 _INVALID_TOKEN = re.compile(r'(?:^|[\s,])error\s*=\s*"?invalid_token"?(?:[\s,]|$)', re.IGNORECASE)
 
@@ -122,3 +122,42 @@ def bearer_auth_class(library: str = "httpx") -> type[BearerFlow]:
         return BearerAuth
     module = importlib.import_module(library)
     return type("BearerAuth", (BearerFlow, module.Auth), {"__module__": __name__})
+
+
+class BearerSource:
+    """``auth()`` for a token source: both token managers inherit it, so the httpx auth
+    of the async and of the blocking manager is made, and typed, in one place."""
+
+    @overload
+    def auth(
+        self,
+        scope: ScopeArg = None,
+        *,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+        library: Literal["httpx"] = "httpx",
+    ) -> BearerAuth: ...
+    @overload
+    def auth(
+        self,
+        scope: ScopeArg = None,
+        *,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+        library: str,
+    ) -> BearerFlow: ...
+    def auth(
+        self,
+        scope: ScopeArg = None,
+        *,
+        resource: ResourceArg = None,
+        audience: str | None = None,
+        library: str = "httpx",
+    ) -> BearerFlow:
+        """An ``httpx.Auth`` adding ``Authorization: Bearer`` and retrying once after a 401
+        ``invalid_token``: ``httpx.AsyncClient(auth=tokens.auth())`` for a
+        :class:`~keyless_m2m.TokenManager`, ``httpx.Client(auth=tokens.auth())`` for a
+        :class:`~keyless_m2m.SyncTokenManager`. With ``library=`` (``"httpx2"``), the same
+        flow on that library's ``Auth``."""
+        source = cast("TokenSource | SyncTokenSource", self)
+        return bearer_auth_class(library)(source, scope=scope, resource=resource, audience=audience)

@@ -14,11 +14,11 @@ from contextlib import AbstractContextManager
 from functools import partial
 from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, overload
+from typing import TYPE_CHECKING, Any, Self
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .bearer import BearerAuth, BearerFlow, bearer_auth_class
+from .bearer import BearerSource
 from .errors import ManagerClosedError
 from .manager import TokenManager, forked_error
 from .source import ResourceArg, ScopeArg
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["SyncTokenManager"]
 
 
-class SyncTokenManager:
+class SyncTokenManager(BearerSource):
     """Blocking, thread-safe token manager with the semantics of :class:`TokenManager`.
 
     >>> with SyncTokenManager(token_endpoint="https://auth.example/oauth2/token",
@@ -104,36 +104,6 @@ class SyncTokenManager:
             # The portal's thread and loop do not exist in a forked child: calling into them
             # would hang forever. Fail at once instead (see TokenManager._check_usable).
             raise forked_error("SyncTokenManager")
-
-    @overload
-    def auth(
-        self,
-        scope: ScopeArg = None,
-        *,
-        resource: ResourceArg = None,
-        audience: str | None = None,
-        library: Literal["httpx"] = "httpx",
-    ) -> BearerAuth: ...
-    @overload
-    def auth(
-        self,
-        scope: ScopeArg = None,
-        *,
-        resource: ResourceArg = None,
-        audience: str | None = None,
-        library: str,
-    ) -> BearerFlow: ...
-    def auth(
-        self,
-        scope: ScopeArg = None,
-        *,
-        resource: ResourceArg = None,
-        audience: str | None = None,
-        library: str = "httpx",
-    ) -> BearerFlow:
-        """An ``httpx.Auth`` for ``httpx.Client(auth=tokens.auth())`` (``library=``: as for
-        :meth:`TokenManager.auth`)."""
-        return bearer_auth_class(library)(self, scope=scope, resource=resource, audience=audience)
 
     def close(self) -> None:
         """Close the manager and stop the background thread. Idempotent. In a forked child

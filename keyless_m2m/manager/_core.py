@@ -36,13 +36,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, overload
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from ..bearer import BearerAuth, BearerFlow, bearer_auth_class
+from ..bearer import BearerSource
 from ..client_auth import ClientAuth
 from ..endpoint import TokenEndpoint
 from ..errors import (
@@ -132,7 +132,7 @@ class _Counters:
     ignored_invalidations: int = 0
 
 
-class TokenManager:
+class TokenManager(BearerSource):
     """Gets, caches and refreshes client-credentials tokens.
 
     >>> async with TokenManager(token_endpoint="https://auth.example/oauth2/token",
@@ -535,38 +535,7 @@ class TokenManager:
             return True
         return False
 
-    # -- httpx ----------------------------------------------------------------------------
-
-    @overload
-    def auth(
-        self,
-        scope: ScopeArg = None,
-        *,
-        resource: ResourceArg = None,
-        audience: str | None = None,
-        library: Literal["httpx"] = "httpx",
-    ) -> BearerAuth: ...
-    @overload
-    def auth(
-        self,
-        scope: ScopeArg = None,
-        *,
-        resource: ResourceArg = None,
-        audience: str | None = None,
-        library: str,
-    ) -> BearerFlow: ...
-    def auth(
-        self,
-        scope: ScopeArg = None,
-        *,
-        resource: ResourceArg = None,
-        audience: str | None = None,
-        library: str = "httpx",
-    ) -> BearerFlow:
-        """An ``httpx.Auth`` adding ``Authorization: Bearer`` and retrying once after a 401
-        ``invalid_token``: ``httpx.AsyncClient(auth=tokens.auth())``. With ``library=``
-        (``"httpx2"``), the same flow on that library's ``Auth``."""
-        return bearer_auth_class(library)(self, scope=scope, resource=resource, audience=audience)
+    # auth() (the httpx auth over this manager) is inherited from bearer.BearerSource.
 
     # -- lifecycle ------------------------------------------------------------------------
 
