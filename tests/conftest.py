@@ -1,5 +1,5 @@
-"""Shared fixtures: the anyio backend matrix, the independent verifier, garbage collection
-after every test. Helpers live in ``tests/helpers.py``."""
+"""Shared fixtures: the anyio backend matrix, the independent verifier, a fresh discovery
+cache and garbage collection around every test. Helpers live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from keyless_m2m.discovery import clear_metadata_cache
 from tests.helpers import verify_jws
 
 
@@ -25,6 +26,14 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def verifier() -> Callable[..., dict[str, Any]]:
     return verify_jws
+
+
+@pytest.fixture(autouse=True)
+def _fresh_metadata_cache() -> Iterator[None]:
+    """No test sees metadata another test discovered (the cache is process-wide)."""
+    clear_metadata_cache()
+    yield
+    clear_metadata_cache()
 
 
 @pytest.fixture(autouse=True)

@@ -6,14 +6,14 @@ metadata, on asyncio and trio. The pure tests are in ``tests/unit/test_discovery
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
 
 from keyless_m2m import DiscoveryError, PrivateKeyJWT, TokenManager, TransportError
-from keyless_m2m.discovery import DiscoveredTokenEndpoint, check_client_auth, clear_metadata_cache, discover
+from keyless_m2m.discovery import DiscoveredTokenEndpoint, check_client_auth, discover
 from keyless_m2m.signers import LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.cli_runner import jwk_of
@@ -23,13 +23,6 @@ from tests.oidc_provider.clients import AuthServer
 
 pytestmark = pytest.mark.integration
 anyio_test = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _fresh_metadata_cache() -> Iterator[None]:
-    clear_metadata_cache()
-    yield
-    clear_metadata_cache()
 
 
 @anyio_test

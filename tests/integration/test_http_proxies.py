@@ -26,7 +26,6 @@ from keyless_m2m import (
     TokenManager,
     TransportError,
 )
-from keyless_m2m.discovery import clear_metadata_cache
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.helpers import exception_texts
@@ -42,15 +41,13 @@ VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in VARIABLES:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUEST_METHOD"):
         monkeypatch.delenv(name, raising=False)
-    clear_metadata_cache()
-    yield
-    clear_metadata_cache()
+    # (and a fresh discovery cache around every test: tests/conftest.py)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from keyless_m2m import (
     TransportError,
 )
 from keyless_m2m import discovery as discovery_module
-from keyless_m2m.discovery import clear_metadata_cache, discover
+from keyless_m2m.discovery import discover
 from keyless_m2m.endpoint import TokenEndpoint, tls_verification
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.helpers import exception_texts, require_module
@@ -44,15 +44,13 @@ PASSWORD = "url-canary-password-77d3f1"
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    clear_metadata_cache()
-    yield
-    clear_metadata_cache()
+    # (and a fresh discovery cache around every test: tests/conftest.py)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ real servers is in ``tests/integration/test_discovery.py``."""
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -26,13 +25,6 @@ from keyless_m2m.discovery import (
 )
 
 anyio_test = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _fresh_metadata_cache() -> Iterator[None]:
-    clear_metadata_cache()
-    yield
-    clear_metadata_cache()
 
 
 def test_metadata_locations() -> None:

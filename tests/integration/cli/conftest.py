@@ -7,17 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from keyless_m2m.discovery import clear_metadata_cache
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.cli_runner import jwk_of
 from tests.oidc_provider.clients import SECRET
-
-
-@pytest.fixture(autouse=True)
-def _fresh_metadata_cache() -> Iterator[None]:
-    clear_metadata_cache()
-    yield
-    clear_metadata_cache()
 
 
 @pytest.fixture
