@@ -60,6 +60,7 @@ from .errors import (
     InvalidTokenResponseError,
     KeylessM2MError,
     MissingExtraError,
+    RefusedWithoutReasonError,
     SigningError,
     TokenRequestError,
     TransportError,
@@ -612,6 +613,10 @@ class TokenEndpoint:
             )
         if status != 200:
             kind = redactor.scrub(headers.get("content-type", "no content type").split(";")[0], 80)
+            if status in (400, 401, 403):
+                # A refusal all the same (a gateway's HTML, an empty 403): typed as one, not
+                # as a malformed answer, and not retried.
+                raise RefusedWithoutReasonError(status, kind)
             message = f"token endpoint answered HTTP {status} ({kind}) without an OAuth error"
             if retryable_status:
                 raise _Retry(

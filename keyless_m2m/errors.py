@@ -17,7 +17,8 @@ Every exception the library raises on purpose derives from :class:`KeylessM2MErr
     │   ├── InvalidScopeError           invalid_scope
     │   ├── InvalidTargetError          invalid_target (RFC 8707)
     │   ├── TemporarilyUnavailableError temporarily_unavailable  (retryable)
-    │   └── ServerError                 server_error (retryable)
+    │   ├── ServerError                 server_error (retryable)
+    │   └── RefusedWithoutReasonError   HTTP 400/401/403 with no OAuth error body
     ├── DiscoveryError                  authorization server metadata is missing or wrong  .reason
     ├── CacheError                      the shared token cache (Redis) failed
     │   ├── CacheUnavailableError       it cannot be reached in time (retryable)
@@ -49,6 +50,7 @@ __all__ = [
     "KeylessM2MError",
     "ManagerClosedError",
     "MissingExtraError",
+    "RefusedWithoutReasonError",
     "ServerError",
     "SigningError",
     "TemporarilyUnavailableError",
@@ -242,6 +244,23 @@ class TemporarilyUnavailableError(TokenRequestError):
 class ServerError(TokenRequestError):
     oauth_error = "server_error"
     retryable = True
+
+
+class RefusedWithoutReasonError(TokenRequestError):
+    """The token endpoint refused the request (HTTP 400, 401 or 403) without an OAuth
+    error body: an empty body, or HTML from a proxy, gateway or firewall in front of the
+    server. It is a refusal, not a malformed answer, and not retryable: the same request
+    is refused again. ``error`` is ``"refused_without_reason"``; ``status_code`` says
+    which status came."""
+
+    def __init__(self, status_code: int, content_type: str) -> None:
+        self.content_type = content_type
+        super().__init__("refused_without_reason", status_code=status_code, retryable=False)
+        self.args = (
+            f"token request refused: HTTP {status_code} ({content_type}) without an OAuth error "
+            "body, so the server gave no reason; check the client's registration and credentials, "
+            "and whether a proxy or firewall in front of the token endpoint refuses this caller",
+        )
 
 
 class DiscoveryError(KeylessM2MError):

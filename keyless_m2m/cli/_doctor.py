@@ -28,6 +28,7 @@ from ..errors import (
     InvalidTokenResponseError,
     KeylessM2MError,
     MissingExtraError,
+    RefusedWithoutReasonError,
     SigningError,
     TransportError,
     UnauthorizedClientError,
@@ -338,6 +339,12 @@ class Doctor:
             return (
                 f"check the client id {client_id!r} and its secret, and that the client is registered "
                 f"for {auth.method}"
+            )
+        if isinstance(error, RefusedWithoutReasonError):
+            return (
+                f"the server (or a proxy or firewall in front of {url}) refused without saying why: "
+                f"check client {client_id!r} and its credentials, that this machine may reach the "
+                "token endpoint, and the server's logs"
             )
         if isinstance(error, UnauthorizedClientError):
             return f"allow the client_credentials grant for client {client_id!r} on the authorization server"

@@ -23,6 +23,7 @@ from keyless_m2m import (
     InvalidTokenResponseError,
     KeylessM2MError,
     PrivateKeyJWT,
+    RefusedWithoutReasonError,
     ServerError,
     TokenRequestError,
     TransportError,
@@ -310,3 +311,36 @@ def test_stats_argument_is_deprecated_and_ignored() -> None:
     with pytest.warns(DeprecationWarning, match=r"TokenEndpoint\(stats=\.\.\.\) is deprecated"):
         ep = TokenEndpoint(URL, ClientSecretPost("client", SECRET), stats=EndpointStats(requests=7))
     assert ep.stats == EndpointStats(requests=0, signatures=0)
+
+
+REFUSALS_WITHOUT_REASON = [
+    ("empty 403", httpx.Response(403)),
+    ("html 403 from a firewall", httpx.Response(403, text="<html>Request blocked</html>")),
+    ("empty 401", httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="x"'})),
+    ("400 text", httpx.Response(400, text="Bad Request")),
+    ("401 json without error", httpx.Response(401, json={"message": "unauthorized"})),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "response"), REFUSALS_WITHOUT_REASON, ids=[c for c, _ in REFUSALS_WITHOUT_REASON]
+)
+async def test_a_refusal_without_an_oauth_error_is_a_typed_refusal_not_retried(
+    case: str, response: httpx.Response
+) -> None:
+    rec = Recorder(response)
+    ep, sleeps = endpoint(rec, max_attempts=4)
+    with pytest.raises(RefusedWithoutReasonError, match=r"refused: HTTP 40[013] .*gave no reason") as info:
+        await ep.request()
+    error = info.value
+    assert isinstance(error, TokenRequestError) and not isinstance(error, InvalidTokenResponseError)
+    assert error.status_code == response.status_code and error.error == "refused_without_reason"
+    assert error.retryable is False and len(rec.requests) == 1 and sleeps == []
+    assert SECRET not in str(error) + repr(error)
+
+
+async def test_a_malformed_success_and_a_missing_endpoint_stay_invalid_responses() -> None:
+    for response in (httpx.Response(200, text="<html>login</html>"), httpx.Response(404)):
+        ep, _ = endpoint(Recorder(response))
+        with pytest.raises(InvalidTokenResponseError):
+            await ep.request()

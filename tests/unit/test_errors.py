@@ -23,6 +23,8 @@ def sample(cls: type[KeylessM2MError]) -> KeylessM2MError:
     """An instance of ``cls`` with every attribute set away from its default."""
     if issubclass(cls, errors.MissingExtraError):
         return cls("aws", "boto3")
+    if issubclass(cls, errors.RefusedWithoutReasonError):
+        return cls(403, "text/html")
     if issubclass(cls, errors.TokenRequestError):
         return cls(
             "some_error",

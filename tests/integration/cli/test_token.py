@@ -14,6 +14,7 @@ import pytest
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.cli_runner import cli, env_for, jwk_of, one_line_error, op_env
 from tests.helpers import verify_jws
+from tests.hostile_server import Answer, HostileServer
 from tests.metadata_server import CustomMetadataServer
 from tests.oidc_provider.clients import SECRET, AuthServer
 
@@ -145,3 +146,23 @@ def test_cli_client_secrets_with_oidc_provider(oidc_provider: AuthServer, tmp_pa
     assert scope.returncode == 3 and "invalid_scope" in one_line_error(scope, "InvalidScopeError")
     for result in (basic, post, scope):
         assert SECRET not in result.stdout + result.stderr
+
+
+def test_cli_a_refusal_without_a_reason_is_exit_3_with_its_fix(tmp_path: Path) -> None:
+    """A gateway's empty 403 is a refusal (exit 3, one line), not a malformed answer (exit
+    6), and is not retried; the doctor names the likely causes."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("refused-cli-secret\n")
+    with HostileServer() as server:
+        server.answers["/token"] = Answer(403, [("content-type", "text/html")], b"")
+        args = ["--client-id", "svc", "--client-secret-file", str(secret_file)]
+        args += ["--auth-method", "client_secret_basic", "--token-endpoint", server.url("/token")]
+        token = cli("token", *args)
+        assert token.returncode == 3, token.stderr
+        line = one_line_error(token, "RefusedWithoutReasonError")
+        assert "HTTP 403 (text/html)" in line and "refused-cli-secret" not in line
+        assert server.requests.count("POST /token") == 1  # not retried
+        doctor = cli("doctor", *args)
+    assert doctor.returncode == 3, doctor.stdout + doctor.stderr
+    assert "FAIL  token obtained" in doctor.stdout and "refused without saying why" in doctor.stdout
+    assert "refused-cli-secret" not in doctor.stdout + doctor.stderr
