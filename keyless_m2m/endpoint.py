@@ -35,7 +35,7 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from time import monotonic, time
+from time import monotonic
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -67,7 +67,7 @@ from .errors import (
     error_for_oauth_code,
 )
 from .stats import EndpointStats, TokenStats
-from .token import AccessToken
+from .token import AccessToken, utc_now
 
 __all__ = [
     "TokenEndpoint",
@@ -507,7 +507,7 @@ class TokenEndpoint:
         form: list[tuple[str, str | Secret[str]]] = [*base_form, *prepared.form.items()]
         self._requests += 1
         started = monotonic()
-        started_wall = datetime.fromtimestamp(time(), UTC)
+        started_wall = utc_now()
         logger.debug("token request to %s (%s)", self.url, self.client_auth.method)
         failure: tuple[str, str, bool] | None = None
         with anyio.move_on_after(self.timeout) as exchange:

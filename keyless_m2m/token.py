@@ -11,6 +11,12 @@ from time import time
 from typing import Any
 
 
+def utc_now() -> datetime:
+    """Now, as an aware UTC datetime, on the library's wall clock: the one place it is
+    read (through the module-level ``time`` name a test clock replaces)."""
+    return datetime.fromtimestamp(time(), UTC)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class AccessToken:
     """An access token and what the authorization server said about it.
@@ -43,7 +49,7 @@ class AccessToken:
 
     def expires_within(self, seconds: float) -> bool:
         """Whether the wall-clock expiry is less than ``seconds`` away."""
-        return datetime.fromtimestamp(time(), UTC) + timedelta(seconds=seconds) >= self.expires_at
+        return utc_now() + timedelta(seconds=seconds) >= self.expires_at
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AccessToken):

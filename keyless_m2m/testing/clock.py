@@ -57,9 +57,8 @@ CLOCK_READERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("keyless_m2m.cache.memory", ("monotonic",)),  # token TTLs and leases
     ("keyless_m2m.cache.redis", ("monotonic",)),  # marked-down backoff, wait bounds
     ("keyless_m2m.discovery", ("monotonic",)),  # metadata max_age
-    ("keyless_m2m.endpoint", ("monotonic", "time")),  # expires_at of a token it parses
-    ("keyless_m2m.token", ("time",)),  # AccessToken.expires_within
-    ("keyless_m2m.testing.endpoints", ("time",)),  # OfflineTokenEndpoint's expires_at
+    ("keyless_m2m.endpoint", ("monotonic",)),  # attempt timings
+    ("keyless_m2m.token", ("time",)),  # utc_now(): expires_at of parsed tokens, expires_within
 )
 
 _lock = threading.Lock()

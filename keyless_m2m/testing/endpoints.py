@@ -9,14 +9,13 @@ and audience); ``calls`` counts the requests.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from time import time
+from datetime import timedelta
 
 import anyio
 
 from ..client_auth import ClientSecretBasic
 from ..endpoint import TokenEndpoint
-from ..token import AccessToken
+from ..token import AccessToken, utc_now
 
 __all__ = ["OfflineTokenEndpoint"]
 
@@ -44,7 +43,7 @@ class OfflineTokenEndpoint(TokenEndpoint):
         return AccessToken(
             value=f"offline-token-{self.calls}",
             token_type="Bearer",  # noqa: S106 - a token type, not a password
-            expires_at=datetime.fromtimestamp(time(), UTC) + timedelta(seconds=self.expires_in),
+            expires_at=utc_now() + timedelta(seconds=self.expires_in),
             scope=scope,
             raw={"resource": list(resource), "audience": audience},
             expires_in=self.expires_in,
