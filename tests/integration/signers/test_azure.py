@@ -92,6 +92,22 @@ class TestAzureKeyVaultContract(SignerContract):
     pass
 
 
+async def _sign_error(
+    vault: FakeKeyVault, kind: str, fault: KeyVaultFault
+) -> tuple[SigningError, AzureKeyVaultSigner]:
+    """Describe a fresh signer, then sign under ``fault``: the ``SigningError`` it raised,
+    and the (closed) signer."""
+    signer = make_signer(vault, kind)
+    try:
+        await signer.describe()
+        vault.fail_next(fault)
+        with pytest.raises(SigningError) as info:
+            await signer.sign(b"header.claims")
+    finally:
+        await signer.aclose()
+    return info.value, signer
+
+
 async def _verifies(signer: Signer) -> dict[str, Any]:
     description = await signer.describe()
     claims = {"sub": "azure", "n": 7}
@@ -268,15 +284,9 @@ async def test_throttling_is_not_retried_by_the_sdk(vault: FakeKeyVault) -> None
 
 
 async def test_persistent_throttling_is_retryable(vault: FakeKeyVault) -> None:
-    signer = make_signer(vault, "rsa")
-    try:
-        await signer.describe()
-        vault.fail_next(KeyVaultFault(429, operation="sign", retry_after=0.01, count=10))
-        with pytest.raises(SigningError) as info:
-            await signer.sign(b"header.claims")
-    finally:
-        await signer.aclose()
-    error = info.value
+    error, signer = await _sign_error(
+        vault, "rsa", KeyVaultFault(429, operation="sign", retry_after=0.01, count=10)
+    )
     assert error.retryable
     assert error.code == "Throttled"
     assert "429" in str(error)
@@ -287,30 +297,15 @@ async def test_persistent_throttling_is_retryable(vault: FakeKeyVault) -> None:
 
 
 async def test_server_errors_are_retryable(vault: FakeKeyVault) -> None:
-    signer = make_signer(vault, "p256")
-    try:
-        await signer.describe()
-        vault.fail_next(KeyVaultFault(500, operation="sign", count=10))
-        with pytest.raises(SigningError) as info:
-            await signer.sign(b"header.claims")
-    finally:
-        await signer.aclose()
-    assert info.value.retryable
-    assert info.value.code == "InternalServerError"
-    assert "500" in str(info.value)
-    _assert_clean(info.value, vault)
+    error, _ = await _sign_error(vault, "p256", KeyVaultFault(500, operation="sign", count=10))
+    assert error.retryable
+    assert error.code == "InternalServerError"
+    assert "500" in str(error)
+    _assert_clean(error, vault)
 
 
 async def test_forbidden_is_not_retryable(vault: FakeKeyVault) -> None:
-    signer = make_signer(vault, "p256")
-    try:
-        await signer.describe()
-        vault.fail_next(KeyVaultFault(403, operation="sign"))
-        with pytest.raises(SigningError) as info:
-            await signer.sign(b"header.claims")
-    finally:
-        await signer.aclose()
-    error = info.value
+    error, _ = await _sign_error(vault, "p256", KeyVaultFault(403, operation="sign"))
     assert not error.retryable
     assert error.code == "Forbidden"
     assert "403" in str(error)
@@ -388,17 +383,12 @@ async def test_unreachable_vault_is_retryable(vault: FakeKeyVault, tmp_path: Pat
 
 
 async def test_dropped_connection_is_retryable(vault: FakeKeyVault) -> None:
-    signer = make_signer(vault, "p256")
-    try:
-        await signer.describe()
-        vault.fail_next(KeyVaultFault(operation="sign", count=5, drop_connection=True))
-        with pytest.raises(SigningError) as info:
-            await signer.sign(b"header.claims")
-    finally:
-        await signer.aclose()
-    assert info.value.retryable
-    assert info.value.code in ("ServiceRequestError", "ServiceResponseError")
-    _assert_clean(info.value, vault)
+    error, _ = await _sign_error(
+        vault, "p256", KeyVaultFault(operation="sign", count=5, drop_connection=True)
+    )
+    assert error.retryable
+    assert error.code in ("ServiceRequestError", "ServiceResponseError")
+    _assert_clean(error, vault)
 
 
 # -- one call per sign(): the SDK's retries are off, the token endpoint retries -----------------
