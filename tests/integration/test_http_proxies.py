@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,18 @@ SECRET = "proxy-canary-secret-9d41e7"
 PROXY_PASSWORD = "proxy-canary-password-31c5"
 NAME = "auth.proxy.test"  # reserved (RFC 6761): only the test proxy resolves it
 VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+async def request_tokens(tls_server: TlsAuthServer, *, times: int = 1, **options: Any) -> None:
+    """``times`` token requests through one ``TokenEndpoint`` to ``tls_server``, closed after."""
+    endpoint = TokenEndpoint(
+        tls_server.token_endpoint, ClientSecretPost("c", SECRET), verify=tls_server.ca_file, **options
+    )
+    try:
+        for _ in range(times):
+            await endpoint.request()
+    finally:
+        await endpoint.aclose()
 
 
 @pytest.fixture(autouse=True)
@@ -129,14 +142,7 @@ async def test_https_goes_through_the_proxy_as_a_tunnel_and_is_logged_once(
 ) -> None:
     monkeypatch.setenv(variable, f"http://puser:{PROXY_PASSWORD}@{proxy.address}")
     caplog.set_level(logging.DEBUG, logger="keyless_m2m")
-    endpoint = TokenEndpoint(
-        tls_server.token_endpoint, ClientSecretPost("c", SECRET), verify=tls_server.ca_file
-    )
-    try:
-        for _ in range(3):
-            await endpoint.request()
-    finally:
-        await endpoint.aclose()
+    await request_tokens(tls_server, times=3)
     assert tls_server.token_requests == 3
     assert proxy.request_lines and all(
         line == f"CONNECT {NAME}:{tls_server.port} HTTP/1.1" for line in proxy.request_lines
@@ -172,14 +178,8 @@ async def test_no_proxy_sends_the_request_direct(
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     monkeypatch.setenv(variable, f"other.example, {entry.replace('PORT', str(tls_server.port))}")
-    endpoint = TokenEndpoint(
-        tls_server.token_endpoint, ClientSecretPost("c", SECRET), verify=tls_server.ca_file, max_attempts=1
-    )
-    try:
-        with pytest.raises(TransportError):  # direct: the name resolves nowhere but at the proxy
-            await endpoint.request()
-    finally:
-        await endpoint.aclose()
+    with pytest.raises(TransportError):  # direct: the name resolves nowhere but at the proxy
+        await request_tokens(tls_server, max_attempts=1)
     assert proxy.request_lines == [] and tls_server.token_requests == 0
 
 
@@ -188,13 +188,7 @@ async def test_no_proxy_for_another_port_keeps_the_proxy(
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     monkeypatch.setenv("NO_PROXY", f"{NAME}:{tls_server.port + 1}")
-    endpoint = TokenEndpoint(
-        tls_server.token_endpoint, ClientSecretPost("c", SECRET), verify=tls_server.ca_file
-    )
-    try:
-        await endpoint.request()
-    finally:
-        await endpoint.aclose()
+    await request_tokens(tls_server)
     assert len(proxy.request_lines) == 1 and tls_server.token_requests == 1
 
 
@@ -203,13 +197,7 @@ async def test_the_lower_case_variable_wins(
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")  # refused, if it were used
     monkeypatch.setenv("https_proxy", proxy.url)
-    endpoint = TokenEndpoint(
-        tls_server.token_endpoint, ClientSecretPost("c", SECRET), verify=tls_server.ca_file
-    )
-    try:
-        await endpoint.request()
-    finally:
-        await endpoint.aclose()
+    await request_tokens(tls_server)
     assert len(proxy.request_lines) == 1 and tls_server.token_requests == 1
 
 
