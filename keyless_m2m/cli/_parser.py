@@ -4,6 +4,7 @@ command, and the refusals that keep a secret off the command line and out of usa
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Any, NoReturn
 
 from ..signers import known_schemes
@@ -156,16 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser(
+    # Every command: no abbreviated options, the descriptions as written, the exit codes.
+    add_command = partial(
+        commands.add_parser, allow_abbrev=False, formatter_class=formatter, epilog=EXIT_CODES_HELP
+    )
+
+    demo = add_command(
         "demo",
         parents=[output],
-        allow_abbrev=False,
-        formatter_class=formatter,
         help="run the whole flow against an embedded loopback authorization server",
         description="Start an authorization server on 127.0.0.1, register a throwaway EC P-256 key "
         "(or --signer URI), and show the flow: discovery, the client assertion, the token, "
         "single flight under concurrency, a forced refresh. No account or server needed.",
-        epilog=EXIT_CODES_HELP,
     )
     demo.add_argument("--signer", metavar="URI", help="use this key instead of a throwaway one")
     demo.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for --signer (e.g. PS256)")
@@ -177,57 +180,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent get_token() calls (10000)",
     )
 
-    token = commands.add_parser(
+    token = add_command(
         "token",
         parents=[client, output],
-        allow_abbrev=False,
-        formatter_class=formatter,
         help="print an access token",
         description="Get a token with the client-credentials grant and print it (it is what you asked "
         "for: mind where the output goes).",
-        epilog=EXIT_CODES_HELP,
     )
     token.add_argument(
         "--json", action="store_true", help="print the whole token response as JSON, token included"
     )
 
-    jwks = commands.add_parser(
+    jwks = add_command(
         "jwks",
         parents=[output],
-        allow_abbrev=False,
-        formatter_class=formatter,
         help="print the public JWKS of signers, to register with the authorization server",
         description=f'Print {{"keys": [...]}} with the public JWK of each signer (default: ${ENV_SIGNER}). '
         f"Known URI schemes: {', '.join(known_schemes())}.",
-        epilog=EXIT_CODES_HELP,
     )
     jwks.add_argument("uris", nargs="*", metavar="SIGNER_URI", help="signer URIs")
     jwks.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for the signers (e.g. PS256)")
 
-    assertion = commands.add_parser(
+    assertion = add_command(
         "assertion",
         parents=[client, output],
-        allow_abbrev=False,
-        formatter_class=formatter,
         help="mint one client assertion (private_key_jwt)",
         description="Sign one client assertion and print it (compact JWS). Its aud is the token "
         "endpoint (from --token-endpoint or the issuer's metadata) unless --assertion-aud issuer.",
-        epilog=EXIT_CODES_HELP,
     )
     assertion.add_argument(
         "--decode", action="store_true", help="print JSON with the assertion, its header and its claims"
     )
 
-    commands.add_parser(
+    add_command(
         "doctor",
         parents=[client, output],
-        allow_abbrev=False,
-        formatter_class=formatter,
         help="check a configuration end to end, with a fix for each failure",
         description="Check, step by step: the configuration, the signer, a sign + verify round trip "
         "(verified independently with jwcrypto), the server's metadata, method and algorithm "
         "support, clock skew against the server's Date header, and a real token request. The "
         "exit code is the one of the first failed check.",
-        epilog=EXIT_CODES_HELP,
     )
     return parser
