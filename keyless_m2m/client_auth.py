@@ -10,20 +10,25 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 from urllib.parse import quote_plus
 
-from ._jose import b64url, encode_segment
+from ._jose import b64url, encode_segment, jwk_thumbprint, public_jwk
 from ._secret import Secret
 from .errors import ConfigurationError
 from .signers import Signer
 
+if TYPE_CHECKING:
+    from cryptography import x509
+
 __all__ = [
     "CLIENT_ASSERTION_TYPE",
+    "AudiencePolicy",
     "ClientAuth",
     "ClientSecretBasic",
     "ClientSecretPost",
@@ -35,6 +40,11 @@ CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 RFC7523BIS_TYP = "client-authentication+jwt"
 _RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "iat", "exp", "jti", "nbf"})
 MAX_ASSERTION_LIFETIME = 300
+
+AudiencePolicy = Literal["auto", "issuer", "token_endpoint"]
+"""Which ``aud`` a client assertion carries (see :class:`PrivateKeyJWT`)."""
+AudienceKind = Literal["issuer", "token_endpoint", "audience"]
+_AUDIENCE_POLICIES: tuple[str, ...] = get_args(AudiencePolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +59,12 @@ class PreparedAuth:
     form: Mapping[str, str | Secret[str]] = field(repr=False)
     headers: Mapping[str, str | Secret[str]] = field(default_factory=dict, repr=False)
     signed: bool = False
+    #: What to tell the user if the server refuses these credentials (``invalid_client``):
+    #: what was sent that servers commonly refuse, and what to set instead. Never a secret.
+    hint: str | None = None
+    #: The client has another form of credentials to try once if the server refuses these
+    #: (``PrivateKeyJWT``'s ``audience_policy="auto"``: the token endpoint URL as ``aud``).
+    alternative: bool = False
 
 
 @runtime_checkable
@@ -73,17 +89,71 @@ def _check_client_id(client_id: object) -> str:
     return client_id
 
 
+_CERTIFICATE_HEADERS = frozenset({"x5t#S256", "x5t", "x5c"})
+_RESERVED_HEADERS = frozenset({"alg", "typ", "crit"}) | _CERTIFICATE_HEADERS
+
+
+def _load_certificates(certificate: object) -> list[x509.Certificate]:
+    """A leaf certificate and its chain, from a ``cryptography`` certificate, PEM text or
+    bytes (one or more certificates, leaf first), DER bytes, or a sequence of those."""
+    from cryptography import x509  # here: 77 ms to import, needed only with certificate=
+
+    if isinstance(certificate, x509.Certificate):
+        return [certificate]
+    if isinstance(certificate, str):
+        certificate = certificate.encode("ascii", "replace")
+    if isinstance(certificate, bytes | bytearray):
+        data = bytes(certificate)
+        try:
+            if b"-----BEGIN" in data:
+                found = x509.load_pem_x509_certificates(data)
+            else:
+                found = [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            raise ConfigurationError("certificate is not a PEM or DER X.509 certificate") from None
+        return found
+    if isinstance(certificate, Sequence):
+        chain = [c for item in certificate for c in _load_certificates(item)]
+        if chain:
+            return chain
+    raise ConfigurationError(
+        "certificate must be a cryptography x509.Certificate, PEM or DER bytes, or a sequence of them"
+    )
+
+
 class PrivateKeyJWT:
     """``private_key_jwt`` client authentication (RFC 7523).
 
     >>> auth = PrivateKeyJWT("my-client", signer)                     # doctest: +SKIP
     >>> auth = PrivateKeyJWT("my-client", signer, issuer="https://auth.example")  # doctest: +SKIP
 
-    Claims: ``iss = sub = client_id``; ``aud`` = ``audience`` if given, else the issuer
-    identifier when ``issuer`` is given (draft-ietf-oauth-rfc7523bis, which also sets the
-    header ``typ: client-authentication+jwt``), else the token endpoint URL; ``iat``;
-    ``exp = iat + lifetime`` (at most 300 s); a 192-bit random ``jti``. ``typ`` defaults to
-    ``"JWT"`` (what PyJWT and most peers send). ``extra_claims`` may not override those.
+    Claims: ``iss = sub = client_id``; ``aud`` (below); ``iat``; ``exp = iat + lifetime``
+    (at most 300 s); a 192-bit random ``jti``. ``extra_claims`` may not override those.
+
+    ``aud`` is always one string, chosen by ``audience_policy`` (docs/security.md, "The
+    audience"):
+
+    - ``"auto"`` (the default): the authorization server's **issuer identifier** when it is
+      known (``issuer=`` here, or discovered by ``TokenManager.from_issuer``), with the header
+      ``typ: client-authentication+jwt`` (draft-ietf-oauth-rfc7523bis section 4, OAuth 2.1
+      section 2.4, FAPI 2.0 section 5.3.3.1). If the server refuses that assertion
+      (``invalid_client``, or a refusal without reason), the token endpoint tries once more at
+      once with the **token endpoint URL** as ``aud`` and ``typ: JWT``, and keeps that form
+      for the server if it works. When the issuer is not known, the token endpoint URL.
+    - ``"issuer"``: the issuer identifier always, never anything else (strict servers, FAPI
+      2.0); a request without a known issuer is a :class:`~keyless_m2m.ConfigurationError`.
+    - ``"token_endpoint"``: the token endpoint URL always (what most deployed servers
+      document); ``typ: JWT``.
+
+    ``audience=`` overrides all of them with one value you configure (with ``typ:
+    client-authentication+jwt`` when ``issuer=`` is given too). ``typ=`` overrides the
+    header's ``typ`` in every form (``""``: no ``typ``).
+
+    Header: ``alg`` and ``kid`` from the signer (``headers=`` may set another ``kid``, and
+    any other parameter except ``alg``, ``typ`` and ``crit``). ``certificate=`` (an X.509
+    certificate of the signer's key, e.g. from ``keyless-m2m certificate``; a chain leaf
+    first) adds the parameters named in ``certificate_headers``: ``x5t#S256`` by default,
+    ``x5t`` (SHA-1, for servers that know only that) and ``x5c`` (the chain).
     """
 
     method = "private_key_jwt"
@@ -98,6 +168,10 @@ class PrivateKeyJWT:
         extra_claims: Mapping[str, Any] | None = None,
         *,
         issuer: str | None = None,
+        audience_policy: AudiencePolicy = "auto",
+        headers: Mapping[str, Any] | None = None,
+        certificate: Any = None,
+        certificate_headers: Collection[str] = ("x5t#S256",),
     ) -> None:
         self.client_id = _check_client_id(client_id)
         if not isinstance(signer, Signer):
@@ -108,42 +182,129 @@ class PrivateKeyJWT:
             or not 1 <= lifetime <= MAX_ASSERTION_LIFETIME
         ):
             raise ConfigurationError(f"lifetime must be 1..{MAX_ASSERTION_LIFETIME} seconds")
+        if audience_policy not in _AUDIENCE_POLICIES:
+            raise ConfigurationError(
+                f"audience_policy must be one of {', '.join(map(repr, _AUDIENCE_POLICIES))}, "
+                f"got {audience_policy!r}"
+            )
+        for name, value in (("audience", audience), ("issuer", issuer), ("typ", typ)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigurationError(f"{name} must be a string")
+        if audience == "" or issuer == "":
+            raise ConfigurationError("audience and issuer must not be empty")
         extra = dict(extra_claims or {})
         clash = _RESERVED_CLAIMS & extra.keys()
         if clash:
             raise ConfigurationError(f"extra_claims may not set {', '.join(sorted(clash))}")
+        extra_headers = dict(headers or {})
+        clash = _RESERVED_HEADERS & extra_headers.keys()
+        if clash:
+            raise ConfigurationError(
+                f"headers may not set {', '.join(sorted(clash))} (use typ=, certificate=)"
+            )
+        wanted = set(certificate_headers)
+        if not wanted <= _CERTIFICATE_HEADERS:
+            raise ConfigurationError(
+                f"certificate_headers may name only {', '.join(sorted(_CERTIFICATE_HEADERS))}"
+            )
+        self.certificates = _load_certificates(certificate) if certificate is not None else []
+        if self.certificates and not wanted:
+            raise ConfigurationError("certificate= needs at least one of certificate_headers")
         self.signer = signer
         self.audience = audience
         self.issuer = issuer
+        self.audience_policy: AudiencePolicy = audience_policy
         self.lifetime = lifetime
-        self.typ = typ if typ is not None else (RFC7523BIS_TYP if issuer is not None else "JWT")
+        self.typ = typ
         self.extra_claims = extra
-        self._header_segment: str | None = None
+        self.extra_headers = extra_headers
+        self.certificate_headers = frozenset(wanted)
+        self._headers: dict[str, str] = {}  # typ -> encoded header segment
 
     def __repr__(self) -> str:
         return f"PrivateKeyJWT(client_id={self.client_id!r}, signer={self.signer!r})"
 
-    async def _header(self) -> str:
-        if self._header_segment is None:
+    def audience_for(
+        self, token_endpoint: str, issuer: str | None = None, *, fallback: bool = False
+    ) -> tuple[str, AudienceKind]:
+        """The ``aud`` of an assertion POSTed to ``token_endpoint`` and which kind it is.
+
+        ``issuer`` is the issuer identifier the token endpoint knows (from discovery);
+        ``issuer=`` given here wins. ``fallback``: the server refused the issuer form.
+        """
+        if self.audience is not None:
+            return self.audience, "audience"
+        known = self.issuer or issuer
+        if self.audience_policy == "token_endpoint" or (
+            self.audience_policy == "auto" and (known is None or fallback)
+        ):
+            return token_endpoint, "token_endpoint"
+        if known is None:
+            raise ConfigurationError(
+                "audience_policy='issuer' needs the authorization server's issuer identifier: "
+                "pass PrivateKeyJWT(..., issuer=...) or use TokenManager.from_issuer(...)"
+            )
+        return known, "issuer"
+
+    def _typ(self, kind: AudienceKind) -> str:
+        if self.typ is not None:
+            return self.typ
+        explicit = kind == "audience" and self.issuer is not None  # audience= and issuer= given
+        return RFC7523BIS_TYP if kind == "issuer" or explicit else "JWT"
+
+    async def _header(self, typ: str) -> str:
+        segment = self._headers.get(typ)
+        if segment is None:
             description = await self.signer.describe()
-            header = {"alg": description.algorithm, "kid": description.key_id}
-            if self.typ:
-                header["typ"] = self.typ
-            self._header_segment = encode_segment(header)
-        return self._header_segment
+            header: dict[str, Any] = {"alg": description.algorithm, "kid": description.key_id}
+            header.update(self.extra_headers)
+            if self.certificates:
+                header.update(self._certificate_header(description.public_jwk))
+            if typ:
+                header["typ"] = typ
+            segment = self._headers[typ] = encode_segment(header)
+        return segment
 
-    async def assertion(self, token_endpoint: str) -> str:
+    def _certificate_header(self, signer_jwk: Mapping[str, str]) -> dict[str, Any]:
+        leaf = self.certificates[0]
+        try:
+            leaf_jwk = public_jwk(leaf.public_key())  # type: ignore[arg-type]
+        except (TypeError, ValueError, ConfigurationError):
+            raise ConfigurationError("the certificate's key is not an RSA, EC or Ed25519 key") from None
+        if jwk_thumbprint(leaf_jwk) != jwk_thumbprint(signer_jwk):
+            raise ConfigurationError(
+                "the certificate is not for the signer's key (its public key differs): mint one "
+                "with `keyless-m2m certificate` for this signer"
+            )
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        der = leaf.public_bytes(Encoding.DER)
+        header: dict[str, Any] = {}
+        if "x5t#S256" in self.certificate_headers:
+            header["x5t#S256"] = b64url(hashlib.sha256(der).digest())
+        if "x5t" in self.certificate_headers:
+            header["x5t"] = b64url(hashlib.sha1(der, usedforsecurity=False).digest())
+        if "x5c" in self.certificate_headers:
+            header["x5c"] = [
+                base64.b64encode(c.public_bytes(Encoding.DER)).decode("ascii") for c in self.certificates
+            ]
+        return header
+
+    async def assertion(
+        self, token_endpoint: str, *, issuer: str | None = None, fallback: bool = False
+    ) -> str:
         """Mint one signed client assertion (JWS compact serialization)."""
-        return (await self._mint(token_endpoint)).reveal()
+        aud, kind = self.audience_for(token_endpoint, issuer, fallback=fallback)
+        return (await self._mint(aud, kind)).reveal()
 
-    async def _mint(self, token_endpoint: str) -> Secret[str]:
-        header = await self._header()
+    async def _mint(self, aud: str, kind: AudienceKind) -> Secret[str]:
+        header = await self._header(self._typ(kind))
         now = int(time.time())
         claims: dict[str, Any] = {
             **self.extra_claims,
             "iss": self.client_id,
             "sub": self.client_id,
-            "aud": self.audience or self.issuer or token_endpoint,
+            "aud": aud,
             "iat": now,
             "exp": now + self.lifetime,
             "jti": secrets.token_urlsafe(24),
@@ -152,14 +313,47 @@ class PrivateKeyJWT:
         # No local ever holds the signature or the assertion: nothing below can raise.
         return Secret(f"{signing_input.decode('ascii')}.{b64url(await self.signer.sign(signing_input))}")
 
-    async def prepare(self, token_endpoint: str) -> PreparedAuth:
+    async def prepare(
+        self, token_endpoint: str, *, issuer: str | None = None, fallback: bool = False
+    ) -> PreparedAuth:
+        """Credentials for one attempt at ``token_endpoint``; ``issuer`` and ``fallback`` as
+        in :meth:`audience_for` (the token endpoint passes them)."""
+        aud, kind = self.audience_for(token_endpoint, issuer, fallback=fallback)
         return PreparedAuth(
             form={
                 "client_id": self.client_id,
                 "client_assertion_type": CLIENT_ASSERTION_TYPE,
-                "client_assertion": await self._mint(token_endpoint),
+                "client_assertion": await self._mint(aud, kind),
             },
             signed=True,
+            hint=self._refusal_hint(aud, kind, token_endpoint, fallback),
+            alternative=kind == "issuer" and self.audience_policy == "auto",
+        )
+
+    def _refusal_hint(self, aud: str, kind: AudienceKind, token_endpoint: str, fallback: bool) -> str:
+        typ = self._typ(kind) or "none"
+        if kind == "audience":
+            return f"the assertion's aud was {aud!r} (audience=); check that the server documents this value"
+        if kind == "issuer":
+            if self.audience_policy == "auto":
+                return (
+                    f"the assertion's aud was the issuer identifier {aud!r} (rfc7523bis), typ {typ!r}; "
+                    "the token endpoint URL is tried next"
+                )
+            return (
+                f"the assertion's aud was the issuer identifier {aud!r} (audience_policy='issuer'), "
+                f"typ {typ!r}; a server that accepts only its token endpoint URL needs "
+                "audience_policy='auto' or 'token_endpoint'"
+            )
+        if fallback:
+            return (
+                f"the server refused the assertion with aud = the issuer identifier and with aud = the "
+                f"token endpoint URL {aud!r}: the audience is not the reason; check the client id, the "
+                "registered public key (`keyless-m2m jwks`) and its algorithm"
+            )
+        return (
+            f"the assertion's aud was the token endpoint URL {aud!r}, typ {typ!r}; a server that "
+            "requires the issuer identifier (rfc7523bis) needs issuer=... or TokenManager.from_issuer"
         )
 
 

@@ -441,7 +441,7 @@ class DiscoveredTokenEndpoint(TokenEndpoint):
     ) -> None:
         issuer = _check_issuer(issuer, allow_insecure_http)
         super().__init__(issuer, client_auth, allow_insecure_http=allow_insecure_http, **options)
-        self.issuer = issuer
+        self.issuer = self._issuer = issuer
         self.metadata: ServerMetadata | None = None
         self.metadata_max_age = _number("metadata_max_age", metadata_max_age, zero_ok=True)
         self._allow_insecure_http = allow_insecure_http
@@ -475,7 +475,7 @@ class DiscoveredTokenEndpoint(TokenEndpoint):
                 metadata = await _discover_with(
                     client,
                     self._trust_key if self._owns_http else None,
-                    self.issuer,
+                    self._issuer,
                     self._allow_insecure_http,
                     self.metadata_max_age,
                     self.deadline,

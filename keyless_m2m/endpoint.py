@@ -54,9 +54,10 @@ from ._http import (
 )
 from ._retry import RetryPolicy
 from ._secret import Redactor, Secret, reveal, scrubbing_http_logs
-from .client_auth import ClientAuth
+from .client_auth import ClientAuth, PreparedAuth, PrivateKeyJWT
 from .errors import (
     ConfigurationError,
+    InvalidClientError,
     InvalidTokenResponseError,
     KeylessM2MError,
     MissingExtraError,
@@ -280,6 +281,20 @@ class _Progress:
     last_error: KeylessM2MError | None = field(default=None)
 
 
+class _Refused(Exception):
+    """The server refused credentials the client has another form of (see _attempts)."""
+
+    def __init__(self, error: TokenRequestError) -> None:
+        super().__init__(error.error)
+        self.error = error
+
+
+def _refuses_client(error: TokenRequestError) -> bool:
+    """A refusal of the client's credentials (RFC 6749 section 5.2 ``invalid_client``, or a
+    refusal that gives no reason), as opposed to one of the request."""
+    return not error.retryable and (isinstance(error, InvalidClientError | RefusedWithoutReasonError))
+
+
 def _number(name: str, value: Any, *, zero_ok: bool = False) -> float:
     """A finite, positive (or zero) number of seconds, else a ``ConfigurationError``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -371,6 +386,10 @@ class TokenEndpoint:
         self.max_response_bytes = _count("max_response_bytes", max_response_bytes)
         self.timeout = _number("timeout", timeout)
         self.verify = tls_verification(verify)
+        self.issuer: str | None = None  # the issuer identifier, when known (discovery)
+        # The server refused an assertion whose aud was the issuer and took one whose aud
+        # was this URL (PrivateKeyJWT's audience_policy="auto"): keep sending that form.
+        self.audience_fallback = False
         self._requests = 0  # HTTP attempts sent
         self._signatures = 0  # client assertions signed
         self._sleep = sleep
@@ -468,17 +487,39 @@ class TokenEndpoint:
         await self._prepare(progress)
         policy = self.retry_policy
         attempt = 0
+        fell_back = False
         while True:
             attempt += 1
             progress.attempt = attempt
             try:
-                return await self._attempt(base_form, scope, progress)
+                token = await self._attempt(base_form, scope, progress)
+            except _Refused as refused:
+                # The other audience form, at once and once: the server answered, so this
+                # is not a retry of the same request and does not count as an attempt.
+                logger.info(
+                    "token endpoint %s refused the assertion with aud = the issuer identifier "
+                    "(%s); trying aud = the token endpoint URL",
+                    self.url,
+                    refused.error.error,
+                )
+                self.audience_fallback = fell_back = True
+                attempt -= 1
+                continue
             except _Retry as retry:
                 error, retry_after = retry.error, retry.retry_after
             except SigningError as exc:
                 if not exc.retryable:
                     raise
                 error, retry_after = exc, None
+            else:
+                if fell_back:
+                    logger.warning(
+                        "token endpoint %s accepts client assertions with aud = its token endpoint URL, "
+                        "not the issuer identifier (rfc7523bis); this endpoint keeps sending that form "
+                        "(PrivateKeyJWT(audience_policy='token_endpoint') skips the first try)",
+                        self.url,
+                    )
+                return token
             progress.last_error = error
             delay = policy.next_delay(attempt, retry_after, budget.deadline - anyio.current_time())
             if delay is None:
@@ -498,7 +539,7 @@ class TokenEndpoint:
         self, base_form: list[tuple[str, str]], scope: str | None, progress: _Progress
     ) -> AccessToken:
         progress.step = "waiting for client authentication (the signer)"
-        prepared = await self.client_auth.prepare(self.url)
+        prepared = await self._credentials()
         if prepared.signed:
             self._signatures += 1
         # Secret values stay wrapped until httpx writes them (_FormBody, _CredentialHeaders);
@@ -533,7 +574,23 @@ class TokenEndpoint:
                 raise error
             raise _Retry(error, None)
         logger.debug("token endpoint answered HTTP %d in %.3fs", status, monotonic() - started)
-        return self._parse(status, response_headers, body, scope, started_wall, redactor)
+        try:
+            return self._parse(status, response_headers, body, scope, started_wall, redactor)
+        except TokenRequestError as error:
+            if not _refuses_client(error):
+                raise
+            if prepared.alternative and not self.audience_fallback:
+                raise _Refused(error) from None
+            if prepared.hint is not None:
+                error.add_hint(prepared.hint)
+            self.audience_fallback = False  # refused in that form too: the issuer first next time
+            raise
+
+    async def _credentials(self) -> PreparedAuth:
+        auth = self.client_auth
+        if isinstance(auth, PrivateKeyJWT):
+            return await auth.prepare(self.url, issuer=self.issuer, fallback=self.audience_fallback)
+        return await auth.prepare(self.url)
 
     async def _post(
         self,

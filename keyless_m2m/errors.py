@@ -184,10 +184,13 @@ class TokenRequestError(KeylessM2MError):
     """The authorization server refused the token request (RFC 6749 section 5.2).
 
     Attributes: ``error`` (the OAuth error code), ``error_description``, ``error_uri``,
-    ``status_code`` and ``retryable``.
+    ``status_code``, ``retryable`` and ``hint``: what the library knows that the server did
+    not say (what the client sent that servers commonly refuse, and what to set instead),
+    also at the end of the message; ``None`` when there is nothing to add.
     """
 
     oauth_error: str | None = None
+    hint: str | None = None
 
     def __init__(
         self,
@@ -206,6 +209,11 @@ class TokenRequestError(KeylessM2MError):
         self.error_description = error_description
         self.error_uri = error_uri
         self.status_code = status_code
+
+    def add_hint(self, hint: str) -> None:
+        """Append ``hint`` (text of the library's own, never of the server's) to the message."""
+        self.hint = hint if self.hint is None else f"{self.hint}; {hint}"
+        self.args = (f"{self.args[0]} (hint: {hint})", *self.args[1:])
 
 
 class InvalidRequestError(TokenRequestError):

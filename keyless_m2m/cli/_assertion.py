@@ -1,6 +1,7 @@
 """``keyless-m2m assertion``: sign one ``private_key_jwt`` client assertion and print it
-(``--decode``: with its header and claims). Its ``aud`` is the token endpoint, found
-through the issuer's metadata when only ``--issuer`` is given."""
+(``--decode``: with its header and claims). Its ``aud`` is the one a token request sends
+first (``PrivateKeyJWT``'s audience policy): the issuer when it is known, else the token
+endpoint, found through the issuer's metadata when only ``--issuer`` is given."""
 
 from __future__ import annotations
 

@@ -328,13 +328,12 @@ class Doctor:
         client_id = self.settings.client_id
         if isinstance(error, InvalidClientError):
             if isinstance(auth, PrivateKeyJWT) and self.description is not None:
-                aud = auth.audience or auth.issuer or url
                 return (
                     f"the server does not accept this client's assertion: check that client {client_id!r} "
                     f"exists, uses private_key_jwt, is registered for {self.description.algorithm}, and "
                     f"that its registered JWKS holds this key (kid {self.description.key_id!r}: print it "
-                    f"with `{PROG} jwks {self.settings.signer_uri}`); also that it accepts aud={aud!r} "
-                    "(or try --assertion-aud issuer)"
+                    f"with `{PROG} jwks {self.settings.signer_uri}`); the hint above says which aud was "
+                    "sent and what to set (--assertion-aud)"
                 )
             return (
                 f"check the client id {client_id!r} and its secret, and that the client is registered "

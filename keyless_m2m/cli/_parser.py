@@ -133,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for the signer (e.g. PS256)")
     group.add_argument(
         "--assertion-aud",
-        choices=("token_endpoint", "issuer"),
-        help="the client assertion's aud: the token endpoint (default) or the issuer "
-        "(draft-ietf-oauth-rfc7523bis; needs --issuer)",
+        choices=("auto", "issuer", "token_endpoint"),
+        help="the client assertion's aud: auto (default: the issuer when --issuer is given, "
+        "then the token endpoint if the server refuses it), issuer (draft-ietf-oauth-rfc7523bis "
+        "only; needs --issuer) or token_endpoint",
     )
     group.add_argument(
         "--allow-insecure-http",
@@ -205,8 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
         "assertion",
         parents=[client, output],
         help="mint one client assertion (private_key_jwt)",
-        description="Sign one client assertion and print it (compact JWS). Its aud is the token "
-        "endpoint (from --token-endpoint or the issuer's metadata) unless --assertion-aud issuer.",
+        description="Sign one client assertion and print it (compact JWS). Its aud is the one a token "
+        "request sends first: the issuer when --issuer is given (rfc7523bis), else the token "
+        "endpoint; --assertion-aud token_endpoint takes the token endpoint from --token-endpoint "
+        "or the issuer's metadata.",
     )
     assertion.add_argument(
         "--decode", action="store_true", help="print JSON with the assertion, its header and its claims"

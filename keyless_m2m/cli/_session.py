@@ -42,12 +42,16 @@ class Session:
         client_id = settings.require_client_id()
         method = settings.method()
         if method == "private_key_jwt":
-            aud_issuer = None
-            if settings.assertion_aud == "issuer":
-                aud_issuer = issuer or settings.issuer
-                if not aud_issuer:
-                    raise ConfigurationError(f"--assertion-aud issuer needs --issuer or {ENV_ISSUER}")
-            return PrivateKeyJWT(client_id, self.signer(), issuer=aud_issuer)
+            policy = settings.assertion_aud
+            aud_issuer = issuer or settings.issuer
+            if policy == "issuer" and not aud_issuer:
+                raise ConfigurationError(f"--assertion-aud issuer needs --issuer or {ENV_ISSUER}")
+            return PrivateKeyJWT(
+                client_id,
+                self.signer(),
+                issuer=aud_issuer if policy != "token_endpoint" else None,
+                audience_policy=policy,  # type: ignore[arg-type]  # one of the parser's choices
+            )
         assert settings.client_secret is not None
         if method == "client_secret_post":
             return ClientSecretPost(client_id, settings.client_secret)

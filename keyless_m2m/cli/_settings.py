@@ -49,7 +49,7 @@ class Settings:
     resources: list[str] = field(default_factory=list)
     audience: str | None = None
     algorithm: str | None = None
-    assertion_aud: str = "token_endpoint"
+    assertion_aud: str = "auto"
     allow_insecure_http: bool = False
     timeout: float = 10.0
     ca_bundle: str | None = None
@@ -146,7 +146,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         resources=list(getattr(args, "resource", None) or []),
         audience=pick("audience", None),
         algorithm=pick("algorithm", None),
-        assertion_aud=getattr(args, "assertion_aud", None) or "token_endpoint",
+        assertion_aud=getattr(args, "assertion_aud", None) or "auto",
         allow_insecure_http=bool(getattr(args, "allow_insecure_http", False)),
         timeout=float(getattr(args, "timeout", None) or 10.0),
         ca_bundle=pick("ca_bundle", None),

@@ -2,10 +2,11 @@
 
 It serves the client-credentials grant on loopback over real HTTP, verifies
 ``private_key_jwt`` assertions (signature against the client's registered keys and their
-``alg``, ``iss``/``sub``, ``aud`` = token endpoint or issuer, ``exp``, ``iat``/``nbf`` not
-in the future, replayed ``jti``) and client secrets (basic and post), checks scopes, and
-counts what it sees. A refusal's ``error_description`` says which check failed. Knobs
-inject latency and failures, so tests can assert counts instead of times::
+``alg``, ``iss``/``sub``, ``aud`` (the token endpoint URL or the issuer, or only one of them:
+``assertion_audience``), ``exp``, ``iat``/``nbf`` not in the future, replayed ``jti``)
+and client secrets (basic and post), checks scopes, and counts what it sees. A refusal's
+``error_description`` says which check failed. Knobs inject latency and failures, so
+tests can assert counts instead of times::
 
     with AuthorizationServer() as server:
         server.register_client("svc", jwks={"keys": [public_jwk]})
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import parse_qs, unquote_plus
 
 from jwcrypto import jwk, jws
@@ -81,6 +82,10 @@ class AuthorizationServer(FaultInjection):
 
     ``expires_in`` sets the token lifetime; ``latency`` delays every token response;
     ``leeway`` is the clock tolerance (seconds) for ``exp``, ``iat`` and ``nbf``;
+    ``assertion_audience`` which client assertion ``aud`` it accepts: ``"either"`` (the
+    token endpoint URL or the issuer, as oidc-provider), ``"issuer"`` (only the issuer
+    identifier, as draft-ietf-oauth-rfc7523bis section 4 and FAPI 2.0 require) or
+    ``"token_endpoint"`` (only the token endpoint URL, as many deployed servers);
     :meth:`fail_next` queues :class:`Fault` answers (the test kit's one fault API);
     ``token_requests``, ``issued`` and ``refusals`` record what happened.
     """
@@ -96,7 +101,11 @@ class AuthorizationServer(FaultInjection):
         latency: float = 0.0,
         token_path: str = "/token",  # noqa: S107 - a URL path
         leeway: float = 5.0,
+        assertion_audience: Literal["either", "issuer", "token_endpoint"] = "either",
     ) -> None:
+        if assertion_audience not in ("either", "issuer", "token_endpoint"):
+            raise ValueError("assertion_audience must be 'either', 'issuer' or 'token_endpoint'")
+        self.assertion_audience = assertion_audience
         self.expires_in = expires_in
         self.leeway = leeway
         self.latency = latency
@@ -351,7 +360,13 @@ class AuthorizationServer(FaultInjection):
         leeway = self.leeway
         aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]
-        if not ({self.token_endpoint, self.issuer} & {a for a in auds if isinstance(a, str)}):
+        if self.assertion_audience == "issuer":
+            if aud != self.issuer:  # one string, exactly the issuer (rfc7523bis section 4)
+                return f"aud must be the issuer identifier {self.issuer} (and only that)"
+        elif self.assertion_audience == "token_endpoint":
+            if self.token_endpoint not in auds:
+                return f"aud must be the token endpoint URL {self.token_endpoint}"
+        elif not ({self.token_endpoint, self.issuer} & {a for a in auds if isinstance(a, str)}):
             return f"aud must be the token endpoint {self.token_endpoint} or the issuer {self.issuer}"
         exp = _number(claims.get("exp"))
         if exp is None:

@@ -113,3 +113,108 @@ async def test_reprs_hide_secrets(signer: LocalSigner) -> None:
     prepared = await jwt_auth.prepare(ENDPOINT)
     assert reveal(prepared.form["client_assertion"]) not in repr(prepared)
     assert "PRIVATE" not in repr(jwt_auth)
+
+
+def _self_signed(key: Any, subject: str = "svc") -> Any:
+    """A certificate of ``key`` made locally with cryptography (the test's own, not the library's)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "issuer", "fallback", "aud", "typ"),
+    [
+        ("auto", None, False, ENDPOINT, "JWT"),
+        ("auto", "https://auth.example", False, "https://auth.example", "client-authentication+jwt"),
+        ("auto", "https://auth.example", True, ENDPOINT, "JWT"),
+        ("issuer", "https://auth.example", True, "https://auth.example", "client-authentication+jwt"),
+        ("token_endpoint", "https://auth.example", False, ENDPOINT, "JWT"),
+    ],
+)
+async def test_audience_policy_chooses_aud_and_typ(
+    signer: LocalSigner, policy: Any, issuer: str | None, fallback: bool, aud: str, typ: str
+) -> None:
+    auth = PrivateKeyJWT("c", signer, audience_policy=policy)
+    prepared = await auth.prepare(ENDPOINT, issuer=issuer, fallback=fallback)
+    assertion = reveal(prepared.form["client_assertion"])
+    claims = verify_jws(assertion, dict((await signer.describe()).public_jwk), audience=aud)
+    assert claims["aud"] == aud and isinstance(claims["aud"], str)  # one string, never a list
+    assert _header(assertion)["typ"] == typ
+    assert prepared.alternative == (policy == "auto" and aud != ENDPOINT)
+    assert prepared.hint is not None and aud in prepared.hint
+    # the issuer given to PrivateKeyJWT wins over the one the endpoint discovered
+    pinned = PrivateKeyJWT("c", signer, issuer="https://pinned.example", audience_policy=policy)
+    if aud != ENDPOINT:
+        assert pinned.audience_for(ENDPOINT, issuer, fallback=fallback)[0] == "https://pinned.example"
+
+
+async def test_certificate_headers_carry_independently_computed_thumbprints() -> None:
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    key = make_key("rsa")
+    signer = LocalSigner.from_pem(pem_of(key), algorithm="PS256")
+    cert = _self_signed(key)
+    der = cert.public_bytes(Encoding.DER)
+    pem = cert.public_bytes(Encoding.PEM)
+    for given in (cert, pem, der, pem.decode(), [pem]):
+        auth = PrivateKeyJWT(
+            "c",
+            signer,
+            certificate=given,
+            certificate_headers=("x5t#S256", "x5t", "x5c"),
+            headers={"kid": "k1"},
+        )
+        header = _header(await auth.assertion(ENDPOINT))
+        assert (
+            header["x5t#S256"] == base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+        )
+        assert header["x5t"] == base64.urlsafe_b64encode(hashlib.sha1(der).digest()).rstrip(b"=").decode()  # noqa: S324
+        assert header["x5c"] == [base64.b64encode(der).decode()]
+        assert header["kid"] == "k1" and header["alg"] == "PS256"
+    default = _header(await PrivateKeyJWT("c", signer, certificate=cert).assertion(ENDPOINT))
+    assert "x5t#S256" in default and "x5t" not in default and "x5c" not in default
+
+
+async def test_a_certificate_of_another_key_is_refused_before_signing() -> None:
+    signer = LocalSigner.from_pem(pem_of(make_key("p256")))
+    auth = PrivateKeyJWT("c", signer, certificate=_self_signed(make_key("p384")))
+    with pytest.raises(ConfigurationError, match="not for the signer's key"):
+        await auth.assertion(ENDPOINT)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"audience_policy": "strict"}, "audience_policy must be one of"),
+        ({"headers": {"alg": "none"}}, "headers may not set alg"),
+        ({"headers": {"x5c": []}}, "headers may not set x5c"),
+        ({"certificate": b"not a certificate"}, "not a PEM or DER X.509 certificate"),
+        ({"certificate": 42}, "certificate must be"),
+        ({"certificate_headers": ("x5u",)}, "certificate_headers may name only"),
+        ({"issuer": ""}, "must not be empty"),
+        ({"issuer": 1}, "issuer must be a string"),
+    ],
+)
+def test_bad_header_and_audience_options_are_refused(
+    signer: LocalSigner, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        PrivateKeyJWT("c", signer, **options)

@@ -123,11 +123,17 @@ def test_cli_with_oidc_provider(oidc_provider: AuthServer, tmp_path: Path) -> No
     rfc7523bis = cli("token", "--assertion-aud", "issuer", env=env)
     assert rfc7523bis.returncode == 0, rfc7523bis.stderr
 
+    # the aud a token request sends first: the issuer, known from --issuer (rfc7523bis) ...
     decoded = cli("assertion", "--decode", env=env)
     assert decoded.returncode == 0, decoded.stderr
     assertion = json.loads(decoded.stdout)["assertion"]
-    claims = verify_jws(assertion, jwk_of("p256", "ES256"), audience=oidc_provider.token_endpoint)
+    claims = verify_jws(assertion, jwk_of("p256", "ES256"), audience=oidc_provider.issuer)
     assert claims["iss"] == "jwt-es256"
+    # ... or the token endpoint, found in the issuer's metadata
+    legacy = cli("assertion", "--decode", "--assertion-aud", "token_endpoint", env=env)
+    assert legacy.returncode == 0, legacy.stderr
+    assertion = json.loads(legacy.stdout)["assertion"]
+    verify_jws(assertion, jwk_of("p256", "ES256"), audience=oidc_provider.token_endpoint)
 
 
 def test_cli_client_secrets_with_oidc_provider(oidc_provider: AuthServer, tmp_path: Path) -> None:
