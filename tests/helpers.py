@@ -104,5 +104,3 @@ def verify_jws(token: str, public_jwk: dict[str, Any], *, audience: str | None =
     key = jwt.PyJWK.from_dict(dict(public_jwk), algorithm=alg)
     options: jwt.types.Options = {"verify_aud": audience is not None}
     return jwt.decode(token, key=key.key, algorithms=[alg], audience=audience, options=options)
-
-
