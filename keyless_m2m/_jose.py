@@ -275,3 +275,31 @@ def load_public_pem(pem: bytes) -> PublicKey:
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         raise ConfigurationError(f"unsupported public key type {type(key).__name__}")
     return key
+
+
+def _jwk_int(jwk: Mapping[str, Any], member: str) -> int:
+    return int.from_bytes(b64url_decode(str(jwk[member])), "big")
+
+
+_JWK_CURVES: dict[str, ec.EllipticCurve] = {
+    "P-256": ec.SECP256R1(),
+    "P-384": ec.SECP384R1(),
+    "P-521": ec.SECP521R1(),
+}
+
+
+def public_key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
+    """The public key a public JWK (RSA, EC P-256/384/521, OKP Ed25519) stands for; the
+    inverse of :func:`public_jwk`. ``ConfigurationError`` for anything else or a broken JWK."""
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    try:
+        if kty == "RSA":
+            return rsa.RSAPublicNumbers(_jwk_int(jwk, "e"), _jwk_int(jwk, "n")).public_key()
+        if kty == "EC" and crv in _JWK_CURVES:
+            point = ec.EllipticCurvePublicNumbers(_jwk_int(jwk, "x"), _jwk_int(jwk, "y"), _JWK_CURVES[crv])
+            return point.public_key()
+        if kty == "OKP" and crv == "Ed25519":
+            return ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(str(jwk["x"])))
+    except (KeyError, ValueError) as exc:
+        raise ConfigurationError(f"not a valid {kty} public JWK: {type(exc).__name__}") from None
+    raise ConfigurationError(f"unsupported public JWK (kty {kty!r}, crv {crv!r})")

@@ -21,14 +21,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hvac
 import pytest
 
 from keyless_m2m.signers.vault import VaultTransitSigner
-from tests.helpers import missing_server
+from tests.helpers import missing_server, require_module
 from tests.processes import free_port, stop_process
+
+if TYPE_CHECKING:
+    import hvac
 
 KEY_TYPES = ["rsa-2048", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521", "ed25519", "aes256-gcm96"]
 STARTUP_TIMEOUT = 60.0
@@ -111,7 +113,9 @@ def running_server(kind: str, workdir: Path) -> Iterator[VaultServer]:
             if time.monotonic() > deadline:
                 pytest.fail(f"{kind} dev server not healthy after {STARTUP_TIMEOUT:.0f}s")
             time.sleep(0.1)
-        admin = hvac.Client(url=url, token=token)
+        admin = require_module("hvac", reason="the vault extra (hvac) is not installed").Client(
+            url=url, token=token
+        )
         admin.sys.enable_secrets_engine("transit")
         for key_type in KEY_TYPES:
             admin.secrets.transit.create_key(key_type, key_type=key_type)

@@ -5,6 +5,7 @@ Subcommands::
     keyless-m2m demo                      the whole flow against an embedded loopback server
     keyless-m2m token [--json]            print an access token (or the whole token response)
     keyless-m2m jwks URI [URI ...]        print the public JWKS of signers, to register
+    keyless-m2m certificate URI           a self-signed certificate for a key, signed in the KMS
     keyless-m2m assertion [--decode]      mint one client assertion
     keyless-m2m doctor                    check a configuration end to end, with fixes
 
@@ -20,8 +21,8 @@ the table is ``EXIT_CODES`` in ``_exit`` (``keyless-m2m --help`` prints it).
 
 One module per concern: ``_exit`` (exit codes), ``_settings`` (flags and environment),
 ``_parser`` (argparse), ``_session`` (signers, client auth, managers), ``_output``
-(stdout/stderr), and one per command: ``_token``, ``_jwks``, ``_assertion``, ``_doctor``,
-``_demo``. This module runs a command.
+(stdout/stderr), and one per command: ``_token``, ``_jwks``, ``_certificate``, ``_assertion``,
+``_doctor``, ``_demo``. This module runs a command.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import anyio
 
 from ..errors import KeylessM2MError
 from ._assertion import cmd_assertion
+from ._certificate import cmd_certificate
 from ._demo import cmd_demo
 from ._doctor import cmd_doctor
 from ._exit import EXIT_CODES as EXIT_CODES
@@ -75,6 +77,7 @@ Command = Callable[[argparse.Namespace, Session], Awaitable[int]]
 COMMANDS: dict[str, Command] = {
     "token": cmd_token,
     "jwks": cmd_jwks,
+    "certificate": cmd_certificate,
     "assertion": cmd_assertion,
     "doctor": cmd_doctor,
     "demo": cmd_demo,

@@ -9,17 +9,14 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ._exit import EXIT_OK
-from ._output import PROG, out
+from ._output import out
 from ._session import Session
-from ._settings import ENV_SIGNER
 
 __all__ = ["cmd_jwks"]
 
 
 async def cmd_jwks(args: argparse.Namespace, session: Session) -> int:
-    uris = list(args.uris) or ([session.settings.signer_uri] if session.settings.signer_uri else [])
-    if not uris:
-        raise ConfigurationError(f"name the signers: {PROG} jwks URI [URI ...] (or set {ENV_SIGNER})")
+    uris = session.signer_uris(args.uris, "jwks URI [URI ...]")
     keys: list[dict[str, Any]] = []
     for uri in uris:
         jwk = dict((await session.signer(uri).describe()).public_jwk)

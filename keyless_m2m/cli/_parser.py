@@ -7,6 +7,7 @@ import argparse
 from functools import partial
 from typing import Any, NoReturn
 
+from ..certificates import DEFAULT_SUBJECT, MAX_DAYS
 from ..signers import known_schemes
 from ._exit import EXIT_CODES_HELP
 from ._output import PROG
@@ -73,7 +74,8 @@ class _RefuseSecretOnCommandLine(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands ``token``, ``jwks``, ``assertion``, ``doctor``, ``demo``)."""
+    """The argument parser (subcommands ``token``, ``jwks``, ``certificate``, ``assertion``,
+    ``doctor``, ``demo``)."""
     from .. import __version__
 
     formatter = argparse.RawDescriptionHelpFormatter
@@ -95,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="show informational logs (retries, refreshes)",
     )
+
+    # The commands that only read signers (jwks, certificate) name them as arguments and
+    # share this option.
+    key = _Parser(add_help=False, allow_abbrev=False)
+    key.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for the signers (e.g. PS256)")
 
     client = _Parser(add_help=False, allow_abbrev=False)
     group = client.add_argument_group(
@@ -194,13 +201,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     jwks = add_command(
         "jwks",
-        parents=[output],
+        parents=[key, output],
         help="print the public JWKS of signers, to register with the authorization server",
         description=f'Print {{"keys": [...]}} with the public JWK of each signer (default: ${ENV_SIGNER}). '
         f"Known URI schemes: {', '.join(known_schemes())}.",
     )
     jwks.add_argument("uris", nargs="*", metavar="SIGNER_URI", help="signer URIs")
-    jwks.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for the signers (e.g. PS256)")
+
+    certificate = add_command(
+        "certificate",
+        parents=[key, output],
+        help="print a self-signed X.509 certificate for a signer's key, signed inside the KMS/HSM",
+        description="Make a self-signed X.509 v3 certificate for the signer's public key (default: "
+        f"${ENV_SIGNER}), signed by the signer itself: the private key never leaves the KMS/HSM. "
+        "Upload it where a server registers certificates, not JWKs (Microsoft Entra ID).",
+    )
+    certificate.add_argument("uri", nargs="?", metavar="SIGNER_URI", help="the signer URI")
+    certificate.add_argument(
+        "--subject",
+        default=DEFAULT_SUBJECT,
+        metavar="NAME",
+        help=f"subject and issuer, an RFC 4514 name such as 'CN=my-client,O=Example' ({DEFAULT_SUBJECT})",
+    )
+    certificate.add_argument(
+        "--days", type=int, default=365, metavar="N", help=f"days of validity, 1 to {MAX_DAYS} (365)"
+    )
+    certificate.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
+    certificate.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON: {"pem", "x5t#S256", "x5t", "not_after", "subject"}',
+    )
 
     assertion = add_command(
         "assertion",

