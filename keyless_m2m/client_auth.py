@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 from urllib.parse import quote_plus
 
-from ._jose import b64url, encode_segment, jwk_thumbprint, public_jwk
+from ._jose import b64url, b64url_decode, encode_segment, jwk_thumbprint, public_jwk
 from ._secret import Secret
 from .errors import ConfigurationError
 from .signers import Signer
@@ -34,6 +34,7 @@ __all__ = [
     "ClientSecretPost",
     "PreparedAuth",
     "PrivateKeyJWT",
+    "Profile",
 ]
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -88,6 +89,31 @@ def _check_client_id(client_id: object) -> str:
         raise ConfigurationError("client_id must be a non-empty string")
     return client_id
 
+
+Profile = Literal["fapi2", "entra"]
+"""A set of choices a kind of server requires (see :class:`PrivateKeyJWT`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Profile:
+    name: str
+    algorithms: frozenset[str]
+    audience_policy: AudiencePolicy
+    min_rsa_bits: int = 2048
+    needs_certificate: bool = False
+    correct_clock_skew: bool = False
+
+
+_PROFILES: dict[str, _Profile] = {
+    # FAPI 2.0 Security Profile: PS256, ES256 or EdDSA (5.4.1), RSA keys of 2048 bits or
+    # more (5.4.1), aud = the issuer as a single string (5.3.3.1, rfc7523bis), and clocks
+    # that may differ from the server's (5.3.2.1: iat from the server's clock).
+    "fapi2": _Profile("fapi2", frozenset({"PS256", "ES256", "EdDSA"}), "issuer", correct_clock_skew=True),
+    # Microsoft Entra ID certificate credentials: PS256 with the x5t#S256 header, aud =
+    # the token endpoint URL (https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token).
+    "entra": _Profile("entra", frozenset({"PS256"}), "token_endpoint", needs_certificate=True),
+}
+MIN_CLOCK_CORRECTION = 2.0  # seconds: below this, a Date header's 1 s resolution is noise
 
 _CERTIFICATE_HEADERS = frozenset({"x5t#S256", "x5t", "x5c"})
 _RESERVED_HEADERS = frozenset({"alg", "typ", "crit"}) | _CERTIFICATE_HEADERS
@@ -154,6 +180,18 @@ class PrivateKeyJWT:
     certificate of the signer's key, e.g. from ``keyless-m2m certificate``; a chain leaf
     first) adds the parameters named in ``certificate_headers``: ``x5t#S256`` by default,
     ``x5t`` (SHA-1, for servers that know only that) and ``x5c`` (the chain).
+
+    ``profile=`` makes the choices a kind of server requires in one argument
+    (docs/security.md, "Profiles"), checked before anything is signed:
+
+    - ``"fapi2"`` (FAPI 2.0 Security Profile): PS256, ES256 or EdDSA only, RSA keys of at
+      least 2048 bits, ``audience_policy="issuer"`` (the issuer as one string, never a
+      fallback), and ``iat`` from the server's clock (``correct_clock_skew``: the server's
+      ``Date`` minus ours, measured at discovery and at every token response, when it is
+      2 s or more). FAPI 2.0 also requires sender-constrained tokens, which keyless-m2m
+      does not make yet.
+    - ``"entra"`` (Microsoft Entra ID certificate credentials): PS256 only, ``certificate=``
+      required (``x5t#S256`` in the header), ``audience_policy="token_endpoint"``.
     """
 
     method = "private_key_jwt"
@@ -168,10 +206,12 @@ class PrivateKeyJWT:
         extra_claims: Mapping[str, Any] | None = None,
         *,
         issuer: str | None = None,
-        audience_policy: AudiencePolicy = "auto",
+        audience_policy: AudiencePolicy | None = None,
         headers: Mapping[str, Any] | None = None,
         certificate: Any = None,
         certificate_headers: Collection[str] = ("x5t#S256",),
+        profile: Profile | None = None,
+        correct_clock_skew: bool | None = None,
     ) -> None:
         self.client_id = _check_client_id(client_id)
         if not isinstance(signer, Signer):
@@ -182,6 +222,27 @@ class PrivateKeyJWT:
             or not 1 <= lifetime <= MAX_ASSERTION_LIFETIME
         ):
             raise ConfigurationError(f"lifetime must be 1..{MAX_ASSERTION_LIFETIME} seconds")
+        chosen = _PROFILES.get(profile) if isinstance(profile, str) else None
+        if profile is not None and chosen is None:
+            raise ConfigurationError(
+                f"profile must be one of {', '.join(map(repr, _PROFILES))}, got {profile!r}"
+            )
+        if chosen is not None:
+            if audience_policy not in (None, chosen.audience_policy) or audience is not None:
+                raise ConfigurationError(
+                    f"profile={chosen.name!r} sends aud = the "
+                    f"{chosen.audience_policy.replace('_', ' ')}: do not pass audience= or another "
+                    "audience_policy"
+                )
+            if correct_clock_skew is False and chosen.correct_clock_skew:
+                raise ConfigurationError(f"profile={chosen.name!r} corrects iat by the server's clock")
+            audience_policy = chosen.audience_policy
+            if chosen.needs_certificate and certificate is None:
+                raise ConfigurationError(
+                    f"profile={chosen.name!r} needs certificate= (the certificate registered for the "
+                    "key; `keyless-m2m certificate` mints one signed in the KMS)"
+                )
+        audience_policy = audience_policy or "auto"
         if audience_policy not in _AUDIENCE_POLICIES:
             raise ConfigurationError(
                 f"audience_policy must be one of {', '.join(map(repr, _AUDIENCE_POLICIES))}, "
@@ -219,6 +280,11 @@ class PrivateKeyJWT:
         self.extra_claims = extra
         self.extra_headers = extra_headers
         self.certificate_headers = frozenset(wanted)
+        self.profile = profile
+        self._profile = chosen
+        self.correct_clock_skew = bool(
+            correct_clock_skew if correct_clock_skew is not None else chosen and chosen.correct_clock_skew
+        )
         self._headers: dict[str, str] = {}  # typ -> encoded header segment
 
     def __repr__(self) -> str:
@@ -256,6 +322,8 @@ class PrivateKeyJWT:
         segment = self._headers.get(typ)
         if segment is None:
             description = await self.signer.describe()
+            if self._profile is not None:
+                _check_profile_key(self._profile, description.algorithm, description.public_jwk)
             header: dict[str, Any] = {"alg": description.algorithm, "kid": description.key_id}
             header.update(self.extra_headers)
             if self.certificates:
@@ -291,15 +359,28 @@ class PrivateKeyJWT:
         return header
 
     async def assertion(
-        self, token_endpoint: str, *, issuer: str | None = None, fallback: bool = False
+        self,
+        token_endpoint: str,
+        *,
+        issuer: str | None = None,
+        fallback: bool = False,
+        clock_skew: float | None = None,
     ) -> str:
         """Mint one signed client assertion (JWS compact serialization)."""
         aud, kind = self.audience_for(token_endpoint, issuer, fallback=fallback)
-        return (await self._mint(aud, kind)).reveal()
+        return (await self._mint(aud, kind, clock_skew)).reveal()
 
-    async def _mint(self, aud: str, kind: AudienceKind) -> Secret[str]:
+    def _now(self, clock_skew: float | None) -> int:
+        """``iat``: this machine's clock, or, with ``correct_clock_skew``, the server's as
+        last measured (its ``Date`` header minus ours), when they differ by 2 s or more."""
+        now = time.time()
+        if self.correct_clock_skew and clock_skew is not None and abs(clock_skew) >= MIN_CLOCK_CORRECTION:
+            now += clock_skew
+        return int(now)
+
+    async def _mint(self, aud: str, kind: AudienceKind, clock_skew: float | None = None) -> Secret[str]:
         header = await self._header(self._typ(kind))
-        now = int(time.time())
+        now = self._now(clock_skew)
         claims: dict[str, Any] = {
             **self.extra_claims,
             "iss": self.client_id,
@@ -314,16 +395,22 @@ class PrivateKeyJWT:
         return Secret(f"{signing_input.decode('ascii')}.{b64url(await self.signer.sign(signing_input))}")
 
     async def prepare(
-        self, token_endpoint: str, *, issuer: str | None = None, fallback: bool = False
+        self,
+        token_endpoint: str,
+        *,
+        issuer: str | None = None,
+        fallback: bool = False,
+        clock_skew: float | None = None,
     ) -> PreparedAuth:
         """Credentials for one attempt at ``token_endpoint``; ``issuer`` and ``fallback`` as
-        in :meth:`audience_for` (the token endpoint passes them)."""
+        in :meth:`audience_for`, ``clock_skew`` the server's clock minus ours (the token
+        endpoint passes them)."""
         aud, kind = self.audience_for(token_endpoint, issuer, fallback=fallback)
         return PreparedAuth(
             form={
                 "client_id": self.client_id,
                 "client_assertion_type": CLIENT_ASSERTION_TYPE,
-                "client_assertion": await self._mint(aud, kind),
+                "client_assertion": await self._mint(aud, kind, clock_skew),
             },
             signed=True,
             hint=self._refusal_hint(aud, kind, token_endpoint, fallback),
@@ -347,14 +434,30 @@ class PrivateKeyJWT:
             )
         if fallback:
             return (
-                f"the server refused the assertion with aud = the issuer identifier and with aud = the "
-                f"token endpoint URL {aud!r}: the audience is not the reason; check the client id, the "
-                "registered public key (`keyless-m2m jwks`) and its algorithm"
+                f"the server refused the assertion with aud = the token endpoint URL {aud!r} after "
+                "refusing it with aud = the issuer identifier: unless the server said the audience "
+                "was wrong both times, check the client id, the registered public key "
+                "(`keyless-m2m jwks`), its algorithm and the clock"
             )
         return (
             f"the assertion's aud was the token endpoint URL {aud!r}, typ {typ!r}; a server that "
             "requires the issuer identifier (rfc7523bis) needs issuer=... or TokenManager.from_issuer"
         )
+
+
+def _check_profile_key(profile: _Profile, algorithm: str, jwk: Mapping[str, str]) -> None:
+    if algorithm not in profile.algorithms:
+        raise ConfigurationError(
+            f"profile={profile.name!r} allows {', '.join(sorted(profile.algorithms))} client "
+            f"assertions, not {algorithm}: choose the signer's algorithm (or key) accordingly"
+        )
+    if jwk.get("kty") == "RSA":
+        bits = len(b64url_decode(jwk["n"]).lstrip(b"\0")) * 8
+        if bits < profile.min_rsa_bits:
+            raise ConfigurationError(
+                f"profile={profile.name!r} needs an RSA key of at least {profile.min_rsa_bits} bits, "
+                f"this one has {bits}"
+            )
 
 
 def _wrap_secret(client_secret: object) -> Secret[str]:

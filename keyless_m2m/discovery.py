@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import weakref
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from .endpoint import (
     _Progress,
     _trust_of,
     check_endpoint_url,
-    parse_http_date,
+    clock_skew_of,
     shown_url,
     tls_verification,
 )
@@ -147,14 +146,6 @@ def _string_list(data: Mapping[str, Any], name: str, url: str) -> tuple[str, ...
     return tuple(value)
 
 
-def _clock_skew(date_header: str | None, local: datetime) -> float | None:
-    server = parse_http_date(date_header) if date_header else None
-    if server is None:
-        return None
-    skew = (server - local).total_seconds()
-    return skew if math.isfinite(skew) else None
-
-
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         data: Any = json.loads(body)
@@ -195,7 +186,7 @@ def _parse(
         grant_types_supported=_string_list(data, "grant_types_supported", url),
         url=url,
         raw=data,
-        clock_skew=_clock_skew(date_header, local),
+        clock_skew=clock_skew_of(date_header, local),
     )
 
 
@@ -267,7 +258,7 @@ async def server_clock_skew(http_client: httpx.AsyncClient, url: str) -> float |
     from its ``iat``: a skew of tens of seconds makes servers reject it.
     """
     _status, _body, date_header, local = await _get(http_client, url)
-    return _clock_skew(date_header, local)
+    return clock_skew_of(date_header, local)
 
 
 async def discover(
@@ -485,6 +476,8 @@ class DiscoveredTokenEndpoint(TokenEndpoint):
                 for note in check_client_auth(metadata, self.client_auth.method, algorithm):
                     logger.debug("discovery of %s: %s; not checked", self.issuer, note)
                 self.url = metadata.token_endpoint
+                if self.clock_skew is None:
+                    self.clock_skew = metadata.clock_skew
                 self.metadata = metadata
         return self.metadata
 

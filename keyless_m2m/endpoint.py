@@ -158,6 +158,16 @@ def parse_http_date(value: str) -> datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+def clock_skew_of(date_header: str | None, local: datetime) -> float | None:
+    """The server's clock minus ours, in seconds, from an answer's ``Date`` header read at
+    ``local`` (``None`` without a usable one; the header has a one-second resolution)."""
+    server = parse_http_date(date_header) if date_header else None
+    if server is None:
+        return None
+    skew = (server - local).total_seconds()
+    return skew if math.isfinite(skew) else None
+
+
 def parse_retry_after(
     value: str | None, *, now: datetime | None = None, server_date: str | None = None
 ) -> float | None:
@@ -390,6 +400,8 @@ class TokenEndpoint:
         # The server refused an assertion whose aud was the issuer and took one whose aud
         # was this URL (PrivateKeyJWT's audience_policy="auto"): keep sending that form.
         self.audience_fallback = False
+        # The server's clock minus ours (its Date headers): assertions may take iat from it.
+        self.clock_skew: float | None = None
         self._requests = 0  # HTTP attempts sent
         self._signatures = 0  # client assertions signed
         self._sleep = sleep
@@ -487,7 +499,7 @@ class TokenEndpoint:
         await self._prepare(progress)
         policy = self.retry_policy
         attempt = 0
-        fell_back = False
+        first_refusal: TokenRequestError | None = None  # of the issuer form, if it fell back
         while True:
             attempt += 1
             progress.attempt = attempt
@@ -502,9 +514,17 @@ class TokenEndpoint:
                     self.url,
                     refused.error.error,
                 )
-                self.audience_fallback = fell_back = True
+                self.audience_fallback = True
+                first_refusal = refused.error
                 attempt -= 1
                 continue
+            except TokenRequestError as refusal:
+                if first_refusal is not None and _refuses_client(refusal):
+                    said = f": {first_refusal.error_description}" if first_refusal.error_description else ""
+                    refusal.add_hint(
+                        f"with aud = the issuer identifier it was refused as {first_refusal.error}{said}"
+                    )
+                raise
             except _Retry as retry:
                 error, retry_after = retry.error, retry.retry_after
             except SigningError as exc:
@@ -512,7 +532,7 @@ class TokenEndpoint:
                     raise
                 error, retry_after = exc, None
             else:
-                if fell_back:
+                if first_refusal is not None:
                     logger.warning(
                         "token endpoint %s accepts client assertions with aud = its token endpoint URL, "
                         "not the issuer identifier (rfc7523bis); this endpoint keeps sending that form "
@@ -574,6 +594,9 @@ class TokenEndpoint:
                 raise error
             raise _Retry(error, None)
         logger.debug("token endpoint answered HTTP %d in %.3fs", status, monotonic() - started)
+        skew = clock_skew_of(response_headers.get("date"), started_wall)
+        if skew is not None:
+            self.clock_skew = skew
         try:
             return self._parse(status, response_headers, body, scope, started_wall, redactor)
         except TokenRequestError as error:
@@ -589,7 +612,9 @@ class TokenEndpoint:
     async def _credentials(self) -> PreparedAuth:
         auth = self.client_auth
         if isinstance(auth, PrivateKeyJWT):
-            return await auth.prepare(self.url, issuer=self.issuer, fallback=self.audience_fallback)
+            return await auth.prepare(
+                self.url, issuer=self.issuer, fallback=self.audience_fallback, clock_skew=self.clock_skew
+            )
         return await auth.prepare(self.url)
 
     async def _post(

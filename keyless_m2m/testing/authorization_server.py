@@ -117,7 +117,10 @@ class AuthorizationServer(FaultInjection):
         self.refusals: list[str] = []  # "error: error_description" of each refused request
         self.on_request: Callable[[dict[str, list[str]]], None] | None = None
         self.fault_policy: Callable[[int], Fault | None] | None = None
-        self.clock_offset = 0.0
+        self.clock_offset = 0.0  # seconds the server's clock is ahead of ours (its Date header)
+        # True: the assertion's exp/iat/nbf are checked against that skewed clock too (a
+        # server whose clock is really off); False: only the Date header is skewed.
+        self.checks_use_clock_offset = False
         self.statuses: list[int] = []  # per token request: the status sent, 0 if none was
         self._stopping = threading.Event()
         self._handler = _handler_for(self)
@@ -356,7 +359,7 @@ class AuthorizationServer(FaultInjection):
                 f"(assertion kid {_shown(kid)}, registered kids "
                 f"{', '.join(_shown(k.get('kid')) for k in keys)})"
             )
-        now = time.time()
+        now = time.time() + (self.clock_offset if self.checks_use_clock_offset else 0.0)
         leeway = self.leeway
         aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]

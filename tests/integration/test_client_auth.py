@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from keyless_m2m import (
     RefusedWithoutReasonError,
     TokenManager,
 )
+from keyless_m2m.certificates import certificate_pem, certificate_thumbprint, self_signed_certificate
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.signers import LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
@@ -168,7 +170,9 @@ async def test_refused_in_both_forms_says_the_audience_is_not_the_reason(endpoin
     endpoint = TokenEndpoint(endpoint_only.token_endpoint, auth)
     try:
         for _ in range(2):
-            with pytest.raises(InvalidClientError, match="the audience is not the reason") as info:
+            with pytest.raises(
+                InvalidClientError, match="unless the server said the audience was wrong both times"
+            ) as info:
                 await endpoint.request()
             assert not endpoint.audience_fallback  # the issuer is tried first again next time
         assert endpoint.stats.requests == 4 and endpoint.stats.signatures == 4
@@ -177,6 +181,9 @@ async def test_refused_in_both_forms_says_the_audience_is_not_the_reason(endpoin
     auds = [json.loads(jwt.utils.base64url_decode(a.split(".")[1]))["aud"] for a in endpoint_only.assertions]
     assert auds == [endpoint_only.issuer, endpoint_only.token_endpoint] * 2
     assert "not ES384" in (info.value.error_description or "")
+    assert "with aud = the issuer identifier it was refused as invalid_client: client 'svc''s keys" in str(
+        info.value
+    )
 
 
 async def test_strict_issuer_without_a_known_issuer_is_a_configuration_error(issuer_only: Server) -> None:
@@ -209,3 +216,32 @@ async def test_an_empty_403_to_a_strict_issuer_assertion_stays_a_typed_refusal(i
     finally:
         await endpoint.aclose()
     assert endpoint.stats.requests == 1 and info.value.hint is not None
+
+
+async def test_fapi2_takes_iat_from_a_server_whose_clock_is_behind(issuer_only: Server) -> None:
+    issuer_only.clock_offset = -30.0  # its Date header and its checks: 30 s behind this machine
+    issuer_only.checks_use_clock_offset = True
+    plain = TokenManager.from_issuer(issuer_only.issuer, PrivateKeyJWT("svc", signer()), max_attempts=1)
+    async with plain:
+        with pytest.raises(InvalidClientError) as info:
+            await plain.get_token()
+    # the fallback's refusal (aud), and the first one's reason: the clock
+    assert "it was refused as invalid_client: iat is not a number or is in the future" in str(info.value)
+    fapi2 = TokenManager.from_issuer(issuer_only.issuer, PrivateKeyJWT("svc", signer(), profile="fapi2"))
+    async with fapi2:
+        assert (await fapi2.get_token()).value in issuer_only.issued
+        assert fapi2.stats.requests == 1  # the skew came from discovery's Date header
+    claims = verify_jws(issuer_only.assertions[-1], PUBLIC_JWK, audience=issuer_only.issuer)
+    assert claims["iat"] <= time.time() - 25
+
+
+async def test_entra_profile_with_a_certificate_minted_by_the_signer(endpoint_only: Server) -> None:
+    rsa_signer = LocalSigner.from_pem(pem_of(make_key("rsa")), algorithm="PS256")
+    endpoint_only.register_client("entra-app", public_jwk=dict((await rsa_signer.describe()).public_jwk))
+    cert = await self_signed_certificate(rsa_signer, subject="CN=entra-app")
+    auth = PrivateKeyJWT("entra-app", rsa_signer, profile="entra", certificate=certificate_pem(cert))
+    async with TokenManager.from_issuer(endpoint_only.issuer, auth) as tokens:
+        assert (await tokens.get_token()).value in endpoint_only.issued
+        assert tokens.stats.requests == 1  # straight to the token endpoint URL, no refused first try
+    header = jwt.get_unverified_header(endpoint_only.assertions[-1])
+    assert header["x5t#S256"] == certificate_thumbprint(cert) and header["alg"] == "PS256"

@@ -218,3 +218,115 @@ def test_bad_header_and_audience_options_are_refused(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         PrivateKeyJWT("c", signer, **options)
+
+
+async def test_fapi2_profile_sends_the_issuer_and_takes_iat_from_the_server_clock() -> None:
+    import time
+
+    signer = LocalSigner.from_pem(pem_of(make_key("p256")))
+    jwk = dict((await signer.describe()).public_jwk)
+    auth = PrivateKeyJWT("c", signer, profile="fapi2")
+    assert auth.audience_policy == "issuer" and auth.correct_clock_skew
+    with pytest.raises(ConfigurationError, match="needs the authorization server's issuer identifier"):
+        await auth.prepare(ENDPOINT)  # never the token endpoint URL
+    before = int(time.time())
+    prepared = await auth.prepare(ENDPOINT, issuer="https://auth.example", clock_skew=-30.0, fallback=True)
+    assertion = reveal(prepared.form["client_assertion"])
+    claims = verify_jws(assertion, jwk, audience="https://auth.example")
+    assert before - 31 <= claims["iat"] <= int(time.time()) - 29  # the server is 30 s behind
+    assert claims["exp"] - claims["iat"] == 60 and not prepared.alternative
+    noise = verify_jws(
+        await auth.assertion(ENDPOINT, issuer="https://a", clock_skew=1.0), jwk, audience="https://a"
+    )
+    assert noise["iat"] >= before  # 1 s is the Date header's resolution, not a skew
+    plain = PrivateKeyJWT("c", signer, issuer="https://a")
+    assert (
+        verify_jws(await plain.assertion(ENDPOINT, clock_skew=-30.0), jwk, audience="https://a")["iat"]
+        >= before
+    )
+
+
+class _CountingSigner:
+    """A signer over any public key (even one LocalSigner refuses), counting sign() calls."""
+
+    def __init__(self, public_key: Any, algorithm: str) -> None:
+        from keyless_m2m.signers import KeyDescription
+
+        self.description = KeyDescription.for_public_key(public_key, algorithm)
+        self.calls = 0
+
+    async def describe(self) -> Any:
+        return self.description
+
+    async def sign(self, signing_input: bytes) -> bytes:
+        self.calls += 1
+        return b"\0" * 64
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("kind", "alg", "message"),
+    [
+        ("rsa", "RS256", "allows ES256, EdDSA, PS256 client assertions, not RS256"),
+        ("p384", "ES384", "not ES384"),
+        ("rsa1024", "PS256", "at least 2048 bits, this one has 1024"),
+    ],
+)
+async def test_fapi2_profile_refuses_other_algorithms_and_small_keys_before_signing(
+    kind: str, alg: str, message: str
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        if kind == "rsa1024"
+        else make_key(kind)
+    )
+    signer = _CountingSigner(key.public_key(), alg)
+    with pytest.raises(ConfigurationError, match=message):
+        await PrivateKeyJWT("c", signer, profile="fapi2").assertion(ENDPOINT, issuer="https://a")
+    assert signer.calls == 0
+    if kind == "rsa":  # the same key is fine with PS256
+        allowed = _CountingSigner(key.public_key(), "PS256")
+        await PrivateKeyJWT("c", allowed, profile="fapi2").assertion(ENDPOINT, issuer="https://a")
+        assert allowed.calls == 1
+
+
+async def test_entra_profile_needs_a_certificate_and_sends_x5t_s256_to_the_token_endpoint() -> None:
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    key = make_key("rsa")
+    signer = LocalSigner.from_pem(pem_of(key), algorithm="PS256")
+    with pytest.raises(ConfigurationError, match="needs certificate="):
+        PrivateKeyJWT("c", signer, profile="entra")
+    cert = _self_signed(key)
+    auth = PrivateKeyJWT(
+        "c", signer, profile="entra", certificate=cert, issuer="https://login.example/t/v2.0"
+    )
+    assertion = await auth.assertion(ENDPOINT)
+    claims = verify_jws(assertion, dict((await signer.describe()).public_jwk), audience=ENDPOINT)
+    header = _header(assertion)
+    assert claims["aud"] == ENDPOINT and header["typ"] == "JWT" and header["alg"] == "PS256"
+    digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
+    assert header["x5t#S256"] == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    rs256 = LocalSigner.from_pem(pem_of(key), algorithm="RS256")
+    with pytest.raises(ConfigurationError, match="allows PS256"):
+        await PrivateKeyJWT("c", rs256, profile="entra", certificate=cert).assertion(ENDPOINT)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"profile": "fapi1"}, "profile must be one of"),
+        ({"profile": "fapi2", "audience_policy": "auto"}, "do not pass audience= or another audience_policy"),
+        ({"profile": "fapi2", "audience": "https://x"}, "do not pass audience="),
+        ({"profile": "fapi2", "correct_clock_skew": False}, "corrects iat"),
+    ],
+)
+def test_profile_conflicts_are_refused(signer: LocalSigner, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        PrivateKeyJWT("c", signer, **options)

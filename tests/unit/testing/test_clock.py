@@ -311,7 +311,8 @@ CLOCK_FUNCTIONS = {"monotonic", "monotonic_ns", "time", "time_ns", "perf_counter
 REAL_TIME = {
     ("keyless_m2m.client_auth", "time.time"): "an assertion's iat/exp: the server checks them on its clock",
     ("keyless_m2m.discovery", "datetime.now"): "the local time of an answer, against the server's Date",
-    ("keyless_m2m.endpoint", "datetime.now"): "a Retry-After date, for a pause slept on the event loop",
+    ("keyless_m2m.endpoint", "datetime.now"): "a Retry-After date; local time against the Date",
+    ("keyless_m2m.certificates", "datetime.now"): "certificate validity, checked by the server on its clock",
     ("keyless_m2m.cli._demo", "from time import perf_counter"): "the demo prints real durations",
     ("keyless_m2m.testing.authorization_server", "time.time"): "the server's own clock",
     ("keyless_m2m.testing.emulators.azure_key_vault", "time.time"): "the emulated vendor's own clock",
