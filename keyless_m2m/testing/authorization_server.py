@@ -86,6 +86,8 @@ class AuthorizationServer(FaultInjection):
     token endpoint URL or the issuer, as oidc-provider), ``"issuer"`` (only the issuer
     identifier, as draft-ietf-oauth-rfc7523bis section 4 and FAPI 2.0 require) or
     ``"token_endpoint"`` (only the token endpoint URL, as many deployed servers);
+    ``token_type`` the ``token_type`` of the tokens it issues (``"Bearer"``; e.g.
+    ``"access_token"`` as one certified Python server answers);
     :meth:`fail_next` queues :class:`Fault` answers (the test kit's one fault API);
     ``token_requests``, ``issued`` and ``refusals`` record what happened.
     """
@@ -102,10 +104,12 @@ class AuthorizationServer(FaultInjection):
         token_path: str = "/token",  # noqa: S107 - a URL path
         leeway: float = 5.0,
         assertion_audience: Literal["either", "issuer", "token_endpoint"] = "either",
+        token_type: str = "Bearer",  # noqa: S107 - a token type, not a password
     ) -> None:
         if assertion_audience not in ("either", "issuer", "token_endpoint"):
             raise ValueError("assertion_audience must be 'either', 'issuer' or 'token_endpoint'")
         self.assertion_audience = assertion_audience
+        self.token_type = token_type
         self.expires_in = expires_in
         self.leeway = leeway
         self.latency = latency
@@ -271,7 +275,11 @@ class AuthorizationServer(FaultInjection):
         token = "at_" + secrets.token_urlsafe(24)
         with self._lock:
             self.issued.append(token)
-        body: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in}
+        body: dict[str, Any] = {
+            "access_token": token,
+            "token_type": self.token_type,
+            "expires_in": self.expires_in,
+        }
         if requested:
             body["scope"] = " ".join(sorted(requested))
         return 200, body
