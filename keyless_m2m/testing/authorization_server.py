@@ -87,7 +87,10 @@ class AuthorizationServer(FaultInjection):
     identifier, as draft-ietf-oauth-rfc7523bis section 4 and FAPI 2.0 require) or
     ``"token_endpoint"`` (only the token endpoint URL, as many deployed servers);
     ``token_type`` the ``token_type`` of the tokens it issues (``"Bearer"``; e.g.
-    ``"access_token"`` as one certified Python server answers);
+    ``"access_token"`` as one certified Python server answers); ``basic_encoding`` how it
+    reads ``client_secret_basic``: ``"form"`` (RFC 6749 section 2.3.1: id and secret
+    form-decoded) or ``"raw"`` (the ``id:secret`` compared as sent, as 5 of 6 deployed
+    servers tried);
     :meth:`fail_next` queues :class:`Fault` answers (the test kit's one fault API);
     ``token_requests``, ``issued`` and ``refusals`` record what happened.
     """
@@ -105,7 +108,11 @@ class AuthorizationServer(FaultInjection):
         leeway: float = 5.0,
         assertion_audience: Literal["either", "issuer", "token_endpoint"] = "either",
         token_type: str = "Bearer",  # noqa: S107 - a token type, not a password
+        basic_encoding: Literal["form", "raw"] = "form",
     ) -> None:
+        if basic_encoding not in ("form", "raw"):
+            raise ValueError("basic_encoding must be 'form' or 'raw'")
+        self.basic_encoding = basic_encoding
         if assertion_audience not in ("either", "issuer", "token_endpoint"):
             raise ValueError("assertion_audience must be 'either', 'issuer' or 'token_endpoint'")
         self.assertion_audience = assertion_audience
@@ -298,7 +305,10 @@ class AuthorizationServer(FaultInjection):
             try:
                 decoded = base64.b64decode(authorization[6:], validate=True).decode()
                 raw_id, _, raw_secret = decoded.partition(":")
-                client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+                if self.basic_encoding == "raw":  # as most deployed servers: no form-decoding
+                    client_id, secret = raw_id, raw_secret
+                else:
+                    client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
             except ValueError:
                 return invalid("malformed Basic authorization header")
             checked = self._check_secret(client_id, secret)
