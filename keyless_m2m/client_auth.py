@@ -3,7 +3,8 @@
 - :class:`PrivateKeyJWT` (RFC 7523 section 2.2): a short-lived JWT signed by a
   :class:`~keyless_m2m.signers.Signer`, fresh for every HTTP attempt;
 - :class:`ClientSecretBasic` (RFC 6749 section 2.3.1): HTTP Basic with both parts
-  form-encoded first, as the RFC requires (many libraries forget this);
+  form-encoded first, as the RFC requires (many libraries forget this), or raw
+  (``encoding="raw"``), as many deployed servers compare them;
 - :class:`ClientSecretPost`: ``client_id``/``client_secret`` in the form body.
 """
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIENT_ASSERTION_TYPE",
     "AudiencePolicy",
+    "BasicEncoding",
     "ClientAuth",
     "ClientSecretBasic",
     "ClientSecretPost",
@@ -480,27 +482,84 @@ class _ClientSecret:
         return f"{type(self).__name__}(client_id={self.client_id!r}, client_secret=<hidden>)"
 
 
-def _basic_credential(client_id: str, secret: Secret[str]) -> Secret[str]:
-    # Never raises (quote_plus and base64 take any str), so its frame with the revealed
-    # value never appears in a traceback.
-    pair = f"{quote_plus(client_id)}:{quote_plus(secret.reveal())}"
-    return Secret("Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii"))
+BasicEncoding = Literal["form", "raw"]
+"""How :class:`ClientSecretBasic` puts id and secret in the header (see there)."""
+_BASIC_ENCODINGS: tuple[str, ...] = get_args(BasicEncoding)
+
+
+def _basic_credential(client_id: str, secret: Secret[str], encoding: str) -> tuple[Secret[str], bool]:
+    """The ``Authorization`` value, and whether form-encoding changed the secret (a bool:
+    nothing of the secret leaves this frame but the Secret). Never raises (quote_plus and
+    base64 take any str), so its frame with the revealed value never appears in a
+    traceback."""
+    if encoding == "raw":
+        pair = f"{client_id}:{secret.reveal()}"
+        changed = False
+    else:
+        encoded = quote_plus(secret.reveal())
+        pair = f"{quote_plus(client_id)}:{encoded}"
+        changed = encoded != secret.reveal()
+    return Secret("Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")), changed
+
+
+def _basic_hint(id_changed: bool, secret_changed: bool) -> str | None:
+    """What to say when a server refuses a Basic credential that form-encoding changed:
+    which part changed, never how (nor which characters the secret holds)."""
+    if id_changed and secret_changed:
+        what = "the client id and the client secret contain"
+    elif id_changed:
+        what = "the client id contains"
+    elif secret_changed:
+        what = "the client secret contains"
+    else:
+        return None
+    return (
+        f"{what} characters that RFC 6749 form-encoding changes in client_secret_basic; servers "
+        "that compare the raw id:secret need ClientSecretBasic(..., encoding='raw') or ClientSecretPost"
+    )
 
 
 class ClientSecretBasic(_ClientSecret):
-    """``client_secret_basic``: HTTP Basic with id and secret form-encoded first
-    (RFC 6749 section 2.3.1), so ``:`` or ``%`` in a secret survive the trip.
-    ``client_secret`` is a ``str`` or a :class:`~keyless_m2m._secret.Secret`."""
+    """``client_secret_basic``: HTTP Basic with the client id and secret.
+
+    >>> auth = ClientSecretBasic("billing", secret)                    # doctest: +SKIP
+    >>> auth = ClientSecretBasic("billing", secret, encoding="raw")    # doctest: +SKIP
+
+    ``encoding="form"`` (the default) form-encodes both first, as RFC 6749 section 2.3.1
+    requires, so ``:`` or ``%`` in a secret survive the trip to a server that decodes them.
+    Many deployed servers compare the raw ``id:secret`` instead: ``encoding="raw"`` sends
+    ``base64(id:secret)`` unencoded (a client id holding ``:`` cannot be sent so: a
+    :class:`~keyless_m2m.ConfigurationError`). When form-encoding changed the id or the
+    secret and the server answers ``invalid_client``, the error's hint says so (never
+    what the secret holds) and names the fix. ``client_secret`` is a ``str`` or a
+    :class:`~keyless_m2m._secret.Secret`.
+    """
 
     method = "client_secret_basic"
 
-    def __init__(self, client_id: str, client_secret: str | Secret[str]) -> None:
+    def __init__(
+        self, client_id: str, client_secret: str | Secret[str], *, encoding: BasicEncoding = "form"
+    ) -> None:
         client_secret = _wrap_secret(client_secret)  # rebinding: the raw value leaves this frame
         super().__init__(client_id, client_secret)
-        self._header = _basic_credential(self.client_id, self._secret)
+        if encoding not in _BASIC_ENCODINGS:
+            raise ConfigurationError("encoding must be 'form' (RFC 6749 section 2.3.1) or 'raw'")
+        if encoding == "raw" and ":" in self.client_id:
+            raise ConfigurationError(
+                "ClientSecretBasic(encoding='raw') cannot send a client id that contains ':' (the "
+                "server would split id:secret there); use encoding='form' or ClientSecretPost"
+            )
+        self.encoding: BasicEncoding = encoding
+        self._header, secret_changed = _basic_credential(self.client_id, self._secret, encoding)
+        id_changed = encoding == "form" and quote_plus(self.client_id) != self.client_id
+        self._hint = _basic_hint(id_changed, secret_changed)
+
+    def __repr__(self) -> str:
+        shown = "" if self.encoding == "form" else f", encoding={self.encoding!r}"
+        return f"ClientSecretBasic(client_id={self.client_id!r}, client_secret=<hidden>{shown})"
 
     async def prepare(self, token_endpoint: str) -> PreparedAuth:
-        return PreparedAuth(form={}, headers={"Authorization": self._header})
+        return PreparedAuth(form={}, headers={"Authorization": self._header}, hint=self._hint)
 
 
 class ClientSecretPost(_ClientSecret):

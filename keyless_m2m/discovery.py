@@ -1,8 +1,9 @@
 """Authorization server metadata: RFC 8414, then OpenID Connect Discovery.
 
 :func:`discover` finds an issuer's metadata, checks that it describes that issuer, and
-caches it; :func:`check_client_auth` says whether the server accepts the client's
-authentication method and signing algorithm; :class:`DiscoveredTokenEndpoint` is the
+caches it; :func:`client_auth_mismatches` says what of the client's grant, authentication method and
+signing algorithm the server does not list (:func:`check_client_auth` raises it);
+:class:`DiscoveredTokenEndpoint` is the
 token endpoint behind :meth:`TokenManager.from_issuer
 <keyless_m2m.TokenManager.from_issuer>`, which discovers and checks once, before its
 first token request::
@@ -64,6 +65,7 @@ __all__ = [
     "check_client_auth",
     "clear_metadata_cache",
     "client_auth_algorithm",
+    "client_auth_mismatches",
     "discover",
     "metadata_urls",
     "server_clock_skew",
@@ -371,52 +373,94 @@ async def client_auth_algorithm(client_auth: ClientAuth) -> str | None:
     return None
 
 
-def check_client_auth(metadata: ServerMetadata, method: str, algorithm: str | None = None) -> list[str]:
-    """Check that the server supports the client's ``method`` and assertion ``algorithm``.
+def client_auth_mismatches(
+    metadata: ServerMetadata, method: str, algorithm: str | None = None
+) -> list[DiscoveryError]:
+    """What the server's metadata says it does not support, of what the client will use:
+    the ``client_credentials`` grant, the authentication ``method``, the assertion
+    ``algorithm``. One :class:`~keyless_m2m.DiscoveryError` per list that leaves it out
+    (``reason`` ``"grant_unsupported"``, ``"method_unsupported"`` or
+    ``"algorithm_unsupported"``), each naming what the server lists instead; an empty list
+    when nothing is missing. A list the server does not publish is not second-guessed.
 
-    Raises :class:`~keyless_m2m.DiscoveryError` naming what the server supports instead;
-    returns notes about what could not be checked because the server does not publish
-    it. A list the server leaves out is not second-guessed: RFC 8414 would have
-    ``client_secret_basic`` as the default method, but servers that omit the list often
-    support more, and the token request will tell.
+    >>> [e.reason for e in client_auth_mismatches(metadata, "private_key_jwt", "ES256")]  # doctest: +SKIP
+    ['grant_unsupported']
+
+    Deployed servers leave out what they support (a grant, a method), so
+    :class:`DiscoveredTokenEndpoint` logs these as one warning and goes on to the token
+    request, whose answer is authoritative; ``strict_metadata=True`` raises the first.
     """
-    notes: list[str] = []
+    mismatches: list[DiscoveryError] = []
     grants = metadata.grant_types_supported
     if grants is not None and "client_credentials" not in grants:
-        raise DiscoveryError(
-            f"the authorization server {metadata.issuer} does not list the client_credentials "
-            f"grant; it supports: {', '.join(grants) or 'none'}",
-            reason="grant_unsupported",
+        mismatches.append(
+            DiscoveryError(
+                f"the authorization server {metadata.issuer} does not list the client_credentials "
+                f"grant; it supports: {', '.join(grants) or 'none'}",
+                reason="grant_unsupported",
+            )
         )
     methods = metadata.token_endpoint_auth_methods_supported
-    if methods is None:
-        notes.append("the server does not publish token_endpoint_auth_methods_supported")
-    elif method not in methods:
-        raise DiscoveryError(
-            f"the authorization server {metadata.issuer} does not support the token endpoint "
-            f"auth method {method!r}; it supports: {', '.join(methods) or 'none'}",
-            reason="method_unsupported",
+    if methods is not None and method not in methods:
+        mismatches.append(
+            DiscoveryError(
+                f"the authorization server {metadata.issuer} does not support the token endpoint "
+                f"auth method {method!r}; it supports: {', '.join(methods) or 'none'}",
+                reason="method_unsupported",
+            )
         )
-    if algorithm is not None:
-        algs = metadata.token_endpoint_auth_signing_alg_values_supported
-        if algs is None:
-            notes.append("the server does not publish token_endpoint_auth_signing_alg_values_supported")
-        elif algorithm not in algs:
-            raise DiscoveryError(
+    algs = metadata.token_endpoint_auth_signing_alg_values_supported
+    if algorithm is not None and algs is not None and algorithm not in algs:
+        mismatches.append(
+            DiscoveryError(
                 f"the authorization server {metadata.issuer} does not accept {algorithm} "
                 f"client assertions; it accepts: {', '.join(algs) or 'none'}",
                 reason="algorithm_unsupported",
             )
+        )
+    return mismatches
+
+
+def _unpublished(metadata: ServerMetadata, algorithm: str | None) -> list[str]:
+    notes: list[str] = []
+    if metadata.token_endpoint_auth_methods_supported is None:
+        notes.append("the server does not publish token_endpoint_auth_methods_supported")
+    if algorithm is not None and metadata.token_endpoint_auth_signing_alg_values_supported is None:
+        notes.append("the server does not publish token_endpoint_auth_signing_alg_values_supported")
     return notes
+
+
+def check_client_auth(metadata: ServerMetadata, method: str, algorithm: str | None = None) -> list[str]:
+    """Check strictly that the server supports the client's ``method`` and assertion
+    ``algorithm`` (and the ``client_credentials`` grant).
+
+    Raises the first of :func:`client_auth_mismatches` (a
+    :class:`~keyless_m2m.DiscoveryError` naming what the server supports instead);
+    returns notes about what could not be checked because the server does not publish
+    it. A list the server leaves out is not second-guessed: RFC 8414 would have
+    ``client_secret_basic`` as the default method, but servers that omit the list often
+    support more, and the token request will tell. This is what
+    ``strict_metadata=True`` applies; by default a mismatch is only a warning.
+    """
+    mismatches = client_auth_mismatches(metadata, method, algorithm)
+    if mismatches:
+        raise mismatches[0]
+    return _unpublished(metadata, algorithm)
 
 
 class DiscoveredTokenEndpoint(TokenEndpoint):
     """A :class:`~keyless_m2m.endpoint.TokenEndpoint` found through the issuer's metadata.
 
     Before its first token request it runs :meth:`discover`: fetch the metadata (cached,
-    see :func:`discover`), check the client's method and algorithm
-    (:func:`check_client_auth`), and take the token endpoint URL from it. Until then
+    see :func:`discover`), check the client's grant, method and algorithm against it
+    (:func:`client_auth_mismatches`), and take the token endpoint URL from it. Until then
     :attr:`url` is the issuer. Call :meth:`discover` yourself to fail fast at start-up.
+
+    Metadata that leaves out the ``client_credentials`` grant, the client's method or its
+    algorithm is logged as one WARNING (logger ``"keyless_m2m"``, once per discovery) and
+    the token request goes ahead: deployed servers omit what they support, and the token
+    endpoint's answer is authoritative. ``strict_metadata=True`` raises the
+    :class:`~keyless_m2m.DiscoveryError` instead, before any token request.
     ``metadata_max_age`` bounds the shared cache's age; other options are
     :class:`TokenEndpoint`'s.
     """
@@ -428,13 +472,17 @@ class DiscoveredTokenEndpoint(TokenEndpoint):
         *,
         allow_insecure_http: bool = False,
         metadata_max_age: float = DEFAULT_MAX_AGE,
+        strict_metadata: bool = False,
         **options: Any,
     ) -> None:
         issuer = _check_issuer(issuer, allow_insecure_http)
+        if not isinstance(strict_metadata, bool):
+            raise ConfigurationError("strict_metadata must be True or False")
         super().__init__(issuer, client_auth, allow_insecure_http=allow_insecure_http, **options)
         self.issuer = self._issuer = issuer
         self.metadata: ServerMetadata | None = None
         self.metadata_max_age = _number("metadata_max_age", metadata_max_age, zero_ok=True)
+        self.strict_metadata = strict_metadata
         self._allow_insecure_http = allow_insecure_http
         self._discover_lock: anyio.Lock | None = None
 
@@ -473,13 +521,29 @@ class DiscoveredTokenEndpoint(TokenEndpoint):
                 )
                 progress.step = "describing the signer's key (to check its algorithm)"
                 algorithm = await client_auth_algorithm(self.client_auth)
-                for note in check_client_auth(metadata, self.client_auth.method, algorithm):
-                    logger.debug("discovery of %s: %s; not checked", self.issuer, note)
+                self._check(metadata, algorithm)
                 self.url = metadata.token_endpoint
                 if self.clock_skew is None:
                     self.clock_skew = metadata.clock_skew
                 self.metadata = metadata
         return self.metadata
+
+    def _check(self, metadata: ServerMetadata, algorithm: str | None) -> None:
+        method = self.client_auth.method
+        if self.strict_metadata:
+            check_client_auth(metadata, method, algorithm)
+        else:
+            mismatches = client_auth_mismatches(metadata, method, algorithm)
+            if mismatches:
+                logger.warning(
+                    "discovery of %s: %s; sending the token request anyway (the server's answer "
+                    "decides; strict_metadata=True refuses instead)",
+                    self.issuer,
+                    "; ".join(str(m) for m in mismatches),
+                    extra={"leniency": True},  # shown by the CLI without --verbose
+                )
+        for note in _unpublished(metadata, algorithm):
+            logger.debug("discovery of %s: %s; not checked", self.issuer, note)
 
     async def _prepare(self, progress: _Progress) -> None:
         # Inside request()'s deadline: discovery and the attempts share one budget.

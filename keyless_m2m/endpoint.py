@@ -27,6 +27,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Collection,
     Generator,
     Hashable,
     Mapping,
@@ -319,6 +320,27 @@ def _number(name: str, value: Any, *, zero_ok: bool = False) -> float:
     return number
 
 
+_TOKEN_TYPE = re.compile(r"[A-Za-z0-9._~+/-]+")  # RFC 6749 section 7.1 names: token68-like
+
+
+def _token_types(value: Any) -> frozenset[str]:
+    """``accept_token_types``: a collection of names, lowercased; never a lone string
+    (its letters would each be a name), never DPoP."""
+    if isinstance(value, str) or not isinstance(value, Collection):
+        raise ConfigurationError('accept_token_types must be a collection of names, e.g. ("access_token",)')
+    names = set()
+    for name in value:
+        if not isinstance(name, str) or not _TOKEN_TYPE.fullmatch(name):
+            raise ConfigurationError("accept_token_types holds token_type names (letters, digits, ._~+/-)")
+        if name.lower() == "dpop":
+            raise ConfigurationError(
+                "accept_token_types cannot accept DPoP: DPoP-bound tokens need a proof with every "
+                "use, which keyless-m2m does not send yet"
+            )
+        names.add(name.lower())
+    return frozenset(names)
+
+
 def _count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be an integer of at least 1, got {value!r:.40}")
@@ -339,6 +361,9 @@ class TokenEndpoint:
     them), ``backoff`` (first delay, 0.5 s, doubling up to ``max_backoff`` 10 s, with
     jitter in [50 %, 100 %]; see :class:`~keyless_m2m._retry.RetryPolicy`),
     ``default_expires_in`` (300 s, used when the response has no ``expires_in``),
+    ``accept_token_types`` (``token_type`` values besides ``Bearer`` to take as Bearer,
+    compared case-insensitively, e.g. ``("access_token",)`` for a server that names its
+    Bearer tokens so; never ``DPoP``),
     ``max_response_bytes`` (256 KiB, decoded), ``allow_insecure_http`` (plain http:// for
     a non-loopback host). A wrong type or value is a
     :class:`~keyless_m2m.ConfigurationError`.
@@ -366,6 +391,7 @@ class TokenEndpoint:
         backoff: float = 0.5,
         max_backoff: float = 10.0,
         default_expires_in: float = 300.0,
+        accept_token_types: Collection[str] = (),
         max_response_bytes: int = 256 * 1024,
         allow_insecure_http: bool = False,
         stats: EndpointStats | None = None,
@@ -393,6 +419,7 @@ class TokenEndpoint:
         self.backoff = _number("backoff", backoff, zero_ok=True)
         self.max_backoff = _number("max_backoff", max_backoff, zero_ok=True)
         self.default_expires_in = _number("default_expires_in", default_expires_in)
+        self.accept_token_types = _token_types(accept_token_types)
         self.max_response_bytes = _count("max_response_bytes", max_response_bytes)
         self.timeout = _number("timeout", timeout)
         self.verify = tls_verification(verify)
@@ -538,6 +565,7 @@ class TokenEndpoint:
                         "not the issuer identifier (rfc7523bis); this endpoint keeps sending that form "
                         "(PrivateKeyJWT(audience_policy='token_endpoint') skips the first try)",
                         self.url,
+                        extra={"leniency": True},  # shown by the CLI without --verbose
                     )
                 return token
             progress.last_error = error
@@ -737,14 +765,7 @@ class TokenEndpoint:
             raise bad("access_token is missing, empty or not a string")
         if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
             raise bad("access_token contains characters not allowed in an HTTP header")
-        token_type = data.get("token_type")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            shown = (
-                redactor.scrub(token_type)
-                if isinstance(token_type, str) and len(token_type) < 20
-                else type(token_type).__name__
-            )
-            raise bad(f"token_type must be Bearer, got {shown!r}")
+        self._check_token_type(data.get("token_type"), bad, redactor)
         expires_in = self._expires_in(data.get("expires_in"), bad)
         granted = data.get("scope")
         if granted is not None and not isinstance(granted, str):
@@ -758,6 +779,38 @@ class TokenEndpoint:
             scope=granted if granted is not None else scope,
             raw=raw,
             expires_in=expires_in,
+        )
+
+    def _check_token_type(
+        self, token_type: Any, bad: Callable[[str], InvalidTokenResponseError], redactor: Redactor
+    ) -> None:
+        """Bearer (RFC 6750; any case, RFC 6749 section 5.1), or one of
+        ``accept_token_types``; never DPoP, whose tokens need a proof on every use."""
+        if token_type is None:
+            raise bad("token_type is missing (RFC 6749 section 5.1 requires it)")
+        if not isinstance(token_type, str):
+            raise bad(f"token_type must be Bearer, got a {type(token_type).__name__}")
+        lowered = token_type.lower()
+        if lowered == "bearer" or lowered in self.accept_token_types:
+            return
+        if lowered == "dpop":
+            raise bad(
+                "token_type is DPoP: DPoP-bound tokens (RFC 9449) are not supported yet; they need "
+                "a proof with every use, so accept_token_types cannot accept them. Register the "
+                "client for Bearer tokens"
+            )
+        # A short token68-like value is shown (scrubbed) and offered as the option's value;
+        # anything longer or odder is described, never echoed.
+        if len(token_type) < 20 and _TOKEN_TYPE.fullmatch(token_type):
+            shown = redactor.scrub(token_type)
+            if shown == token_type:
+                raise bad(
+                    f"token_type must be Bearer, got {shown!r}: set accept_token_types=({shown!r},) "
+                    "if this server's tokens are Bearer tokens"
+                )
+        raise bad(
+            f"token_type must be Bearer, got a {len(token_type)}-character value not shown: set "
+            "accept_token_types=(<that value>,) if this server's tokens are Bearer tokens"
         )
 
     def _expires_in(self, value: Any, bad: Callable[[str], InvalidTokenResponseError]) -> float:

@@ -92,17 +92,18 @@ def _leaf(error: BaseException) -> BaseException:
 
 
 def _configure_logging(debug: bool, verbose: bool) -> Callable[[], None]:
-    """Send the library's logs to stderr when asked, else nowhere (not even Python's
-    last-resort handler, so an error stays one line). Returns an undo function."""
+    """Send the library's logs to stderr when asked (``--verbose``, ``--debug``); else only
+    its warnings that it went on despite something (``extra={"leniency": True}``: metadata
+    that omits what the client uses, the audience fallback), so leniency is never silent
+    and an error stays one line. Never through Python's last-resort handler. Returns an undo function."""
     logger = logging.getLogger("keyless_m2m")
     previous_level = logger.level
-    handler: logging.Handler
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s %(message)s"))
     if debug or verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s %(message)s"))
         logger.setLevel(logging.DEBUG if debug else logging.INFO)
     else:
-        handler = logging.NullHandler()
+        handler.addFilter(lambda record: bool(getattr(record, "leniency", False)))
     logger.addHandler(handler)
 
     def undo() -> None:

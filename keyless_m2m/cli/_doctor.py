@@ -17,7 +17,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..client_auth import ClientAuth, PrivateKeyJWT
-from ..discovery import ServerMetadata, check_client_auth, discover, server_clock_skew
+from ..discovery import (
+    ServerMetadata,
+    check_client_auth,
+    client_auth_mismatches,
+    discover,
+    server_clock_skew,
+)
 from ..endpoint import TokenEndpoint
 from ..errors import (
     ConfigurationError,
@@ -238,25 +244,24 @@ class Doctor:
         if metadata is None or self.method is None:
             self.report(name, "SKIP", "no metadata" if metadata is None else "no client authentication")
             return
-        try:
-            notes = check_client_auth(metadata, self.method)
-        except DiscoveryError as exc:
-            self.failed(name, exc, _support_fix(exc))
-            return
         algorithm = self.description.algorithm if self.description is not None else None
+        mismatches = client_auth_mismatches(metadata, self.method, algorithm)
+        if mismatches:
+            # Not a failure: deployed servers leave out what they support; the token
+            # request below decides (TokenManager.from_issuer warns likewise).
+            self.report(
+                name,
+                "WARN",
+                "; ".join(str(m) for m in mismatches) + " (the token request decides; "
+                "strict_metadata=True refuses such a server)",
+                "; or ".join(dict.fromkeys(_support_fix(m) for m in mismatches)),
+                mismatches[0],
+            )
+            return
         if self.method == "private_key_jwt" and algorithm is None:
             self.report(name, "WARN", f"the server supports {self.method}; the signer's alg is unknown")
             return
-        try:
-            notes = check_client_auth(metadata, self.method, algorithm)
-        except DiscoveryError as exc:
-            self.failed(
-                name,
-                exc,
-                "use a key and algorithm the server accepts (listed above): --algorithm for another "
-                "alg of the same key (e.g. PS256 for RSA), or another key",
-            )
-            return
+        notes = check_client_auth(metadata, self.method, algorithm)  # nothing left to raise
         detail = f"the server supports {self.method}" + (f" with {algorithm}" if algorithm else "")
         if notes:
             self.report(name, "WARN", f"{detail}; {'; '.join(notes)} (not checked)")
@@ -423,6 +428,11 @@ def _discovery_fix(error: KeylessM2MError, issuer: str) -> str:
 def _support_fix(error: DiscoveryError) -> str:
     if error.reason == "grant_unsupported":
         return "enable the client_credentials grant on the authorization server"
+    if error.reason == "algorithm_unsupported":
+        return (
+            "use a key and algorithm the server accepts (listed above): --algorithm for another "
+            "alg of the same key (e.g. PS256 for RSA), or another key"
+        )
     return (
         "register the client for one of the methods the server supports and choose it with "
         "--auth-method, or enable this method on the server"

@@ -86,6 +86,11 @@ class AuthorizationServer(FaultInjection):
     token endpoint URL or the issuer, as oidc-provider), ``"issuer"`` (only the issuer
     identifier, as draft-ietf-oauth-rfc7523bis section 4 and FAPI 2.0 require) or
     ``"token_endpoint"`` (only the token endpoint URL, as many deployed servers);
+    ``token_type`` the ``token_type`` of the tokens it issues (``"Bearer"``; e.g.
+    ``"access_token"`` as one certified Python server answers); ``basic_encoding`` how it
+    reads ``client_secret_basic``: ``"form"`` (RFC 6749 section 2.3.1: id and secret
+    form-decoded) or ``"raw"`` (the ``id:secret`` compared as sent, as 5 of 6 deployed
+    servers tried);
     :meth:`fail_next` queues :class:`Fault` answers (the test kit's one fault API);
     ``token_requests``, ``issued`` and ``refusals`` record what happened.
     """
@@ -102,10 +107,16 @@ class AuthorizationServer(FaultInjection):
         token_path: str = "/token",  # noqa: S107 - a URL path
         leeway: float = 5.0,
         assertion_audience: Literal["either", "issuer", "token_endpoint"] = "either",
+        token_type: str = "Bearer",  # noqa: S107 - a token type, not a password
+        basic_encoding: Literal["form", "raw"] = "form",
     ) -> None:
+        if basic_encoding not in ("form", "raw"):
+            raise ValueError("basic_encoding must be 'form' or 'raw'")
+        self.basic_encoding = basic_encoding
         if assertion_audience not in ("either", "issuer", "token_endpoint"):
             raise ValueError("assertion_audience must be 'either', 'issuer' or 'token_endpoint'")
         self.assertion_audience = assertion_audience
+        self.token_type = token_type
         self.expires_in = expires_in
         self.leeway = leeway
         self.latency = latency
@@ -274,7 +285,11 @@ class AuthorizationServer(FaultInjection):
         token = "at_" + secrets.token_urlsafe(24)
         with self._lock:
             self.issued.append(token)
-        body: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in}
+        body: dict[str, Any] = {
+            "access_token": token,
+            "token_type": self.token_type,
+            "expires_in": self.expires_in,
+        }
         if requested:
             body["scope"] = " ".join(sorted(requested))
         return 200, body
@@ -293,7 +308,10 @@ class AuthorizationServer(FaultInjection):
             try:
                 decoded = base64.b64decode(authorization[6:], validate=True).decode()
                 raw_id, _, raw_secret = decoded.partition(":")
-                client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+                if self.basic_encoding == "raw":  # as most deployed servers: no form-decoding
+                    client_id, secret = raw_id, raw_secret
+                else:
+                    client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
             except ValueError:
                 return invalid("malformed Basic authorization header")
             checked = self._check_secret(client_id, secret)

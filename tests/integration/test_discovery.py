@@ -6,6 +6,7 @@ metadata, on asyncio and trio. The pure tests are in ``tests/unit/test_discovery
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -50,19 +51,68 @@ async def test_from_issuer_discovers_once_for_many_callers() -> None:
             assert await tokens.endpoint.discover() is tokens.endpoint.metadata
 
 
+GAPS = [
+    pytest.param(
+        lambda m: m.update(grant_types_supported=["authorization_code", "refresh_token"]),
+        "does not list the client_credentials grant; it supports: authorization_code, refresh_token",
+        "grant_unsupported",
+        id="grant",
+    ),
+    pytest.param(
+        lambda m: m.update(token_endpoint_auth_methods_supported=["client_secret_basic", "tls_client_auth"]),
+        "supports: client_secret_basic, tls_client_auth",
+        "method_unsupported",
+        id="method",
+    ),
+    pytest.param(
+        lambda m: m.update(token_endpoint_auth_signing_alg_values_supported=["RS256", "PS256"]),
+        "accepts: RS256, PS256",
+        "algorithm_unsupported",
+        id="alg",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "message", "reason"), GAPS)
+@anyio_test
+async def test_from_issuer_warns_about_metadata_that_omits_what_the_client_uses(
+    edit: Callable[[dict[str, Any]], None], message: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server whose metadata leaves out the grant, the method or the algorithm it in
+    fact accepts: one warning naming the gap and the strict option, then a token."""
+    signer = LocalSigner.from_pem(pem_of(make_key("p256")))
+    with CustomMetadataServer(edit) as srv:
+        srv.register_client("svc", public_jwk=jwk_of("p256", "ES256"))
+        with caplog.at_level(logging.WARNING, logger="keyless_m2m"):
+            async with TokenManager.from_issuer(srv.issuer, PrivateKeyJWT("svc", signer)) as tokens:
+                first = await tokens.get_token()
+                assert await tokens.invalidate(first)
+                await tokens.get_token()  # a second fetch: no second discovery, no second warning
+        assert srv.token_requests == 2 and srv.metadata_requests == 1
+    warnings = [r for r in caplog.records if r.name == "keyless_m2m" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert message in warnings[0].getMessage() and "strict_metadata=True" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize(("edit", "message", "reason"), GAPS)
+@anyio_test
+async def test_strict_metadata_refuses_before_the_first_token_request(
+    edit: Callable[[dict[str, Any]], None], message: str, reason: str
+) -> None:
+    signer = LocalSigner.from_pem(pem_of(make_key("p256")))
+    with CustomMetadataServer(edit) as srv:
+        srv.register_client("svc", public_jwk=jwk_of("p256", "ES256"))
+        auth = PrivateKeyJWT("svc", signer)
+        async with TokenManager.from_issuer(srv.issuer, auth, strict_metadata=True) as tokens:
+            with pytest.raises(DiscoveryError, match=message) as info:
+                await tokens.get_token()
+        assert info.value.reason == reason
+        assert srv.token_requests == 0
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (
-            lambda m: m.update(
-                token_endpoint_auth_methods_supported=["client_secret_basic", "tls_client_auth"]
-            ),
-            "supports: client_secret_basic, tls_client_auth",
-        ),
-        (
-            lambda m: m.update(token_endpoint_auth_signing_alg_values_supported=["RS256", "PS256"]),
-            "accepts: RS256, PS256",
-        ),
         (lambda m: m.update(issuer="https://evil.example"), "issuer mismatch"),
         (lambda m: m.pop("token_endpoint"), "no token_endpoint"),
     ],
@@ -71,6 +121,7 @@ async def test_from_issuer_discovers_once_for_many_callers() -> None:
 async def test_from_issuer_checks_before_the_first_token_request(
     edit: Callable[[dict[str, Any]], None], message: str
 ) -> None:
+    """What no leniency covers: metadata for another issuer, or without a token endpoint."""
     signer = LocalSigner.from_pem(pem_of(make_key("p256")))
     with CustomMetadataServer(edit) as srv:
         srv.register_client("svc", public_jwk=jwk_of("p256", "ES256"))

@@ -19,6 +19,7 @@ from keyless_m2m.discovery import (
     ServerMetadata,
     check_client_auth,
     clear_metadata_cache,
+    client_auth_mismatches,
     discover,
     metadata_urls,
     server_clock_skew,
@@ -189,6 +190,24 @@ def test_check_client_auth_names_what_the_server_supports() -> None:
         check_client_auth(metadata_with(grants=("authorization_code",)), "client_secret_basic")
 
 
+def test_client_auth_mismatches_lists_every_gap_at_once() -> None:
+    """Each list that leaves out what the client uses gives one error, in a fixed order;
+    ``check_client_auth`` raises the first of them."""
+    metadata = metadata_with(
+        grants=("authorization_code",), methods=("client_secret_basic",), algs=("RS256",)
+    )
+    mismatches = client_auth_mismatches(metadata, "private_key_jwt", "ES256")
+    assert [m.reason for m in mismatches] == [
+        "grant_unsupported",
+        "method_unsupported",
+        "algorithm_unsupported",
+    ]
+    with pytest.raises(DiscoveryError) as info:
+        check_client_auth(metadata, "private_key_jwt", "ES256")
+    assert info.value.reason == "grant_unsupported"
+    assert client_auth_mismatches(metadata_with(), "private_key_jwt", "ES256") == []  # nothing published
+
+
 def test_check_client_auth_notes_what_it_cannot_check() -> None:
     notes = check_client_auth(metadata_with(), "private_key_jwt", "ES256")
     assert len(notes) == 2 and "token_endpoint_auth_methods_supported" in notes[0]
@@ -198,16 +217,14 @@ def test_check_client_auth_notes_what_it_cannot_check() -> None:
 
 
 def test_every_discovery_error_raised_names_a_documented_reason() -> None:
-    """Each ``raise DiscoveryError(...)`` in discovery passes ``reason=`` explicitly, and a
-    documented one: code (the doctor's fixes) keys on it, never on the message."""
+    """Each ``DiscoveryError(...)`` discovery builds (raised, or collected by
+    ``client_auth_mismatches``) passes ``reason=`` explicitly, and a documented one: code
+    (the doctor's fixes) keys on it, never on the message."""
     tree = ast.parse(Path(discovery.__file__).read_text())
     raised = [
-        node.exc
+        node
         for node in ast.walk(tree)
-        if isinstance(node, ast.Raise)
-        and isinstance(node.exc, ast.Call)
-        and isinstance(node.exc.func, ast.Name)
-        and node.exc.func.id == "DiscoveryError"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "DiscoveryError"
     ]
     assert len(raised) >= 10
     for call in raised:

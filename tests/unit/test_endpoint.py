@@ -192,6 +192,8 @@ MALFORMED: list[tuple[str, httpx.Response]] = [
     ("access_token with newline", ok({**GOOD, "access_token": "a\r\nX-Evil: 1"})),
     ("token_type mac", ok({**GOOD, "token_type": "mac"})),
     ("token_type missing", ok({"access_token": "t", "expires_in": 60})),
+    ("token_type not a string", ok({**GOOD, "token_type": ["Bearer"]})),
+    ("token_type DPoP", ok({**GOOD, "token_type": "DPoP"})),
     ("expires_in negative", ok({**GOOD, "expires_in": -5})),
     ("expires_in zero", ok({**GOOD, "expires_in": 0})),
     ("expires_in string", ok({**GOOD, "expires_in": "abc"})),
@@ -251,6 +253,25 @@ def test_plain_http_only_for_loopback() -> None:
     TokenEndpoint("http://auth.example/token", auth, allow_insecure_http=True)
     with pytest.raises(ConfigurationError, match="absolute https:// URL"):
         TokenEndpoint("ftp://auth.example/token", auth)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("access_token", "a collection of names"),  # a lone string: each letter a name
+        (None, "a collection of names"),
+        (("access token",), "token_type names"),
+        ((3,), "token_type names"),
+        (("DPoP",), "cannot accept DPoP"),
+    ],
+)
+def test_accept_token_types_is_checked(value: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        TokenEndpoint("https://auth.example/token", ClientSecretPost("c", SECRET), accept_token_types=value)
+    ok_ = TokenEndpoint(
+        "https://auth.example/token", ClientSecretPost("c", SECRET), accept_token_types=["N_A"]
+    )
+    assert ok_.accept_token_types == frozenset({"n_a"})
 
 
 def test_parse_retry_after() -> None:

@@ -92,10 +92,15 @@ def test_cli_unsupported_method_names_the_supported_ones(tmp_path: Path) -> None
     with CustomMetadataServer(secrets_only) as srv:
         env = env_for(srv, tmp_path, KEYLESS_M2M_ISSUER=srv.issuer, KEYLESS_M2M_TOKEN_ENDPOINT="")
         result = cli("token", env=env)
-        assert result.returncode == 6
-        line = one_line_error(result, "DiscoveryError")
-        assert "'private_key_jwt'" in line and "supports: client_secret_basic, client_secret_post" in line
-        assert srv.token_requests == 0
+        # Metadata is not the last word: a warning naming what it lists, then the request
+        # (refused here: the client is not registered).
+        assert result.returncode == 3
+        warning, error = result.stderr.strip().splitlines()
+        assert warning.startswith("keyless-m2m: WARNING ") and "strict_metadata=True" in warning
+        assert "'private_key_jwt'" in warning
+        assert "supports: client_secret_basic, client_secret_post" in warning
+        assert error.startswith("keyless-m2m: InvalidClientError: ")
+        assert srv.token_requests == 2  # the issuer as aud, then the token endpoint URL
 
 
 def test_cli_issuer_mismatch(tmp_path: Path) -> None:
@@ -172,3 +177,18 @@ def test_cli_a_refusal_without_a_reason_is_exit_3_with_its_fix(tmp_path: Path) -
     assert doctor.returncode == 3, doctor.stdout + doctor.stderr
     assert "FAIL  token obtained" in doctor.stdout and "refused without saying why" in doctor.stdout
     assert "refused-cli-secret" not in doctor.stdout + doctor.stderr
+
+
+def test_cli_audience_fallback_is_one_warning_line(tmp_path: Path) -> None:
+    # A server that accepts only its token endpoint URL as aud: the token is printed, and
+    # the fallback from the issuer identifier is said once on stderr, without --verbose.
+    with AuthorizationServer(assertion_audience="token_endpoint") as srv:
+        srv.register_client("svc", public_jwk=jwk_of("p256", "ES256"))
+        env = env_for(srv, tmp_path, KEYLESS_M2M_ISSUER=srv.issuer)
+        del env["KEYLESS_M2M_TOKEN_ENDPOINT"]
+        result = cli("token", env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == srv.issued[-1]
+        (warning,) = result.stderr.strip().splitlines()
+        assert warning.startswith("keyless-m2m: WARNING ")
+        assert "aud = its token endpoint URL" in warning and "audience_policy='token_endpoint'" in warning

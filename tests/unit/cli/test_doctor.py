@@ -161,24 +161,26 @@ def metadata(grants: tuple[str, ...] | None = None) -> ServerMetadata:
 def test_support_fix_follows_the_reason(
     error: DiscoveryError, fix: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def failing_check(*args: Any, **kwargs: Any) -> list[str]:
-        raise copy.copy(error)
+    def mismatches(*args: Any, **kwargs: Any) -> list[DiscoveryError]:
+        return [copy.copy(error)]
 
-    monkeypatch.setattr(_doctor, "check_client_auth", failing_check)
+    monkeypatch.setattr(_doctor, "client_auth_mismatches", mismatches)
     doctor = doctor_for(client_id="svc", client_secret="a-client-secret-value")
     doctor.method, doctor.metadata = "client_secret_basic", metadata()
     doctor.support_check()
-    assert [(c.name, c.status, c.fix) for c in doctor.checks] == [("method and alg", "FAIL", fix)]
+    # A warning, not a failure: the token request decides (strict_metadata=True refuses).
+    assert [(c.name, c.status, c.fix) for c in doctor.checks] == [("method and alg", "WARN", fix)]
     assert printed_fix(capsys) == fix
 
 
 def test_support_fix_for_a_server_without_the_grant(capsys: pytest.CaptureFixture[str]) -> None:
-    """The same through the real ``check_client_auth``: its reason reaches the doctor."""
+    """The same through the real ``client_auth_mismatches``: its reason reaches the doctor."""
     doctor = doctor_for(client_id="svc", client_secret="a-client-secret-value")
     doctor.method, doctor.metadata = "client_secret_basic", metadata(grants=("authorization_code",))
     doctor.support_check()
-    error = doctor.checks[-1].error
-    assert isinstance(error, DiscoveryError) and error.reason == "grant_unsupported"
+    check = doctor.checks[-1]
+    assert check.status == "WARN" and "strict_metadata=True" in check.detail
+    assert isinstance(check.error, DiscoveryError) and check.error.reason == "grant_unsupported"
     assert printed_fix(capsys) == GRANT_FIX
 
 
