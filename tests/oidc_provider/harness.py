@@ -115,6 +115,13 @@ class OidcProvider:
             self.metadata = json.load(resp)
         self.token_endpoint = str(self.metadata["token_endpoint"])
 
+    def token_requests(self, since: int = 0, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """What the server saw at its token endpoint, from the ``since``-th request on
+        (``GET /_test/token-requests``; see ``server.mjs``)."""
+        url = f"{self.issuer}/_test/token-requests?since={since}"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback http)
+            return list(json.load(resp)["requests"])
+
     @property
     def stderr_tail(self) -> list[str]:
         """Last lines the server wrote to stderr (for failure messages)."""
@@ -175,8 +182,12 @@ def start_oidc_provider(
     scopes: list[str],
     access_token_ttl: int = 900,
     timeout: float = 30.0,
+    profile: str = "default",
 ) -> OidcProvider:
-    """Spawn ``node server.mjs`` on an ephemeral loopback port and wait for READY."""
+    """Spawn ``node server.mjs`` on an ephemeral loopback port and wait for READY.
+
+    ``profile`` names one of the server configurations in ``server.mjs`` (``PROFILES``).
+    """
     node = node_tool("node")
     if node is None:
         raise OidcProviderError("node is not installed")
@@ -187,6 +198,7 @@ def start_oidc_provider(
         "clients": clients,
         "scopes": scopes,
         "access_token_ttl": access_token_ttl,
+        "profile": profile,
     }
     fd, config_path = tempfile.mkstemp(prefix="oidc-provider-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
