@@ -9,13 +9,13 @@ ends: ``tests/integration/conftest.py``'s ``oidc_servers`` fixture holds the poo
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple
 
-import httpx
 from jwcrypto import jwk as jwcrypto_jwk
 
 from keyless_m2m.signers import LocalSigner
@@ -101,12 +101,15 @@ class AuthServer:
     client_ids: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    async def token_requests(self, since: int = 0) -> TokenRequests:
-        """What this server saw at its token endpoint (see :class:`TokenRequests`)."""
-        async with httpx.AsyncClient(timeout=5) as http:
-            resp = await http.get(f"{self.issuer}/_test/token-requests", params={"since": since})
-        resp.raise_for_status()
-        body = resp.json()
+    def token_requests(self, since: int = 0) -> TokenRequests:
+        """What this server saw at its token endpoint (see :class:`TokenRequests`).
+
+        Blocking, on purpose callable from async tests: one loopback GET, well under a
+        millisecond, with no event loop, TLS context or client to set up.
+        """
+        url = f"{self.issuer}/_test/token-requests?since={since}"
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (loopback http)
+            body = json.load(resp)
         return TokenRequests(int(body["total"]), list(body["requests"]))
 
 

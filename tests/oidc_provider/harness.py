@@ -115,13 +115,6 @@ class OidcProvider:
             self.metadata = json.load(resp)
         self.token_endpoint = str(self.metadata["token_endpoint"])
 
-    def token_requests(self, since: int = 0, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """What the server saw at its token endpoint, from the ``since``-th request on
-        (``GET /_test/token-requests``; see ``server.mjs``)."""
-        url = f"{self.issuer}/_test/token-requests?since={since}"
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback http)
-            return list(json.load(resp)["requests"])
-
     @property
     def stderr_tail(self) -> list[str]:
         """Last lines the server wrote to stderr (for failure messages)."""
