@@ -182,7 +182,8 @@ def _cells() -> list[Any]:
     cells = []
     for name in PROFILES:
         for form in AUD_FORMS:
-            cells.append(pytest.param(name, "private_key_jwt", form, id=f"{name}-pkjwt-{form}"))
+            form_id = form.replace(", ", "+")
+            cells.append(pytest.param(name, "private_key_jwt", form, id=f"{name}-pkjwt-{form_id}"))
         for method in SECRET_METHODS:
             for form in SECRET_FORMS:
                 cells.append(pytest.param(name, method, form, id=f"{name}-{method}-{form}"))
