@@ -7,10 +7,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.oidc_provider.clients import AuthServer, running_provider
+from tests.oidc_provider.clients import AuthServer, ProviderPool
 
 
 @pytest.fixture(scope="session")
-def oidc_provider() -> Iterator[AuthServer]:
-    with running_provider() as server:
-        yield server
+def oidc_servers() -> Iterator[ProviderPool]:
+    """oidc-provider in each configuration profile, each started when a test first asks
+    for it (``oidc_servers.get("fapi2")``), all stopped when the session ends."""
+    with ProviderPool() as pool:
+        yield pool
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(oidc_servers: ProviderPool) -> AuthServer:
+    """The ``default`` configuration: every method and algorithm, any usual ``aud``."""
+    return oidc_servers.get("default")

@@ -175,8 +175,12 @@ def start_oidc_provider(
     scopes: list[str],
     access_token_ttl: int = 900,
     timeout: float = 30.0,
+    profile: str = "default",
 ) -> OidcProvider:
-    """Spawn ``node server.mjs`` on an ephemeral loopback port and wait for READY."""
+    """Spawn ``node server.mjs`` on an ephemeral loopback port and wait for READY.
+
+    ``profile`` names one of the server configurations in ``server.mjs`` (``PROFILES``).
+    """
     node = node_tool("node")
     if node is None:
         raise OidcProviderError("node is not installed")
@@ -187,6 +191,7 @@ def start_oidc_provider(
         "clients": clients,
         "scopes": scopes,
         "access_token_ttl": access_token_ttl,
+        "profile": profile,
     }
     fd, config_path = tempfile.mkstemp(prefix="oidc-provider-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

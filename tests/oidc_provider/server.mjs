@@ -4,7 +4,10 @@
 //
 // CONFIG.json:
 //   {"host": "127.0.0.1", "port": 0, "clients": [<oidc-provider client metadata>],
-//    "scopes": ["pockets.read", ...], "access_token_ttl": 900}
+//    "scopes": ["pockets.read", ...], "access_token_ttl": 900, "profile": "default"}
+//
+// `profile` picks one server configuration (PROFILES below; docs/interop.md says what
+// each enforces). The metadata a profile publishes is what it enforces.
 //
 // Once listening, prints exactly one line to stdout: `READY http://127.0.0.1:PORT`
 // (that URL, without trailing slash, is the issuer identifier). Everything else
@@ -22,6 +25,10 @@
 // * resource indicators (RFC 8707): any absolute URI is accepted as `resource`; the
 //   token is then a JWT (RS256) with `aud` = resource. Without `resource` the
 //   access token is opaque.
+// * GET /_test/token-requests?since=N: what the server saw at its token endpoint, one
+//   record per request from the N-th on ({client_id, method, alg, typ, aud, status,
+//   error, error_description}), so that tests can count requests and read the `aud`
+//   of each assertion. Loopback only, like the rest of this server.
 
 import { Console } from 'node:console';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
@@ -56,11 +63,47 @@ try {
   fail(`cannot read config ${process.argv[2]}: ${err.message}`);
 }
 
+const ALL_METHODS = ['private_key_jwt', 'client_secret_basic', 'client_secret_post'];
+const ALL_ALGS = [
+  'RS256', 'RS384', 'RS512',
+  'PS256', 'PS384', 'PS512',
+  'ES256', 'ES384', 'ES512',
+  'EdDSA', 'Ed25519',
+];
+
+// One server configuration per profile. `methods`: token_endpoint_auth_methods_supported
+// (and nothing else is accepted: see refuseUnlistedMethod); `algs`: the client assertion
+// algorithms; `aud`: which assertion audience is accepted ('any' is oidc-provider's own
+// rule: the issuer, the token endpoint URL or the URL of the endpoint called);
+// `fapi`: oidc-provider's features.fapi profile.
+const PROFILES = {
+  default: { methods: ALL_METHODS, algs: ALL_ALGS, aud: 'any' },
+  // oidc-provider's FAPI 2.0 mode adds, at the token endpoint, only the rule that the
+  // assertion aud is the issuer identifier as a string (its default
+  // assertJwtClientAuthClaimsAndHeader). FAPI 2.0 §5.3.2.1 (no client secrets) and
+  // §5.4.1 (PS256, ES256, EdDSA) are configuration, set here. Sender-constrained tokens
+  // are per-client metadata (dpop_bound_access_tokens, mTLS), not required by the mode,
+  // and not set: the client has no DPoP yet.
+  fapi2: { methods: ['private_key_jwt'], algs: ['PS256', 'ES256', 'EdDSA'], aud: 'any', fapi: '2.0' },
+  'private-key-jwt-only': { methods: ['private_key_jwt'], algs: ALL_ALGS, aud: 'any' },
+  'client-secret-basic-only': { methods: ['client_secret_basic'], algs: ALL_ALGS, aud: 'any' },
+  'client-secret-post-only': { methods: ['client_secret_post'], algs: ALL_ALGS, aud: 'any' },
+  // draft-ietf-oauth-rfc7523bis §4: the issuer identifier, as a string, and nothing else.
+  'issuer-aud-only': { methods: ALL_METHODS, algs: ALL_ALGS, aud: 'issuer' },
+  // What many deployed servers do: the exact token endpoint URL and nothing else.
+  'endpoint-aud-only': { methods: ALL_METHODS, algs: ALL_ALGS, aud: 'token_endpoint' },
+};
+
+const profileName = cfg.profile ?? 'default';
+const profile = PROFILES[profileName];
 const host = cfg.host ?? '127.0.0.1';
 const port = Number(cfg.port ?? 0);
 const knownScopes = new Set(cfg.scopes ?? []);
 const accessTokenTTL = Number(cfg.access_token_ttl ?? 900);
 
+if (!Object.hasOwn(PROFILES, profileName)) {
+  fail(`unknown profile ${profileName}; known: ${Object.keys(PROFILES).join(', ')}`);
+}
 if (!['127.0.0.1', '::1', 'localhost'].includes(host)) {
   fail(`refusing to listen on non-loopback host ${host}`);
 }
@@ -91,17 +134,14 @@ function configuration() {
     scopes: [...knownScopes],
     jwks: { keys: [signingJwk] },
     cookies: { keys: [randomBytes(32).toString('base64url')] },
-    clientAuthMethods: ['private_key_jwt', 'client_secret_basic', 'client_secret_post'],
+    clientAuthMethods: [...profile.methods],
     enabledJWA: {
-      clientAuthSigningAlgValues: [
-        'RS256', 'RS384', 'RS512',
-        'PS256', 'PS384', 'PS512',
-        'ES256', 'ES384', 'ES512',
-        'EdDSA', 'Ed25519',
-      ],
+      clientAuthSigningAlgValues: [...profile.algs],
       idTokenSigningAlgValues: ['RS256'],
     },
+    ...(profile.aud === 'any' ? {} : { assertJwtClientAuthClaimsAndHeader: checkAudience }),
     features: {
+      fapi: profile.fapi ? { enabled: true, profile: profile.fapi } : { enabled: false },
       clientCredentials: { enabled: true },
       devInteractions: { enabled: false },
       resourceIndicators: {
@@ -126,6 +166,50 @@ function configuration() {
   };
 }
 
+// A refusal whose error_description says what the server wanted (oidc-provider's own
+// InvalidClientAuth always says "client authentication failed").
+function clientAuthRefused(description) {
+  const err = new errors.InvalidClientAuth(description);
+  err.error_description = description;
+  return err;
+}
+
+// assertJwtClientAuthClaimsAndHeader runs after oidc-provider's own aud check (issuer,
+// token endpoint or endpoint URL) and the signature check: narrow it to one value.
+async function checkAudience(ctx, claims) {
+  const [name, expected] = profile.aud === 'issuer'
+    ? ['the issuer identifier', ctx.oidc.issuer]
+    : ['the token endpoint URL', ctx.oidc.urlFor('token')];
+  if (claims.aud !== expected) {
+    throw clientAuthRefused(
+      `client assertion aud must be ${name} ${JSON.stringify(expected)} (a string); `
+      + `got ${JSON.stringify(claims.aud)}`,
+    );
+  }
+}
+
+// Which client authentication the request used (the same order oidc-provider reads them).
+function authMechanism(ctx, body) {
+  if (body?.client_secret) return 'client_secret_post';
+  if (ctx.headers.authorization !== undefined) return 'client_secret_basic';
+  if (body?.client_assertion !== undefined) return 'private_key_jwt';
+  return 'none';
+}
+
+// oidc-provider accepts either way of sending a secret for a client registered with
+// client_secret_basic or client_secret_post (a Basic header is read even when only
+// client_secret_post is enabled). Metadata must match what is enforced: refuse a method
+// the server does not list.
+function refuseUnlistedMethod(ctx) {
+  const used = authMechanism(ctx, ctx.oidc.body);
+  if (!profile.methods.includes(used)) {
+    throw clientAuthRefused(
+      `${used} is not supported by this server; token_endpoint_auth_methods_supported: `
+      + `${profile.methods.join(', ')}`,
+    );
+  }
+}
+
 // oidc-provider only rejects *known* scopes missing from the client's `scope`
 // metadata; unknown scopes are silently dropped. Tests want invalid_scope for both.
 function wrapClientCredentialsGrant(provider) {
@@ -135,6 +219,7 @@ function wrapClientCredentialsGrant(provider) {
       .map(([name, fn]) => [name, fn.bind(undefined, provider)]),
   );
   const strict = async (ctx) => {
+    refuseUnlistedMethod(ctx);
     const requested = (ctx.oidc.params.scope ?? '').split(' ').filter(Boolean);
     const clientScope = ctx.oidc.client.scope;
     const allowed = clientScope ? new Set(clientScope.split(' ')) : knownScopes;
@@ -154,6 +239,58 @@ function shutdown() {
   server.closeAllConnections();
   setTimeout(() => process.exit(0), 2000).unref();
 }
+// What the token endpoint saw (see the header comment); bounded.
+const tokenRequests = [];
+const MAX_RECORDS = 100000;
+let droppedRecords = 0; // `since` counts from the first request ever recorded
+
+function decodeSegment(segment) {
+  try {
+    return JSON.parse(Buffer.from(segment ?? '', 'base64url').toString('utf8'));
+  } catch {
+    return {};
+  }
+}
+
+function basicClientId(authorization) {
+  const [scheme, value] = (authorization ?? '').split(' ');
+  if (scheme?.toLowerCase() !== 'basic' || !value) return undefined;
+  const decoded = Buffer.from(value, 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  if (i === -1) return undefined;
+  try {
+    return decodeURIComponent(decoded.slice(0, i).replace(/\+/g, '%20'));
+  } catch {
+    return decoded.slice(0, i);
+  }
+}
+
+function recordTokenRequest(ctx) {
+  const body = ctx.oidc.body ?? {};
+  const method = authMechanism(ctx, body);
+  const record = { method, status: ctx.status };
+  if (method === 'private_key_jwt') {
+    const [headerPart, payloadPart] = String(body.client_assertion).split('.');
+    const header = decodeSegment(headerPart);
+    const payload = decodeSegment(payloadPart);
+    Object.assign(record, {
+      client_id: payload.sub, alg: header.alg, typ: header.typ ?? null, aud: payload.aud,
+    });
+  } else if (method === 'client_secret_basic') {
+    record.client_id = basicClientId(ctx.headers.authorization);
+  } else {
+    record.client_id = body.client_id;
+  }
+  if (ctx.body && typeof ctx.body === 'object' && ctx.body.error) {
+    record.error = ctx.body.error;
+    record.error_description = ctx.body.error_description ?? null;
+  }
+  tokenRequests.push(record);
+  if (tokenRequests.length > MAX_RECORDS) {
+    droppedRecords += tokenRequests.splice(0, tokenRequests.length - MAX_RECORDS).length;
+  }
+}
+
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
 
@@ -171,6 +308,26 @@ server.listen(port, host, async () => {
     fail(`invalid configuration: ${err.stack || err.message}`);
   }
   wrapClientCredentialsGrant(provider);
+
+  provider.use(async (ctx, next) => {
+    if (ctx.method === 'GET' && ctx.path === '/_test/token-requests') {
+      const since = Math.max(0, Number.parseInt(ctx.query.since ?? '0', 10) || 0);
+      ctx.body = {
+        total: droppedRecords + tokenRequests.length,
+        requests: tokenRequests.slice(Math.max(0, since - droppedRecords)),
+      };
+      return;
+    }
+    if (ctx.method !== 'POST' || ctx.path !== '/token') {
+      await next();
+      return;
+    }
+    try {
+      await next();
+    } finally {
+      recordTokenRequest(ctx);
+    }
+  });
 
   // RFC 8414 metadata: same document as OpenID discovery.
   provider.use(async (ctx, next) => {
