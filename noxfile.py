@@ -42,7 +42,15 @@ def tests(session: nox.Session) -> None:
     # on, whose slow-callback warnings land on the CLI subprocesses' stderr.
     # One pytest worker per core (pytest-xdist): each worker starts its own local servers on
     # free loopback ports. `nox -s tests -- -n 0` runs in one process.
-    session.run("pytest", "-n", "auto", *session.posargs)
+    # The oidc-provider interop cases record their results; the matrix (server
+    # configuration x method x algorithm x aud) is printed after the run, pass or fail.
+    matrix = Path(session.create_tmp()) / "interop-matrix.jsonl"
+    matrix.unlink(missing_ok=True)
+    try:
+        session.run("pytest", "-n", "auto", *session.posargs, env={"KEYLESS_M2M_INTEROP_MATRIX": str(matrix)})
+    finally:
+        if matrix.exists():
+            session.run("python", "-m", "tests.oidc_provider.matrix", str(matrix))
 
 
 @nox.session(python="3.11")

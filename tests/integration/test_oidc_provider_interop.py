@@ -62,7 +62,9 @@ class AudForm:
     ``discovered``: ``TokenManager.from_issuer`` (the issuer is then known); else
     ``TokenManager(token_endpoint, ...)``. ``issuer_given``: ``PrivateKeyJWT(issuer=...)``.
     ``policy``: ``audience_policy=`` (``None``: the default, ``"auto"``). ``audience``:
-    an explicit ``audience=`` (``"issuer"`` = the issuer identifier).
+    an explicit ``audience=`` (``"issuer"`` = the issuer identifier). ``strict``:
+    ``strict_metadata=True`` (metadata that omits the method or algorithm is refused
+    before any token request; by default it is a warning and the server decides).
     """
 
     name: str
@@ -70,6 +72,7 @@ class AudForm:
     issuer_given: bool = False
     policy: str | None = None
     audience: str | None = None
+    strict: bool = False
 
     def plan(self) -> list[tuple[str, str]]:
         """The (aud, typ) of each attempt, the second one sent only after invalid_client."""
@@ -106,11 +109,17 @@ AUD_FORMS = {
         AudForm("issuer=, policy=token_endpoint", issuer_given=True, policy="token_endpoint"),
         AudForm("from_issuer, policy=issuer", discovered=True, policy="issuer"),
         AudForm("from_issuer, policy=token_endpoint", discovered=True, policy="token_endpoint"),
+        # strict_metadata= (the standards issue, point 4):
+        AudForm("from_issuer, strict_metadata", discovered=True, strict=True),
     )
 }
 SECRET_FORMS = {
-    "token_endpoint": AudForm("token_endpoint"),
-    "from_issuer": AudForm("from_issuer", discovered=True),
+    f.name: f
+    for f in (
+        AudForm("token_endpoint"),
+        AudForm("from_issuer", discovered=True),
+        AudForm("from_issuer, strict_metadata", discovered=True, strict=True),
+    )
 }
 
 
@@ -125,7 +134,7 @@ class Outcome:
 
 def expected(profile: Profile, method: str, alg: str | None, form: AudForm) -> Outcome:
     """What a client set up as ``form`` gets from a server configured as ``profile``."""
-    if form.discovered:  # from_issuer checks the metadata before any token request
+    if form.strict:  # strict_metadata refuses a mismatch before any token request
         if method not in profile.methods:
             return Outcome("DiscoveryError(method_unsupported)")
         if alg is not None and alg not in profile.algs:
@@ -166,12 +175,22 @@ def test_the_contract_in_plain_words() -> None:
     assert expected(fapi2, "private_key_jwt", "ES256", f["token_endpoint"]) == Outcome(
         "InvalidClientError", ("token_endpoint",)
     )
+    # Metadata that omits the algorithm or method: by default the server decides...
     assert expected(fapi2, "private_key_jwt", "RS256", f["from_issuer"]) == Outcome(
+        "InvalidClientError", ("issuer", "token_endpoint")
+    )
+    assert expected(
+        PROFILES["private-key-jwt-only"], "client_secret_basic", None, SECRET_FORMS["from_issuer"]
+    ) == Outcome("InvalidClientError", ("-",))
+    # ...and strict_metadata refuses it, typed, before any request.
+    assert expected(fapi2, "private_key_jwt", "RS256", f["from_issuer, strict_metadata"]) == Outcome(
         "DiscoveryError(algorithm_unsupported)"
     )
-    # A method the server does not support: typed, before any request when discovered.
     assert expected(
-        PROFILES["private-key-jwt-only"], "client_secret_basic", None, f["from_issuer"]
+        PROFILES["private-key-jwt-only"],
+        "client_secret_basic",
+        None,
+        SECRET_FORMS["from_issuer, strict_metadata"],
     ) == Outcome("DiscoveryError(method_unsupported)")
     assert expected(
         PROFILES["client-secret-post-only"], "client_secret_basic", None, f["token_endpoint"]
@@ -186,7 +205,9 @@ def _cells() -> list[Any]:
             cells.append(pytest.param(name, "private_key_jwt", form, id=f"{name}-pkjwt-{form_id}"))
         for method in SECRET_METHODS:
             for form in SECRET_FORMS:
-                cells.append(pytest.param(name, method, form, id=f"{name}-{method}-{form}"))
+                cells.append(
+                    pytest.param(name, method, form, id=f"{name}-{method}-{form.replace(', ', '+')}")
+                )
     return cells
 
 
@@ -215,7 +236,9 @@ def _client_auth(server: AuthServer, method: str, alg: str | None, form: AudForm
 
 async def _get_token(server: AuthServer, auth: ClientAuth, form: AudForm) -> str:
     if form.discovered:
-        manager = TokenManager.from_issuer(server.issuer, auth, scope="pockets.read", verify=TLS)
+        manager = TokenManager.from_issuer(
+            server.issuer, auth, scope="pockets.read", verify=TLS, strict_metadata=form.strict
+        )
     else:
         manager = TokenManager(server.token_endpoint, auth, scope="pockets.read", verify=TLS)
     async with manager as tokens:

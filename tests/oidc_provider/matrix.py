@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def _cell(row: dict[str, Any], column: str) -> str:
     return str(row[column])
 
 
-def table(rows: Iterable[dict[str, Any]]) -> str:
+def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown: one line per case in the test's order, the async backends that gave the
     same line merged."""
     merged: dict[tuple[str, ...], list[str]] = {}
@@ -74,6 +74,11 @@ def table(rows: Iterable[dict[str, Any]]) -> str:
     ]
     for key in sorted(merged, key=lambda k: order[k]):
         lines.append("| " + " | ".join((*key, ", ".join(sorted(merged[key])))) + " |")
+    as_expected = sum(
+        1 for row in rows if (row["result"], row["sent"]) == (row["expected"], row["expected_sent"])
+    )
+    lines.append("")
+    lines.append(f"{len(rows)} cases, {as_expected} as expected")
     return "\n".join(lines)
 
 
