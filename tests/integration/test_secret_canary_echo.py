@@ -215,7 +215,7 @@ def test_cli_stderr_and_doctor_stdout_never_echo_a_secret(echo_server: EchoServe
         if result.returncode == 0 and args[0] == "token":
             printed = json.loads(out)["access_token"] if "--json" in args else out.strip()
             out = out.replace(printed, "<the token>")
-        if "no such form" in result.stderr or "418" in result.stderr:
+        if "no such form" in result.stderr or "HTTP 418" in result.stderr:
             problems.append(f"{label}: the server had no such form")
         found = leaks(out + "\n" + result.stderr, echo_server)
         if found:
