@@ -194,17 +194,25 @@ class DPoPResourceServer:
         token = token.strip()
         if scheme_name == "bearer" and token and self.allow_bearer:
             if self.jkt_of(token) is not None:  # a DPoP-bound token sent as Bearer (section 7.2)
-                record = RequestRecord(method, path, "bearer", 401, "invalid_token", "a DPoP-bound token as Bearer")
+                record = RequestRecord(
+                    method, path, "bearer", 401, "invalid_token", "a DPoP-bound token as Bearer"
+                )
                 headers["WWW-Authenticate"] = _challenge("invalid_token", record.reason)
                 return 401, headers, {"error": "invalid_token"}, record
-            return 200, headers, {"ok": True, "path": path, "scheme": "Bearer"}, RequestRecord(
-                method, path, "bearer", 200, "bearer"
+            return (
+                200,
+                headers,
+                {"ok": True, "path": path, "scheme": "Bearer"},
+                RequestRecord(method, path, "bearer", 200, "bearer"),
             )
         if scheme_name != "dpop" or not token:
             reason = "no credentials" if scheme_name is None else f"{scheme} is not accepted here"
             headers["WWW-Authenticate"] = challenge
-            return 401, headers, {"error": "unauthorized"}, RequestRecord(
-                method, path, scheme_name, 401, "unauthorized", reason
+            return (
+                401,
+                headers,
+                {"error": "unauthorized"},
+                RequestRecord(method, path, scheme_name, 401, "unauthorized", reason),
             )
         try:
             jkt, nonce = self._check_proof(method, url, token, proofs)
@@ -214,8 +222,11 @@ class DPoPResourceServer:
                 method, path, "dpop", 401, refusal.error, refusal.reason, refusal.jkt, replay=refusal.replay
             )
             return 401, headers, {"error": refusal.error}, record
-        return 200, headers, {"ok": True, "path": path, "scheme": "DPoP"}, RequestRecord(
-            method, path, "dpop", 200, "ok", jkt=jkt, nonce=nonce
+        return (
+            200,
+            headers,
+            {"ok": True, "path": path, "scheme": "DPoP"},
+            RequestRecord(method, path, "dpop", 200, "ok", jkt=jkt, nonce=nonce),
         )
 
     def _check_proof(self, method: str, url: str, token: str, proofs: list[str]) -> tuple[str, str | None]:
@@ -293,14 +304,11 @@ def _challenge(error: str, description: str) -> str:
     return f'DPoP error="{error}", error_description="{cleaned}", algs="{" ".join(ALGS)}"'
 
 
-def _handler_for(server: DPoPResourceServer, timeout: float) -> type[BaseHTTPRequestHandler]:
+def _handler_for(server: DPoPResourceServer, read_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
-
-        def setup(self) -> None:
-            self.timeout = timeout  # bounded reads: a stalled client cannot hold a thread
-            super().setup()
+        timeout = read_timeout  # bounded reads: a stalled client cannot hold a thread
 
         def log_message(self, format: str, *args: Any) -> None:
             return
@@ -309,7 +317,7 @@ def _handler_for(server: DPoPResourceServer, timeout: float) -> type[BaseHTTPReq
             length = int(self.headers.get("Content-Length") or 0)
             if length:
                 self.rfile.read(min(length, 1 << 20))
-            host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
+            host = self.headers.get("Host") or server.url.removeprefix("http://")
             url = f"http://{host}{self.path}"
             status, headers, body, record = server.decide(
                 self.command, url, self.headers.get("Authorization"), self.headers.get_all("DPoP") or []

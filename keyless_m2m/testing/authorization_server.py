@@ -455,7 +455,6 @@ class AuthorizationServer(FaultInjection):
             self._seen_jti[(client.client_id, jti)] = exp
         return client
 
-
     # -- DPoP (RFC 9449) ------------------------------------------------------------------
 
     @property
@@ -480,7 +479,7 @@ class AuthorizationServer(FaultInjection):
             return {"DPoP-Nonce": self.dpop_nonce_value}
         return {}
 
-    def _check_dpop(self, proofs: list[str]) -> str | None | tuple[int, dict[str, Any]]:
+    def _check_dpop(self, proofs: list[str]) -> str | tuple[int, dict[str, Any]] | None:
         """The proof key's thumbprint, ``None`` (no proof, and none required) or a refusal."""
 
         def invalid(reason: str) -> tuple[int, dict[str, Any]]:

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 P256 = ec.generate_private_key(ec.SECP256R1())
 OTHER_P256 = ec.generate_private_key(ec.SECP256R1())
 ED25519 = ed25519.Ed25519PrivateKey.generate()
-CLIENT_SECRET = "dpop-test-secret-5d0c"  # noqa: S105 - a test double's secret
+CLIENT_SECRET = "dpop-test-secret-5d0c"
 
 
 def public_jwk(key: Any) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def _bad_proofs(endpoint: str) -> list[tuple[str, list[str], str]]:
     )
     none_proof = jwt.encode(
         {"jti": "y", "htm": "POST", "htu": endpoint, "iat": int(time.time())},
-        None,
+        "",
         algorithm="none",
         headers={"typ": "dpop+jwt", "jwk": public_jwk(P256)},
     )
@@ -166,14 +166,18 @@ def _bad_proofs(endpoint: str) -> list[tuple[str, list[str], str]]:
 
 
 @pytest.mark.parametrize("case", [c[0] for c in _bad_proofs("http://127.0.0.1:1/token")])
-async def test_each_bad_proof_is_refused(server: AuthorizationServer, http: httpx.AsyncClient, case: str) -> None:
+async def test_each_bad_proof_is_refused(
+    server: AuthorizationServer, http: httpx.AsyncClient, case: str
+) -> None:
     _, proofs, reason = next(c for c in _bad_proofs(server.token_endpoint) if c[0] == case)
     refused(await token_request(http, server, *proofs), "invalid_dpop_proof", reason)
     assert server.issued == [] and server.dpop_proofs_verified == 0
     assert server.refusals[-1].startswith("invalid_dpop_proof: ")
 
 
-async def test_htu_query_and_fragment_are_ignored(server: AuthorizationServer, http: httpx.AsyncClient) -> None:
+async def test_htu_query_and_fragment_are_ignored(
+    server: AuthorizationServer, http: httpx.AsyncClient
+) -> None:
     response = await token_request(http, server, proof(server.token_endpoint + "?a=1#f"))
     assert response.status_code == 200 and response.json()["token_type"] == "DPoP"
 
@@ -185,7 +189,9 @@ async def test_a_replayed_proof_is_refused(server: AuthorizationServer, http: ht
     assert server.dpop_replays_refused == 1 and len(server.issued) == 1
 
 
-async def test_client_authentication_comes_first(server: AuthorizationServer, http: httpx.AsyncClient) -> None:
+async def test_client_authentication_comes_first(
+    server: AuthorizationServer, http: httpx.AsyncClient
+) -> None:
     response = await token_request(http, server, "a.b", client_id="stranger")
     assert response.status_code == 401 and response.json()["error"] == "invalid_client"
 
@@ -204,7 +210,9 @@ async def test_the_nonce_is_demanded_then_accepted_and_rotates(http: httpx.Async
         stale = await token_request(http, server, proof(server.token_endpoint, nonce=nonce))
         refused(stale, "use_dpop_nonce", "not the current nonce")
         assert stale.headers["DPoP-Nonce"] == fresh != nonce
-        assert (await token_request(http, server, proof(server.token_endpoint, nonce=fresh))).status_code == 200
+        assert (
+            await token_request(http, server, proof(server.token_endpoint, nonce=fresh))
+        ).status_code == 200
         assert server.dpop_nonces_demanded == 2 and server.dpop_proofs_verified == 2
 
 
@@ -228,7 +236,13 @@ async def dpop_token(http: httpx.AsyncClient, server: AuthorizationServer, key: 
 
 
 async def call(
-    http: httpx.AsyncClient, url: str, token: str, dpop: str | None, *, method: str = "GET", scheme: str = "DPoP"
+    http: httpx.AsyncClient,
+    url: str,
+    token: str,
+    dpop: str | None,
+    *,
+    method: str = "GET",
+    scheme: str = "DPoP",
 ) -> httpx.Response:
     headers = {"Authorization": f"{scheme} {token}"}
     if dpop is not None:
@@ -249,7 +263,9 @@ async def test_the_resource_server_accepts_a_bound_token_with_its_proof(
     token = await dpop_token(http, server, ED25519)
     with DPoPResourceServer(jkt_of=server.jkt_of) as rs:
         url = rs.url + "/pockets"
-        response = await call(http, url + "?page=2", token, proof(url, htm="GET", key=ED25519, alg="EdDSA", token=token))
+        response = await call(
+            http, url + "?page=2", token, proof(url, htm="GET", key=ED25519, alg="EdDSA", token=token)
+        )
         assert response.status_code == 200, response.headers
         assert response.json() == {"ok": True, "path": "/pockets", "scheme": "DPoP"}
         post = proof(url, htm="POST", key=ED25519, alg="EdDSA", token=token)
@@ -257,7 +273,9 @@ async def test_the_resource_server_accepts_a_bound_token_with_its_proof(
         assert rs.proofs_verified == 2 and rs.records[0].jkt == server.jkt_of(token)
 
 
-async def test_the_resource_server_refuses_each_mismatch(server: AuthorizationServer, http: httpx.AsyncClient) -> None:
+async def test_the_resource_server_refuses_each_mismatch(
+    server: AuthorizationServer, http: httpx.AsyncClient
+) -> None:
     token = await dpop_token(http, server)
     other_token = await dpop_token(http, server, OTHER_P256)
     with DPoPResourceServer(jkt_of=server.jkt_of) as rs:
@@ -265,11 +283,26 @@ async def test_the_resource_server_refuses_each_mismatch(server: AuthorizationSe
         cases = {
             "ath": (token, proof(url, htm="GET", token=other_token), 'error="invalid_dpop_proof"', "ath"),
             "no-ath": (token, proof(url, htm="GET"), 'error="invalid_dpop_proof"', "ath"),
-            "htu": (token, proof(rs.url + "/elsewhere", htm="GET", token=token), 'error="invalid_dpop_proof"', "htu"),
+            "htu": (
+                token,
+                proof(rs.url + "/elsewhere", htm="GET", token=token),
+                'error="invalid_dpop_proof"',
+                "htu",
+            ),
             "htm": (token, proof(url, htm="POST", token=token), 'error="invalid_dpop_proof"', "htm"),
-            "typ": (token, proof(url, htm="GET", token=token, header={"typ": "JWT"}), "invalid_dpop_proof", "typ"),
+            "typ": (
+                token,
+                proof(url, htm="GET", token=token, header={"typ": "JWT"}),
+                "invalid_dpop_proof",
+                "typ",
+            ),
             "jkt": (other_token, proof(url, htm="GET", token=other_token), 'error="invalid_token"', "bound"),
-            "unknown-token": ("at_unknown", proof(url, htm="GET", token="at_unknown"), "invalid_token", "unknown"),
+            "unknown-token": (
+                "at_unknown",
+                proof(url, htm="GET", token="at_unknown"),
+                "invalid_token",
+                "unknown",
+            ),
             "no-proof": (token, None, 'error="invalid_dpop_proof"', "0 DPoP headers"),
         }
         for name, (sent_token, sent_proof, error, reason) in cases.items():
@@ -290,7 +323,9 @@ async def test_the_resource_server_refuses_a_replayed_proof(
         assert rs.replays_refused == 1 and rs.outcomes() == ["ok", "invalid_dpop_proof"]
 
 
-async def test_the_resource_server_demands_its_nonce(server: AuthorizationServer, http: httpx.AsyncClient) -> None:
+async def test_the_resource_server_demands_its_nonce(
+    server: AuthorizationServer, http: httpx.AsyncClient
+) -> None:
     token = await dpop_token(http, server)
     with DPoPResourceServer(jkt_of=server.jkt_of, require_nonce=True) as rs:
         url = rs.url + "/r"
@@ -332,7 +367,14 @@ def op(oidc_servers: ProviderPool) -> AuthServer:
 def client_assertion(op: AuthServer) -> dict[str, str]:
     client_id = DPOP_CLIENTS["private_key_jwt"]
     now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": op.issuer, "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex}
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": op.issuer,
+        "iat": now,
+        "exp": now + 60,
+        "jti": uuid.uuid4().hex,
+    }
     return {
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
         "client_assertion": jwt.encode(claims, make_key("p256"), algorithm="ES256"),
@@ -343,15 +385,16 @@ async def op_token_request(
     http: httpx.AsyncClient, op: AuthServer, method: str, dpop: str | None = None
 ) -> httpx.Response:
     data = dict(FORM)
-    auth: tuple[str, str] | None = None
+    headers = {"DPoP": dpop} if dpop is not None else {}
     if method == "private_key_jwt":
         data.update(client_assertion(op))
     elif method == "client_secret_post":
         data.update(client_id=DPOP_CLIENTS[method], client_secret=SECRET)
     else:
-        auth = (DPOP_CLIENTS[method], SECRET)
-    headers = {"DPoP": dpop} if dpop is not None else {}
-    return await http.post(op.token_endpoint, data=data, auth=auth, headers=headers)
+        return await http.post(
+            op.token_endpoint, data=data, auth=(DPOP_CLIENTS[method], SECRET), headers=headers
+        )
+    return await http.post(op.token_endpoint, data=data, headers=headers)
 
 
 async def test_oidc_provider_metadata(op: AuthServer) -> None:
@@ -383,9 +426,9 @@ async def test_oidc_provider_binds_a_token_after_its_nonce(
 async def test_oidc_provider_token_at_the_resource_server(op: AuthServer, http: httpx.AsyncClient) -> None:
     first = await op_token_request(http, op, "client_secret_basic", proof(op.token_endpoint))
     nonce = first.headers["DPoP-Nonce"]
-    token = (await op_token_request(http, op, "client_secret_basic", proof(op.token_endpoint, nonce=nonce))).json()[
-        "access_token"
-    ]
+    token = (
+        await op_token_request(http, op, "client_secret_basic", proof(op.token_endpoint, nonce=nonce))
+    ).json()["access_token"]
     with DPoPResourceServer(jkt_of=op.jkt_of) as rs:
         url = rs.url + "/pockets"
         assert (await call(http, url, token, proof(url, htm="GET", token=token))).status_code == 200
