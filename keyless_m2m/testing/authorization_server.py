@@ -13,6 +13,11 @@ tests can assert counts instead of times::
         server.token_endpoint     # http://127.0.0.1:PORT/token
         server.token_requests     # how many token requests arrived
 
+With ``dpop="optional"`` or ``"required"`` it also verifies DPoP proofs (RFC 9449
+section 4.3) at the token endpoint, issues ``token_type: DPoP`` tokens bound to the proof
+key's thumbprint (``dpop_bindings``) and, with ``dpop_nonce=True``, demands its nonce
+(section 8).
+
 It runs in its own thread (``ThreadingHTTPServer``), so asyncio, trio and blocking code
 can all use it. Not for production.
 """
@@ -34,7 +39,7 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, Self
-from urllib.parse import parse_qs, unquote_plus
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from jwcrypto import jwk, jws
 from jwcrypto.common import JWException
@@ -91,6 +96,15 @@ class AuthorizationServer(FaultInjection):
     reads ``client_secret_basic``: ``"form"`` (RFC 6749 section 2.3.1: id and secret
     form-decoded) or ``"raw"`` (the ``id:secret`` compared as sent, as 5 of 6 deployed
     servers tried);
+    ``dpop`` whether it takes DPoP proofs (RFC 9449) at the token endpoint: ``"off"`` (the
+    ``DPoP`` header is ignored, as by a server without DPoP), ``"optional"`` (a request
+    with a proof gets a ``DPoP`` token bound to its key, one without a ``Bearer`` token) or
+    ``"required"`` (a request without a proof is refused: 400 ``invalid_dpop_proof``);
+    ``dpop_nonce`` whether proofs must carry its current nonce (section 8: 400
+    ``use_dpop_nonce`` with a ``DPoP-Nonce`` header otherwise; every token response then
+    carries ``DPoP-Nonce``; :meth:`rotate_dpop_nonce` makes the current one stale);
+    ``dpop_iat_window`` how far (seconds) a proof's ``iat`` may be from the server's clock;
+    ``dpop_bindings`` maps each DPoP token issued to its key's RFC 7638 thumbprint (``jkt``);
     :meth:`fail_next` queues :class:`Fault` answers (the test kit's one fault API);
     ``token_requests``, ``issued`` and ``refusals`` record what happened.
     """
@@ -109,7 +123,21 @@ class AuthorizationServer(FaultInjection):
         assertion_audience: Literal["either", "issuer", "token_endpoint"] = "either",
         token_type: str = "Bearer",  # noqa: S107 - a token type, not a password
         basic_encoding: Literal["form", "raw"] = "form",
+        dpop: Literal["off", "optional", "required"] = "off",
+        dpop_nonce: bool = False,
+        dpop_iat_window: float = 60.0,
     ) -> None:
+        if dpop not in ("off", "optional", "required"):
+            raise ValueError("dpop must be 'off', 'optional' or 'required'")
+        self.dpop = dpop
+        self.dpop_nonce = dpop_nonce
+        self.dpop_iat_window = dpop_iat_window
+        self.dpop_bindings: dict[str, str] = {}  # DPoP token -> jkt of its proof key
+        self.dpop_proofs_verified = 0
+        self.dpop_nonces_demanded = 0
+        self.dpop_replays_refused = 0
+        self._dpop_nonce_value = secrets.token_urlsafe(16)
+        self._seen_dpop_jti: dict[str, float] = {}  # jti -> when it may be forgotten
         if basic_encoding not in ("form", "raw"):
             raise ValueError("basic_encoding must be 'form' or 'raw'")
         self.basic_encoding = basic_encoding
@@ -163,6 +191,7 @@ class AuthorizationServer(FaultInjection):
                 "client_secret_post",
             ],
             "token_endpoint_auth_signing_alg_values_supported": sorted(ALGORITHMS),
+            **({"dpop_signing_alg_values_supported": sorted(ALGORITHMS)} if self.dpop != "off" else {}),
         }
 
     # -- configuration ------------------------------------------------------------------
@@ -253,17 +282,26 @@ class AuthorizationServer(FaultInjection):
         return policy(request_number) if policy is not None else None
 
     def handle_token_request(
-        self, form: dict[str, list[str]], authorization: str | None
+        self,
+        form: dict[str, list[str]],
+        authorization: str | None,
+        *,
+        dpop_proofs: list[str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        """Decide one token request: (status, JSON body)."""
-        status, body = self._decide(form, authorization)
+        """Decide one token request: (status, JSON body).
+
+        ``dpop_proofs``: the values of the request's ``DPoP`` headers (one per header line;
+        the handler passes them when ``dpop`` is not ``"off"``)."""
+        status, body = self._decide(form, authorization, dpop_proofs or [])
         if status >= 400:
             error, description = body.get("error"), body.get("error_description")
             with self._lock:
                 self.refusals.append(f"{error}: {description}" if description else str(error))
         return status, body
 
-    def _decide(self, form: dict[str, list[str]], authorization: str | None) -> tuple[int, dict[str, Any]]:
+    def _decide(
+        self, form: dict[str, list[str]], authorization: str | None, dpop_proofs: list[str]
+    ) -> tuple[int, dict[str, Any]]:
         def one(name: str) -> str | None:
             values = form.get(name)
             if values is None:
@@ -282,12 +320,20 @@ class AuthorizationServer(FaultInjection):
                 "error": "invalid_scope",
                 "error_description": f"client {_shown(client.client_id)} may not request: {refused}",
             }
+        jkt: str | None = None
+        if self.dpop != "off":
+            checked_proof = self._check_dpop(dpop_proofs)
+            if isinstance(checked_proof, tuple):
+                return checked_proof
+            jkt = checked_proof
         token = "at_" + secrets.token_urlsafe(24)
         with self._lock:
             self.issued.append(token)
+            if jkt is not None:
+                self.dpop_bindings[token] = jkt
         body: dict[str, Any] = {
             "access_token": token,
-            "token_type": self.token_type,
+            "token_type": "DPoP" if jkt is not None else self.token_type,
             "expires_in": self.expires_in,
         }
         if requested:
@@ -408,6 +454,114 @@ class AuthorizationServer(FaultInjection):
                 return "jti has been used before (a replayed assertion)"
             self._seen_jti[(client.client_id, jti)] = exp
         return client
+
+    # -- DPoP (RFC 9449) ------------------------------------------------------------------
+
+    @property
+    def dpop_nonce_value(self) -> str:
+        """The nonce proofs must carry now (when ``dpop_nonce`` is on)."""
+        return self._dpop_nonce_value
+
+    def rotate_dpop_nonce(self) -> str:
+        """Replace the current nonce (the old one is stale from now on); return the new one."""
+        with self._lock:
+            self._dpop_nonce_value = secrets.token_urlsafe(16)
+            return self._dpop_nonce_value
+
+    def jkt_of(self, token: str) -> str | None:
+        """The thumbprint of the key ``token`` is bound to (``None``: unknown or a Bearer token)."""
+        with self._lock:
+            return self.dpop_bindings.get(token)
+
+    def dpop_response_headers(self) -> dict[str, str]:
+        """Headers for every token endpoint answer: the current ``DPoP-Nonce`` when nonces are on."""
+        if self.dpop != "off" and self.dpop_nonce:
+            return {"DPoP-Nonce": self.dpop_nonce_value}
+        return {}
+
+    def _check_dpop(self, proofs: list[str]) -> str | tuple[int, dict[str, Any]] | None:
+        """The proof key's thumbprint, ``None`` (no proof, and none required) or a refusal."""
+
+        def invalid(reason: str) -> tuple[int, dict[str, Any]]:
+            return 400, {"error": "invalid_dpop_proof", "error_description": reason}
+
+        if not proofs:
+            return invalid("a DPoP proof is required") if self.dpop == "required" else None
+        if len(proofs) > 1:
+            return invalid("more than one DPoP header")
+        try:
+            proof = jws.JWS()
+            proof.deserialize(proofs[0])
+            header = proof.jose_header
+            claims = json.loads(proof.objects["payload"])
+        except (JWException, ValueError, KeyError, TypeError):
+            return invalid("the DPoP proof is not a compact JWS")
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            return invalid("the DPoP proof's header or claims are not a JSON object")
+        if header.get("typ") != "dpop+jwt":
+            return invalid(f"typ must be 'dpop+jwt', not {_shown(header.get('typ'))}")
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            return invalid(f"alg {_shown(alg)} is not an asymmetric JWS algorithm")
+        public = header.get("jwk")
+        if not isinstance(public, dict):
+            return invalid("the header has no jwk")
+        if set(public) & _PRIVATE_JWK_MEMBERS:
+            return invalid("the jwk has private key members")
+        try:
+            key = jwk.JWK(**public)
+            proof.verify(key, alg=alg)
+        except (JWException, ValueError, TypeError):
+            return invalid("the signature does not verify with the header's jwk")
+        if claims.get("htm") != "POST":
+            return invalid(f"htm must be 'POST', not {_shown(claims.get('htm'))}")
+        if not _same_url(claims.get("htu"), self.token_endpoint):
+            return invalid(f"htu must be the token endpoint {self.token_endpoint}")
+        now = time.time() + (self.clock_offset if self.checks_use_clock_offset else 0.0)
+        iat = _number(claims.get("iat"))
+        if iat is None or abs(iat - now) > self.dpop_iat_window:
+            return invalid(f"iat is missing or more than {self.dpop_iat_window:g} s from the server's clock")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            return invalid("jti is missing")
+        if self.dpop_nonce and claims.get("nonce") != self.dpop_nonce_value:
+            with self._lock:
+                self.dpop_nonces_demanded += 1
+            stale = "missing" if "nonce" not in claims else "not the current nonce"
+            return 400, {"error": "use_dpop_nonce", "error_description": f"the DPoP nonce is {stale}"}
+        with self._lock:
+            self._seen_dpop_jti = {j: t for j, t in self._seen_dpop_jti.items() if t >= now}
+            if jti in self._seen_dpop_jti:
+                self.dpop_replays_refused += 1
+                return invalid("jti has been used before (a replayed DPoP proof)")
+            self._seen_dpop_jti[jti] = iat + 2 * self.dpop_iat_window
+            self.dpop_proofs_verified += 1
+        return _b64_thumbprint(key)
+
+
+_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+
+def _b64_thumbprint(key: jwk.JWK) -> str:
+    # jwcrypto's thumbprint() is the RFC 7638 thumbprint (SHA-256 by default), base64url.
+    return str(key.thumbprint())
+
+
+def _same_url(htu: object, expected: str) -> bool:
+    """``htu`` names ``expected``: scheme and host compared without case, query and fragment
+    ignored (RFC 9449 section 4.3, point 9)."""
+    if not isinstance(htu, str):
+        return False
+    try:
+        got, want = urlsplit(htu), urlsplit(expected)
+        return (got.scheme.lower(), got.hostname, got.port, got.path or "/") == (
+            want.scheme.lower(),
+            want.hostname,
+            want.port,
+            want.path or "/",
+        )
+    except ValueError:
+        return False
 
 
 _NO_FAULT = Fault(status=None, count=None)  # the server's own answer, delivered as usual
@@ -531,8 +685,13 @@ def _handler_for(server: AuthorizationServer) -> type[BaseHTTPRequestHandler]:
             if fault.status is not None:
                 status, body, headers = fault.status, fault.body, fault.headers
             else:
-                status, body = server.handle_token_request(form, self.headers.get("Authorization"))
-                headers = {}
+                authorization = self.headers.get("Authorization")
+                if server.dpop == "off":
+                    status, body = server.handle_token_request(form, authorization)
+                else:
+                    proofs = self.headers.get_all("DPoP") or []
+                    status, body = server.handle_token_request(form, authorization, dpop_proofs=proofs)
+                headers = server.dpop_response_headers()
             self._record(0 if fault.reset_after is not None else status)
             self._send(status, body, headers, fault)
 

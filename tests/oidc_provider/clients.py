@@ -8,7 +8,9 @@ ends: ``tests/integration/conftest.py``'s ``oidc_servers`` fixture holds the poo
 
 from __future__ import annotations
 
+import base64
 import json
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,6 +26,16 @@ from tests.oidc_provider import harness
 
 SCOPES = ["pockets.read", "transfers.read", "pockets.write"]
 SECRET = "op-client-secret-7b1f0d6c3e9a"
+#: In the ``dpop`` profile: clients with ``dpop_bound_access_tokens: true`` (a proof is
+#: required at the token endpoint), by method; the private_key_jwt one signs with ES256.
+DPOP_CLIENTS = {
+    "private_key_jwt": "dpop-jwt-es256",
+    "client_secret_basic": "dpop-secret-basic",
+    "client_secret_post": "dpop-secret-post",
+}
+#: In the ``dpop`` profile: the resource server's client (client_secret_basic, ``SECRET``),
+#: the only one allowed to introspect tokens.
+RESOURCE_SERVER_CLIENT = "dpop-resource-server"
 JWT_ALGS = ["RS256", "PS256", "ES256", "ES384", "EdDSA"]
 METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post")
 ALL_ALGS = (
@@ -39,7 +51,9 @@ class Profile:
 
     ``aud``: which client assertion audience the server accepts: ``"any"`` (oidc-provider's
     own rule: the issuer, the token endpoint URL or the URL of the endpoint called),
-    ``"issuer"`` or ``"token_endpoint"`` (that value only, as a string).
+    ``"issuer"`` or ``"token_endpoint"`` (that value only, as a string). ``dpop``: DPoP
+    nonces required, introspection for :data:`RESOURCE_SERVER_CLIENT`, the clients of
+    :data:`DPOP_CLIENTS` registered too.
     """
 
     name: str
@@ -47,6 +61,7 @@ class Profile:
     algs: tuple[str, ...] = ALL_ALGS
     aud: str = "any"
     fapi: str | None = None
+    dpop: bool = False
 
     def accepts(self, method: str, alg: str | None = None, aud: str | None = None) -> bool:
         """Whether a request with this method (assertion algorithm, audience) gets a token."""
@@ -73,6 +88,8 @@ PROFILES = {
         Profile("client-secret-post-only", methods=("client_secret_post",)),
         Profile("issuer-aud-only", aud="issuer"),
         Profile("endpoint-aud-only", aud="token_endpoint"),
+        # DPoP nonces, DPoP-bound clients and introspection, besides the default's clients.
+        Profile("dpop", dpop=True),
     )
 }
 
@@ -112,6 +129,27 @@ class AuthServer:
             body = json.load(resp)
         return TokenRequests(int(body["total"]), list(body["requests"]))
 
+    def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662 introspection of ``token`` as :data:`RESOURCE_SERVER_CLIENT` (``dpop``
+        profile only). Blocking: one loopback POST (a resource server's thread calls it)."""
+        endpoint = str(self.metadata["introspection_endpoint"])
+        credentials = base64.b64encode(f"{RESOURCE_SERVER_CLIENT}:{SECRET}".encode()).decode()
+        request = urllib.request.Request(  # noqa: S310 (loopback http)
+            endpoint,
+            data=urllib.parse.urlencode({"token": token}).encode(),
+            headers={"Authorization": f"Basic {credentials}", "Accept": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310 (loopback http)
+            return dict(json.load(resp))
+
+    def jkt_of(self, token: str) -> str | None:
+        """The ``cnf.jkt`` introspection reports for an active token (``None``: inactive or
+        not DPoP-bound): what a resource server learns of the binding."""
+        answer = self.introspect(token)
+        cnf = answer.get("cnf") if answer.get("active") is True else None
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        return jkt if isinstance(jkt, str) else None
+
 
 def client_id_for(method: str, alg: str | None = None) -> str:
     """The client registered for ``method`` (and ``alg``) on every profile that has it."""
@@ -149,6 +187,33 @@ def clients_for(profile: Profile) -> list[dict[str, Any]]:
                     "scope": " ".join(SCOPES),
                 }
             )
+    if profile.dpop:
+        clients += [
+            {
+                "client_id": DPOP_CLIENTS["private_key_jwt"],
+                "token_endpoint_auth_method": "private_key_jwt",
+                "token_endpoint_auth_signing_alg": "ES256",
+                "jwks": {"keys": [public_jwk_of(ALG_KEYS["ES256"])]},
+                "scope": " ".join(SCOPES),
+                "dpop_bound_access_tokens": True,
+            },
+            *(
+                {
+                    "client_id": DPOP_CLIENTS[method],
+                    "client_secret": SECRET,
+                    "token_endpoint_auth_method": method,
+                    "scope": " ".join(SCOPES),
+                    "dpop_bound_access_tokens": True,
+                }
+                for method in ("client_secret_basic", "client_secret_post")
+            ),
+            {
+                "client_id": RESOURCE_SERVER_CLIENT,
+                "client_secret": SECRET,
+                "token_endpoint_auth_method": "client_secret_basic",
+                "grant_types": [],
+            },
+        ]
     return clients
 
 
@@ -162,7 +227,13 @@ def running_provider(profile: str = "default") -> Iterator[AuthServer]:
     config = PROFILES[profile]
     signers = {alg: LocalSigner.from_pem(pem_of(make_key(ALG_KEYS[alg])), algorithm=alg) for alg in JWT_ALGS}
     clients = clients_for(config)
-    with harness.start_oidc_provider(clients, SCOPES, access_token_ttl=900, profile=profile) as op:
+    with harness.start_oidc_provider(
+        clients,
+        SCOPES,
+        access_token_ttl=900,
+        profile=profile,
+        introspection_client=RESOURCE_SERVER_CLIENT if config.dpop else None,
+    ) as op:
         yield AuthServer(
             op.issuer,
             op.token_endpoint,

@@ -176,10 +176,12 @@ def start_oidc_provider(
     access_token_ttl: int = 900,
     timeout: float = 30.0,
     profile: str = "default",
+    introspection_client: str | None = None,
 ) -> OidcProvider:
     """Spawn ``node server.mjs`` on an ephemeral loopback port and wait for READY.
 
-    ``profile`` names one of the server configurations in ``server.mjs`` (``PROFILES``).
+    ``profile`` names one of the server configurations in ``server.mjs`` (``PROFILES``);
+    ``introspection_client`` the client that may introspect tokens (``dpop`` profile).
     """
     node = node_tool("node")
     if node is None:
@@ -192,6 +194,7 @@ def start_oidc_provider(
         "scopes": scopes,
         "access_token_ttl": access_token_ttl,
         "profile": profile,
+        "introspection_client": introspection_client,
     }
     fd, config_path = tempfile.mkstemp(prefix="oidc-provider-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

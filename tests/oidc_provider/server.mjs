@@ -29,6 +29,14 @@
 //   record per request from the N-th on ({client_id, method, alg, typ, aud, status,
 //   error, error_description}), so that tests can count requests and read the `aud`
 //   of each assertion. Loopback only, like the rest of this server.
+// * DPoP (RFC 9449): oidc-provider 9 has features.dPoP on by default (proofs are verified
+//   and bind the token when sent; no nonces). The `dpop` profile adds nonces
+//   (nonceSecret, requireNonce: every proof must carry the server's nonce, else 400
+//   use_dpop_nonce with a DPoP-Nonce header), widens dpop_signing_alg_values_supported to
+//   every asymmetric JWS algorithm (a KMS key may be RSA), and enables introspection, whose
+//   answer carries cnf.jkt for a DPoP-bound token, for the client named by
+//   `introspection_client` in CONFIG.json (the resource server's) and only for it.
+//   Clients with dpop_bound_access_tokens: true get invalid_grant without a proof.
 
 import { Console } from 'node:console';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
@@ -75,7 +83,8 @@ const ALL_ALGS = [
 // (and nothing else is accepted: see refuseUnlistedMethod); `algs`: the client assertion
 // algorithms; `aud`: which assertion audience is accepted ('any' is oidc-provider's own
 // rule: the issuer, the token endpoint URL or the URL of the endpoint called);
-// `fapi`: oidc-provider's features.fapi profile.
+// `fapi`: oidc-provider's features.fapi profile; `dpop`: DPoP nonces and introspection
+// (see the header comment).
 const PROFILES = {
   default: { methods: ALL_METHODS, algs: ALL_ALGS, aud: 'any' },
   // oidc-provider's FAPI 2.0 mode adds, at the token endpoint, only the rule that the
@@ -92,7 +101,17 @@ const PROFILES = {
   'issuer-aud-only': { methods: ALL_METHODS, algs: ALL_ALGS, aud: 'issuer' },
   // What many deployed servers do: the exact token endpoint URL and nothing else.
   'endpoint-aud-only': { methods: ALL_METHODS, algs: ALL_ALGS, aud: 'token_endpoint' },
+  // DPoP with nonces required; every method and algorithm, as default.
+  dpop: { methods: ALL_METHODS, algs: ALL_ALGS, aud: 'any', dpop: true },
 };
+
+// Every asymmetric JWS algorithm oidc-provider knows, for DPoP proofs in the dpop profile.
+const DPOP_ALGS = [
+  'ES256', 'ES384', 'ES512',
+  'PS256', 'PS384', 'PS512',
+  'RS256', 'RS384', 'RS512',
+  'EdDSA', 'Ed25519',
+];
 
 const profileName = cfg.profile ?? 'default';
 const profile = PROFILES[profileName];
@@ -100,6 +119,7 @@ const host = cfg.host ?? '127.0.0.1';
 const port = Number(cfg.port ?? 0);
 const knownScopes = new Set(cfg.scopes ?? []);
 const accessTokenTTL = Number(cfg.access_token_ttl ?? 900);
+const introspectionClient = cfg.introspection_client ?? null;
 
 if (!Object.hasOwn(PROFILES, profileName)) {
   fail(`unknown profile ${profileName}; known: ${Object.keys(PROFILES).join(', ')}`);
@@ -138,12 +158,14 @@ function configuration() {
     enabledJWA: {
       clientAuthSigningAlgValues: [...profile.algs],
       idTokenSigningAlgValues: ['RS256'],
+      ...(profile.dpop ? { dPoPSigningAlgValues: [...DPOP_ALGS] } : {}),
     },
     ...(profile.aud === 'any' ? {} : { assertJwtClientAuthClaimsAndHeader: checkAudience }),
     features: {
       fapi: profile.fapi ? { enabled: true, profile: profile.fapi } : { enabled: false },
       clientCredentials: { enabled: true },
       devInteractions: { enabled: false },
+      ...(profile.dpop ? dpopFeatures() : {}),
       resourceIndicators: {
         enabled: true,
         defaultResource: async () => undefined,
@@ -163,6 +185,21 @@ function configuration() {
     },
     // No end-users in a client-credentials-only server.
     findAccount: async () => undefined,
+  };
+}
+
+// The dpop profile's features: nonces on every proof, introspection for the resource server.
+function dpopFeatures() {
+  return {
+    dPoP: {
+      enabled: true,
+      nonceSecret: randomBytes(32),
+      requireNonce: () => true,
+    },
+    introspection: {
+      enabled: true,
+      allowedPolicy: async (_ctx, client) => client.clientId === introspectionClient,
+    },
   };
 }
 
