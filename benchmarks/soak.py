@@ -56,9 +56,9 @@ class SoakAuthorizationServer(AuthorizationServer):
     process of its own, can check each token's lifetime without shared state."""
 
     def handle_token_request(
-        self, form: dict[str, list[str]], authorization: str | None
+        self, form: dict[str, list[str]], authorization: str | None, *, dpop_proofs: list[str] | None = None
     ) -> tuple[int, dict[str, Any]]:
-        status, body = super().handle_token_request(form, authorization)
+        status, body = super().handle_token_request(form, authorization, dpop_proofs=dpop_proofs)
         if status == 200:
             body["access_token"] = f"at_{int(time.time() * 1000)}_{body['access_token'][3:]}"
         return status, body

@@ -1,4 +1,5 @@
-"""``httpx.Auth`` for a token manager: bearer header, one retry after ``invalid_token``.
+"""``httpx.Auth`` for a token manager: bearer header, one retry after ``invalid_token``;
+for DPoP-bound tokens (RFC 9449) the ``DPoP`` scheme and a fresh proof per request.
 
 >>> async with httpx.AsyncClient(auth=tokens.auth()) as http:    # doctest: +SKIP
 ...     await http.get("https://api.example/v2/pockets/")
@@ -7,6 +8,12 @@ When the API answers 401 with ``WWW-Authenticate: Bearer error="invalid_token"``
 token that was sent is invalidated (only if it is still the cached one, so a burst of 401s
 causes one refresh) and the request is sent once more with the next token. A request
 whose body is a stream that cannot be replayed is not retried: its 401 is returned.
+
+A DPoP token goes as ``Authorization: DPoP <token>`` with a ``DPoP`` proof made for that
+request (``htm``, ``htu``, ``ath``; one signature by the manager's DPoP key). A
+``DPoP-Nonce`` the API sends is kept for its origin; a 401 whose DPoP challenge says
+``error="use_dpop_nonce"`` is answered once more, at once, with a proof carrying the new
+nonce (RFC 9449 section 9).
 
 The flow is written once (:class:`BearerFlow`) against the request/response interface
 that httpx and its fork ``httpx2`` share; :class:`BearerAuth` binds it to ``httpx.Auth``
@@ -30,20 +37,38 @@ from .source import ResourceArg, ScopeArg, SyncTokenSource, TokenSource
 if TYPE_CHECKING:
     from .token import AccessToken
 
-__all__ = ["BearerAuth", "BearerFlow", "BearerSource", "bearer_auth_class", "is_invalid_token_challenge"]
+__all__ = [
+    "BearerAuth",
+    "BearerFlow",
+    "BearerSource",
+    "bearer_auth_class",
+    "is_dpop_nonce_challenge",
+    "is_invalid_token_challenge",
+]
 
 _INVALID_TOKEN = re.compile(r'(?:^|[\s,])error\s*=\s*"?invalid_token"?(?:[\s,]|$)', re.IGNORECASE)
+_USE_DPOP_NONCE = re.compile(r'(?:^|[\s,])error\s*=\s*"?use_dpop_nonce"?(?:[\s,]|$)', re.IGNORECASE)
 
 
-def is_invalid_token_challenge(response: Any) -> bool:
-    """A 401 whose Bearer challenge says ``error="invalid_token"`` (RFC 6750 section 3.1)."""
+def _challenged(response: Any, schemes: tuple[str, ...], error: re.Pattern[str]) -> bool:
     if response.status_code != 401:
         return False
     for challenge in response.headers.get_list("www-authenticate"):
         scheme, _, params = challenge.strip().partition(" ")
-        if scheme.lower() == "bearer" and _INVALID_TOKEN.search(params):
+        if scheme.lower() in schemes and error.search(params):
             return True
     return False
+
+
+def is_invalid_token_challenge(response: Any) -> bool:
+    """A 401 whose Bearer (or DPoP) challenge says ``error="invalid_token"`` (RFC 6750
+    section 3.1, RFC 9449 section 7.1)."""
+    return _challenged(response, ("bearer", "dpop"), _INVALID_TOKEN)
+
+
+def is_dpop_nonce_challenge(response: Any) -> bool:
+    """A 401 whose DPoP challenge says ``error="use_dpop_nonce"`` (RFC 9449 section 9)."""
+    return _challenged(response, ("dpop",), _USE_DPOP_NONCE)
 
 
 def _replayable(request: Any) -> bool:
@@ -54,9 +79,19 @@ def _replayable(request: Any) -> bool:
     return True
 
 
-def _authorize(request: Any, token: AccessToken) -> Any:
-    request.headers["Authorization"] = f"Bearer {token.value}"
+def _authorize(request: Any, token: AccessToken, proof: str | None = None) -> Any:
+    if proof is None:
+        request.headers["Authorization"] = f"Bearer {token.value}"
+        request.headers.pop("DPoP", None)
+    else:
+        request.headers["Authorization"] = f"DPoP {token.value}"
+        request.headers["DPoP"] = proof
     return request
+
+
+def _nonce_of(response: Any) -> str | None:
+    nonce = response.headers.get("dpop-nonce")
+    return nonce if isinstance(nonce, str) else None
 
 
 class BearerFlow:
@@ -88,12 +123,35 @@ class BearerFlow:
             raise TypeError("use TokenManager.auth() (an async token source) with an async client")
         replayable = _replayable(request)  # decided before the body is sent and consumed
         token = await manager.get_token(self._scope, **self._args)
-        response = yield _authorize(request, token)
+        dpop = token.is_dpop
+        url = str(request.url)
+        proof = await self._proof_async(request, url, token) if dpop else None
+        response = yield _authorize(request, token, proof)
+        if dpop and (nonce := _nonce_of(response)) is not None:
+            kept = manager.remember_dpop_nonce(url, nonce)  # type: ignore[attr-defined]
+            if kept and replayable and is_dpop_nonce_challenge(response):
+                await response.aread()
+                response = yield _authorize(request, token, await self._proof_async(request, url, token))
         if replayable and is_invalid_token_challenge(response):
             await response.aread()
             await manager.invalidate(token)
             token = await manager.get_token(self._scope, **self._args)
-            yield _authorize(request, token)
+            proof = await self._proof_async(request, url, token) if token.is_dpop else None
+            yield _authorize(request, token, proof)
+
+    async def _proof_async(self, request: Any, url: str, token: AccessToken) -> str | None:
+        make = getattr(self._manager, "dpop_proof", None)
+        if make is None:
+            raise TypeError("a DPoP token needs a token source that makes DPoP proofs (TokenManager)")
+        proof: str | None = await make(request.method, url, token)
+        return proof
+
+    def _proof_sync(self, request: Any, url: str, token: AccessToken) -> str | None:
+        make = getattr(self._manager, "dpop_proof", None)
+        if make is None:
+            raise TypeError("a DPoP token needs a token source that makes DPoP proofs (SyncTokenManager)")
+        proof: str | None = make(request.method, url, token)
+        return proof
 
     def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
         manager = self._sync
@@ -101,12 +159,20 @@ class BearerFlow:
             raise TypeError("use SyncTokenManager.auth() (a blocking token source) with a blocking client")
         replayable = _replayable(request)
         token = manager.get_token(self._scope, **self._args)
-        response = yield _authorize(request, token)
+        dpop = token.is_dpop
+        url = str(request.url)
+        response = yield _authorize(request, token, self._proof_sync(request, url, token) if dpop else None)
+        if dpop and (nonce := _nonce_of(response)) is not None:
+            kept = manager.remember_dpop_nonce(url, nonce)  # type: ignore[attr-defined]
+            if kept and replayable and is_dpop_nonce_challenge(response):
+                response.read()
+                response = yield _authorize(request, token, self._proof_sync(request, url, token))
         if replayable and is_invalid_token_challenge(response):
             response.read()
             manager.invalidate(token)
             token = manager.get_token(self._scope, **self._args)
-            yield _authorize(request, token)
+            proof = self._proof_sync(request, url, token) if token.is_dpop else None
+            yield _authorize(request, token, proof)
 
 
 class BearerAuth(BearerFlow, httpx.Auth):

@@ -56,6 +56,7 @@ from ._http import (
 from ._retry import RetryPolicy
 from ._secret import Redactor, Secret, reveal, scrubbing_http_logs
 from .client_auth import ClientAuth, PreparedAuth, PrivateKeyJWT
+from .dpop import DPoPKey, dpop_key_of, is_valid_nonce
 from .errors import (
     ConfigurationError,
     InvalidClientError,
@@ -68,8 +69,9 @@ from .errors import (
     TransportError,
     error_for_oauth_code,
 )
+from .signers import Signer
 from .stats import EndpointStats, TokenStats
-from .token import AccessToken, utc_now
+from .token import DPOP, AccessToken, utc_now
 
 __all__ = [
     "TokenEndpoint",
@@ -290,6 +292,12 @@ class _Progress:
     step: str = "starting"
     attempt: int = 0
     last_error: KeylessM2MError | None = field(default=None)
+    nonce_retried: bool = False  # the one use_dpop_nonce retry of a request
+    nonce_error: TokenRequestError | None = field(default=None)
+
+
+class _NewNonce(Exception):
+    """The server asked for a DPoP nonce and gave one (see _attempts)."""
 
 
 class _Refused(Exception):
@@ -335,7 +343,7 @@ def _token_types(value: Any) -> frozenset[str]:
         if name.lower() == "dpop":
             raise ConfigurationError(
                 "accept_token_types cannot accept DPoP: DPoP-bound tokens need a proof with every "
-                "use, which keyless-m2m does not send yet"
+                "use; set dpop=True (an ephemeral key) or dpop=<a Signer> instead"
             )
         names.add(name.lower())
     return frozenset(names)
@@ -363,7 +371,9 @@ class TokenEndpoint:
     ``default_expires_in`` (300 s, used when the response has no ``expires_in``),
     ``accept_token_types`` (``token_type`` values besides ``Bearer`` to take as Bearer,
     compared case-insensitively, e.g. ``("access_token",)`` for a server that names its
-    Bearer tokens so; never ``DPoP``),
+    Bearer tokens so; never ``DPoP``), ``dpop`` (``True``: DPoP proofs, RFC 9449, from an
+    ephemeral key; a :class:`~keyless_m2m.signers.Signer` or a
+    :class:`~keyless_m2m.dpop.DPoPKey`: from that key; see :mod:`keyless_m2m.dpop`),
     ``max_response_bytes`` (256 KiB, decoded), ``allow_insecure_http`` (plain http:// for
     a non-loopback host). A wrong type or value is a
     :class:`~keyless_m2m.ConfigurationError`.
@@ -394,6 +404,7 @@ class TokenEndpoint:
         accept_token_types: Collection[str] = (),
         max_response_bytes: int = 256 * 1024,
         allow_insecure_http: bool = False,
+        dpop: bool | Signer | DPoPKey | None = None,
         stats: EndpointStats | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
@@ -414,6 +425,8 @@ class TokenEndpoint:
         if not callable(sleep):
             raise ConfigurationError("sleep must be an async callable")
         self.client_auth = client_auth
+        self.dpop = dpop_key_of(dpop)
+        self._warned_unbound = False
         self.max_attempts = _count("max_attempts", max_attempts)
         self.deadline = _number("deadline", deadline)
         self.backoff = _number("backoff", backoff, zero_ok=True)
@@ -430,6 +443,7 @@ class TokenEndpoint:
         # The server's clock minus ours (its Date headers): assertions may take iat from it.
         self.clock_skew: float | None = None
         self._requests = 0  # HTTP attempts sent
+        self._proofs = 0  # DPoP proofs signed for token requests
         self._signatures = 0  # client assertions signed
         self._sleep = sleep
         self._http = http_client
@@ -483,7 +497,7 @@ class TokenEndpoint:
     @property
     def stats(self) -> EndpointStats:
         """A snapshot of what this endpoint sent (:class:`~keyless_m2m.stats.EndpointStats`)."""
-        return EndpointStats(requests=self._requests, signatures=self._signatures)
+        return EndpointStats(requests=self._requests, signatures=self._signatures, dpop_proofs=self._proofs)
 
     async def request(
         self,
@@ -532,6 +546,17 @@ class TokenEndpoint:
             progress.attempt = attempt
             try:
                 token = await self._attempt(base_form, scope, progress)
+            except _NewNonce:
+                # use_dpop_nonce (RFC 9449 section 8): once per request, at once, with the
+                # nonce the server just gave; not an attempt of its own.
+                if progress.nonce_retried and progress.nonce_error is not None:
+                    progress.nonce_error.add_hint(
+                        "it asked for a DPoP nonce again after the proof carried the one it gave"
+                    )
+                    raise progress.nonce_error from None
+                progress.nonce_retried = True
+                attempt -= 1
+                continue
             except _Refused as refused:
                 # The other audience form, at once and once: the server answered, so this
                 # is not a retry of the same request and does not count as an attempt.
@@ -590,9 +615,14 @@ class TokenEndpoint:
         prepared = await self._credentials()
         if prepared.signed:
             self._signatures += 1
+        headers: dict[str, str | Secret[str]] = dict(prepared.headers)
+        if self.dpop is not None:
+            progress.step = "waiting for the DPoP proof (the DPoP key's signer)"
+            headers["DPoP"] = await self.dpop.proof("POST", self.url, clock_skew=self.clock_skew)
+            self._proofs += 1
         # Secret values stay wrapped until httpx writes them (_FormBody, _CredentialHeaders);
         # everything the server says back is scrubbed of every form of them (redactor).
-        redactor = Redactor.from_sent(prepared.form, prepared.headers)
+        redactor = Redactor.from_sent(prepared.form, headers)
         form: list[tuple[str, str | Secret[str]]] = [*base_form, *prepared.form.items()]
         self._requests += 1
         started = monotonic()
@@ -601,7 +631,7 @@ class TokenEndpoint:
         failure: tuple[str, str, bool] | None = None
         with anyio.move_on_after(self.timeout) as exchange:
             try:
-                status, response_headers, body = await self._post(form, prepared.headers, redactor, progress)
+                status, response_headers, body = await self._post(form, headers, redactor, progress)
             except Exception as exc:  # every failure of the exchange becomes typed
                 # Keep only the kind: httpx exceptions hold the request, and its body the
                 # credentials; the error is raised outside this block, so no chain either.
@@ -625,9 +655,21 @@ class TokenEndpoint:
         skew = clock_skew_of(response_headers.get("date"), started_wall)
         if skew is not None:
             self.clock_skew = skew
+        nonce = response_headers.get("dpop-nonce") if self.dpop is not None else None
+        if nonce is not None and is_valid_nonce(nonce):
+            self.dpop.remember_nonce(self.url, nonce)  # type: ignore[union-attr]
         try:
             return self._parse(status, response_headers, body, scope, started_wall, redactor)
         except TokenRequestError as error:
+            if error.error == "use_dpop_nonce" and self.dpop is not None:
+                if nonce is None or not is_valid_nonce(nonce):
+                    error.add_hint(
+                        "the server asked for a DPoP nonce without a valid DPoP-Nonce header "
+                        "(RFC 9449 section 8), so there is none to send"
+                    )
+                    raise
+                progress.nonce_error = error
+                raise _NewNonce from None
             if not _refuses_client(error):
                 raise
             if prepared.alternative and not self.audience_fallback:
@@ -765,7 +807,7 @@ class TokenEndpoint:
             raise bad("access_token is missing, empty or not a string")
         if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
             raise bad("access_token contains characters not allowed in an HTTP header")
-        self._check_token_type(data.get("token_type"), bad, redactor)
+        token_type = self._check_token_type(data.get("token_type"), bad, redactor)
         expires_in = self._expires_in(data.get("expires_in"), bad)
         granted = data.get("scope")
         if granted is not None and not isinstance(granted, str):
@@ -774,31 +816,44 @@ class TokenEndpoint:
         raw = redactor.scrub_data({k: v for k, v in data.items() if k != "access_token"})
         return AccessToken(
             value=value,
-            token_type="Bearer",  # noqa: S106 - a token type, not a password
+            token_type=token_type,
             expires_at=started_wall + timedelta(seconds=expires_in),
             scope=granted if granted is not None else scope,
             raw=raw,
             expires_in=expires_in,
+            dpop_jkt=self.dpop.jkt if token_type == DPOP and self.dpop is not None else None,
         )
 
     def _check_token_type(
         self, token_type: Any, bad: Callable[[str], InvalidTokenResponseError], redactor: Redactor
-    ) -> None:
-        """Bearer (RFC 6750; any case, RFC 6749 section 5.1), or one of
-        ``accept_token_types``; never DPoP, whose tokens need a proof on every use."""
+    ) -> str:
+        """``"Bearer"`` (RFC 6750; any case, RFC 6749 section 5.1, or one of
+        ``accept_token_types``), or ``"DPoP"`` when this endpoint sends DPoP proofs."""
         if token_type is None:
             raise bad("token_type is missing (RFC 6749 section 5.1 requires it)")
         if not isinstance(token_type, str):
             raise bad(f"token_type must be Bearer, got a {type(token_type).__name__}")
         lowered = token_type.lower()
-        if lowered == "bearer" or lowered in self.accept_token_types:
-            return
         if lowered == "dpop":
+            if self.dpop is not None:
+                return DPOP
             raise bad(
-                "token_type is DPoP: DPoP-bound tokens (RFC 9449) are not supported yet; they need "
-                "a proof with every use, so accept_token_types cannot accept them. Register the "
-                "client for Bearer tokens"
+                "token_type is DPoP: the server binds this client's tokens to a DPoP key "
+                "(RFC 9449), and every use needs a proof from it: set dpop=True (an ephemeral "
+                "key) or dpop=<a Signer>; accept_token_types cannot accept them"
             )
+        if lowered == "bearer" or lowered in self.accept_token_types:
+            if self.dpop is not None and not self._warned_unbound:
+                self._warned_unbound = True
+                logger.warning(
+                    "token endpoint %s answered a request with a DPoP proof with a %s token: it "
+                    "does not bind tokens to the DPoP key (RFC 9449 section 5), so they are used "
+                    "as Bearer tokens",
+                    self.url,
+                    "Bearer" if lowered == "bearer" else "non-DPoP",
+                    extra={"leniency": True},  # shown by the CLI without --verbose
+                )
+            return "Bearer"
         # A short token68-like value is shown (scrubbed) and offered as the option's value;
         # anything longer or odder is described, never echoed.
         if len(token_type) < 20 and _TOKEN_TYPE.fullmatch(token_type):

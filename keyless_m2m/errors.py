@@ -16,6 +16,7 @@ Every exception the library raises on purpose derives from :class:`KeylessM2MErr
     │   ├── UnsupportedGrantTypeError   unsupported_grant_type
     │   ├── InvalidScopeError           invalid_scope
     │   ├── InvalidTargetError          invalid_target (RFC 8707)
+    │   ├── InvalidDPoPProofError       invalid_dpop_proof (RFC 9449)
     │   ├── TemporarilyUnavailableError temporarily_unavailable  (retryable)
     │   ├── ServerError                 server_error (retryable)
     │   └── RefusedWithoutReasonError   HTTP 400/401/403 with no OAuth error body
@@ -42,6 +43,7 @@ __all__ = [
     "ConfigurationError",
     "DiscoveryError",
     "InvalidClientError",
+    "InvalidDPoPProofError",
     "InvalidGrantError",
     "InvalidRequestError",
     "InvalidScopeError",
@@ -244,6 +246,14 @@ class InvalidTargetError(TokenRequestError):
     oauth_error = "invalid_target"
 
 
+class InvalidDPoPProofError(TokenRequestError):
+    """The server refused the DPoP proof (RFC 9449 section 5): its key or algorithm, or a
+    claim it checks (``htu``, ``iat``, ``jti``). Not retried: another proof from the same
+    key gets the same answer (a missing nonce is handled: ``use_dpop_nonce``)."""
+
+    oauth_error = "invalid_dpop_proof"
+
+
 class TemporarilyUnavailableError(TokenRequestError):
     oauth_error = "temporarily_unavailable"
     retryable = True
@@ -334,6 +344,7 @@ _BY_CODE: dict[str, type[TokenRequestError]] = {
         UnsupportedGrantTypeError,
         InvalidScopeError,
         InvalidTargetError,
+        InvalidDPoPProofError,
         TemporarilyUnavailableError,
         ServerError,
     )

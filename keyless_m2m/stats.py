@@ -17,11 +17,12 @@ __all__ = ["EndpointStats", "TokenStats"]
 @dataclass(frozen=True, slots=True)
 class EndpointStats:
     """A snapshot of what one :class:`~keyless_m2m.endpoint.TokenEndpoint` sent:
-    ``requests`` (HTTP attempts) and ``signatures`` (client assertions signed)
-    (``endpoint.stats``)."""
+    ``requests`` (HTTP attempts), ``signatures`` (client assertions signed) and
+    ``dpop_proofs`` (DPoP proofs signed for token requests) (``endpoint.stats``)."""
 
     requests: int = 0
     signatures: int = 0
+    dpop_proofs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,20 +30,23 @@ class TokenStats:
     """A snapshot of a token manager's counters (``manager.stats``).
 
     ``requests``: HTTP attempts at the token endpoint; ``signatures``: client assertions
-    signed; ``failures``: token fetches (flights) that ended in an error; ``waits``: callers
-    that had to wait for a flight; ``refreshes``: flights started (cold, background or
-    after invalidation); ``served_stale``: calls answered with a still-valid token while a
-    refresh was failing; ``shared_hits``: fetches answered by the shared token cache
-    (another manager or process had fetched the token); ``evictions``: still-valid tokens
-    dropped to keep the manager within ``max_entries``; ``handovers``: flights whose
-    leader was cancelled (outside ``async with``) and that a waiter started again;
-    ``ignored_invalidations``: ``invalidate()`` calls refused because the entry's token had
-    already been invalidated less than ``min_invalidation_interval`` ago (an API that
-    rejects every token would otherwise cause one token request per API call).
+    signed; ``dpop_proofs``: DPoP proofs signed (for token requests and, through
+    ``auth()``, for API requests); ``failures``: token fetches (flights) that ended in
+    an error; ``waits``: callers that had to wait for a flight; ``refreshes``: flights
+    started (cold, background or after invalidation); ``served_stale``: calls answered
+    with a still-valid token while a refresh was failing; ``shared_hits``: fetches
+    answered by the shared token cache (another manager or process had fetched the
+    token); ``evictions``: still-valid tokens dropped to keep the manager within
+    ``max_entries``; ``handovers``: flights whose leader was cancelled (outside ``async
+    with``) and that a waiter started again; ``ignored_invalidations``: ``invalidate()``
+    calls refused because the entry's token had already been invalidated less than
+    ``min_invalidation_interval`` ago (an API that rejects every token would otherwise
+    cause one token request per API call).
     """
 
     requests: int = 0
     signatures: int = 0
+    dpop_proofs: int = 0
     failures: int = 0
     waits: int = 0
     refreshes: int = 0

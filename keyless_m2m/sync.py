@@ -91,6 +91,18 @@ class SyncTokenManager(BearerSource):
             partial(self._manager.get_token, scope, resource=resource, audience=audience)
         )
 
+    def dpop_proof(self, method: str, url: str, token: AccessToken) -> str | None:
+        """:meth:`TokenManager.dpop_proof`, blocking (``None`` for a Bearer token)."""
+        if not token.is_dpop:
+            return None
+        self._check_usable()
+        return self._portal.call(self._manager.dpop_proof, method, url, token)
+
+    def remember_dpop_nonce(self, url: str, nonce: str) -> bool:
+        """:meth:`TokenManager.remember_dpop_nonce`."""
+        self._check_usable()
+        return self._portal.call(self._manager.remember_dpop_nonce, url, nonce)
+
     def invalidate(self, token: AccessToken) -> bool:
         if self._closed:
             return False

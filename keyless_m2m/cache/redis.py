@@ -130,6 +130,7 @@ class _Codec:
                 "expires_in": token.expires_in,
                 "scope": token.scope,
                 "raw": dict(token.raw),
+                "dpop_jkt": token.dpop_jkt,
             },
             separators=(",", ":"),
         ).encode()
@@ -172,6 +173,7 @@ def _token_from_json(body: bytes, aad: bytes) -> AccessToken:
         value, token_type = fields["value"], fields["token_type"]
         expires_at, expires_in = float(fields["expires_at"]), float(fields["expires_in"])
         scope, raw = fields.get("scope"), fields.get("raw") or {}
+        dpop_jkt = fields.get("dpop_jkt")
         valid = (
             isinstance(value, str)
             and value
@@ -179,6 +181,7 @@ def _token_from_json(body: bytes, aad: bytes) -> AccessToken:
             and expires_in > 0
             and (scope is None or isinstance(scope, str))
             and isinstance(raw, dict)
+            and (dpop_jkt is None or isinstance(dpop_jkt, str))
         )
         if not valid:
             raise ValueError
@@ -189,6 +192,7 @@ def _token_from_json(body: bytes, aad: bytes) -> AccessToken:
             scope=scope,
             raw=raw,
             expires_in=expires_in,
+            dpop_jkt=dpop_jkt,
         )
     except Exception:
         raise CacheError("malformed cache entry") from None

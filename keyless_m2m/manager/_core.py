@@ -44,6 +44,7 @@ from anyio.abc import TaskGroup
 
 from ..bearer import BearerSource
 from ..client_auth import ClientAuth
+from ..dpop import is_valid_nonce
 from ..endpoint import TokenEndpoint
 from ..errors import (
     ConfigurationError,
@@ -225,6 +226,9 @@ class TokenManager(BearerSource):
                 wait=self.cache_wait,
                 timing=self.timing,
                 identity=lambda: (self.endpoint.url, getattr(self.endpoint.client_auth, "client_id", None)),
+                # A DPoP-bound token only for the holder of its key: the key's thumbprint
+                # names the entry, and an entry bound to another key is never adopted.
+                binding=lambda: self.endpoint.dpop.jkt if self.endpoint.dpop is not None else None,
                 extra_params=self._extra_params,
             )
         self._counts = _Counters()
@@ -296,6 +300,7 @@ class TokenManager(BearerSource):
         return TokenStats(
             requests=sent.requests,
             signatures=sent.signatures,
+            dpop_proofs=self.endpoint.dpop.proofs if self.endpoint.dpop is not None else 0,
             shared_hits=self._shared.hits if self._shared is not None else 0,
             evictions=self._table.evictions,
             **asdict(self._counts),
@@ -460,6 +465,8 @@ class TokenManager(BearerSource):
         deadline = float(self.endpoint.deadline)
         give_up = monotonic() + deadline
         with anyio.move_on_after(deadline + _DEADLINE_GRACE):
+            if self.endpoint.dpop is not None:
+                await self.endpoint.dpop.thumbprint()  # the binding is part of the shared key
             if self._shared is None:
                 return await self._request(entry)
             return await self._shared.obtain(entry, self._request, give_up)
@@ -501,6 +508,28 @@ class TokenManager(BearerSource):
                 error,
                 delay,
             )
+
+    # -- DPoP (RFC 9449) -------------------------------------------------------------------
+
+    async def dpop_proof(self, method: str, url: str, token: AccessToken) -> str | None:
+        """The ``DPoP`` header for one ``method`` request to ``url`` that carries ``token``
+        (``ath`` and the nonce the server at ``url`` last gave); ``None`` for a Bearer token.
+        ``tokens.auth()`` calls it for every request; one signature each."""
+        if not token.is_dpop:
+            return None
+        dpop = self.endpoint.dpop
+        if dpop is None or token.dpop_jkt != await dpop.thumbprint():
+            raise ConfigurationError("this DPoP token is bound to a key this TokenManager does not hold")
+        return (await dpop.proof(method, url, access_token=token.value)).reveal()
+
+    def remember_dpop_nonce(self, url: str, nonce: str) -> bool:
+        """Keep the ``DPoP-Nonce`` a resource server at ``url`` sent (RFC 9449 section 9)
+        for the next proofs to its origin; whether it was a valid nonce and kept."""
+        dpop = self.endpoint.dpop
+        if dpop is None or not is_valid_nonce(nonce):
+            return False
+        dpop.remember_nonce(url, nonce)
+        return True
 
     # -- invalidation ---------------------------------------------------------------------
 

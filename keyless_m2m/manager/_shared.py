@@ -55,6 +55,7 @@ class SharedTier:
         timing: Timing,
         identity: Callable[[], tuple[str, object]],
         extra_params: Mapping[str, str],
+        binding: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.cache = cache
         self.lock_ttl = lock_ttl
@@ -64,6 +65,7 @@ class SharedTier:
         # The client: (token endpoint URL, client id), read when first needed (discovery
         # may set the URL), and the extra form parameters every request carries.
         self._identity = identity
+        self._binding = binding  # the DPoP key's thumbprint, or None
         self._extra = sorted(extra_params.items())
 
     async def obtain(self, entry: Entry, fetch: Fetch, give_up: float) -> tuple[AccessToken, float]:
@@ -134,6 +136,8 @@ class SharedTier:
         if entry.rejected is not None and token == entry.rejected:
             return None
         problem = token_problem(token)
+        if problem is None and token.dpop_jkt is not None and token.dpop_jkt != self._binding():
+            problem = "a DPoP token bound to a key this client does not hold"
         if problem is not None:
             logger.warning("shared token cache: ignoring an entry (%s)", problem)
             return None
@@ -154,6 +158,10 @@ class SharedTier:
             return entry.shared_key
         scope, resources, audience = entry.key
         url, client_id = self._identity()
-        identity = json.dumps([url, client_id, sorted(scope), list(resources), audience, self._extra])
+        named: list[object] = [url, client_id, sorted(scope), list(resources), audience, self._extra]
+        jkt = self._binding()
+        if jkt is not None:
+            named.append({"dpop_jkt": jkt})
+        identity = json.dumps(named)
         entry.shared_key = hashlib.sha256(identity.encode()).hexdigest()[:40]
         return entry.shared_key

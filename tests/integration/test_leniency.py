@@ -1,6 +1,6 @@
 """What deployed servers do that the RFCs do not, against the embedded ``AuthorizationServer``
 over real loopback sockets, on asyncio and trio: a ``token_type`` other than ``Bearer``
-(refused with the option that accepts it; never DPoP), and ``client_secret_basic`` with a
+(refused with the option that accepts it; DPoP only with a DPoP key), and ``client_secret_basic`` with a
 secret that RFC 6749 form-encoding changes, against a server that form-decodes and one that
 compares the raw ``id:secret``. (Metadata that omits a grant or method:
 ``tests/integration/test_discovery.py``.)"""
@@ -59,11 +59,11 @@ async def test_from_issuer_passes_accept_token_types_to_its_endpoint() -> None:
             assert (await tokens.get_token()).value == srv.issued[-1]
 
 
-async def test_dpop_is_refused_and_never_acceptable() -> None:
+async def test_dpop_without_a_dpop_key_is_refused_and_never_acceptable() -> None:
     with secret_server(token_type="DPoP") as srv:
         auth = ClientSecretBasic("svc", SECRET)
         async with TokenManager(srv.token_endpoint, auth) as tokens:
-            with pytest.raises(InvalidTokenResponseError, match=r"DPoP-bound .* not supported yet"):
+            with pytest.raises(InvalidTokenResponseError, match=r"DPoP key .* set dpop=True"):
                 await tokens.get_token()
         with pytest.raises(ConfigurationError, match="cannot accept DPoP"):
             TokenManager(srv.token_endpoint, auth, accept_token_types=("dpop",))

@@ -540,12 +540,13 @@ def _plain_entry(key_name: str, **fields: Any) -> bytes:
         {"value": "abc\r\nX-Injected: 1"},
         {"value": "has space"},
         {"token_type": "DPoP"},
+        {"token_type": "DPoP", "dpop_jkt": "A" * 43},
         {"expires_in": 10 * 366 * 24 * 3600, "expires_at": time.time() + 10 * 366 * 24 * 3600},
         {"expires_in": float("inf")},
         {"key": "another-namespace:{0123}:tok"},
         {"key": None},
     ],
-    ids=["crlf", "space", "dpop", "ten-years", "infinite", "other-key", "no-key"],
+    ids=["crlf", "space", "dpop", "dpop-bound-elsewhere", "ten-years", "infinite", "other-key", "no-key"],
 )
 async def test_a_forged_plaintext_entry_is_not_served(
     redis_server: RedisServer, namespace: str, auth_server: AuthorizationServer, forged: dict[str, Any]

@@ -1,13 +1,18 @@
 """Fixtures of the signer backends' integration tests: one ``moto_server`` and one
 OpenBao (and Vault) dev server per session, shared by the backend's own tests and the
-certificate tests (the servers are in tests/moto_server.py and tests/vault_server.py)."""
+certificate and DPoP-key tests (the servers are in tests/moto_server.py and
+tests/vault_server.py), and per module the Azure Key Vault fake (an RSA key ``rsa``) and
+the Cloud KMS fake (an Ed25519 key ``eddsa``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from keyless_m2m.errors import MissingExtraError
+from tests.helpers import make_key, missing_server, require_module
 from tests.moto_server import MotoServer, running_moto_server
 from tests.vault_server import SERVERS, VaultServer, running_server
 
@@ -26,3 +31,30 @@ def vault_server(
     """A dev server with the transit engine and one key of each type (``KEY_TYPES``)."""
     with running_server(request.param, tmp_path_factory.mktemp(request.param)) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def key_vault() -> Iterator[Any]:
+    require_module("azure.keyvault.keys", reason="the azure extra is not installed")
+    require_module("azure.identity", reason="the azure extra is not installed")
+    from keyless_m2m.testing.emulators.azure_key_vault import FakeKeyVault
+
+    with FakeKeyVault() as vault:
+        vault.add_key("rsa", make_key("rsa"))
+        yield vault
+
+
+@pytest.fixture(scope="module")
+def cloud_kms() -> Iterator[Any]:
+    from keyless_m2m.testing.emulators.gcp_kms import FakeCloudKms
+
+    try:
+        kms = FakeCloudKms()
+    except MissingExtraError as exc:
+        missing_server(f"{exc} (the fake Cloud KMS needs the gcp extra)")
+    kms.add_key("eddsa", "EC_SIGN_ED25519", private_key=make_key("ed25519"))
+    kms.start()
+    try:
+        yield kms
+    finally:
+        kms.stop()

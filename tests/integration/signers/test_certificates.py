@@ -8,16 +8,14 @@ algorithms are covered with local keys in tests/unit/test_certificates.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from keyless_m2m.certificates import self_signed_certificate
-from keyless_m2m.errors import MissingExtraError
 from keyless_m2m.signers import Signer
 from tests.certificate_checks import check_certificate
-from tests.helpers import make_key, missing_server, require_module
+from tests.helpers import require_module
 from tests.moto_server import MotoServer
 from tests.vault_server import VaultServer
 
@@ -53,37 +51,10 @@ async def test_vault_transit_on_openbao(vault_server: VaultServer) -> None:
     await certify(vault_server.signer("rsa-2048", algorithm="PS256"), "CN=vault-ps256")
 
 
-@pytest.fixture(scope="module")
-def key_vault() -> Iterator[Any]:
-    require_module("azure.keyvault.keys", reason="the azure extra is not installed")
-    require_module("azure.identity", reason="the azure extra is not installed")
-    from keyless_m2m.testing.emulators.azure_key_vault import FakeKeyVault
-
-    with FakeKeyVault() as vault:
-        vault.add_key("rsa", make_key("rsa"))
-        yield vault
-
-
 async def test_azure_key_vault_on_the_fake(key_vault: Any) -> None:
     before = len(key_vault.sign_requests())
     await certify(key_vault.signer("rsa", algorithm="PS256"), "CN=azure-ps256")  # Entra ID's alg
     assert len(key_vault.sign_requests()) == before + 1
-
-
-@pytest.fixture(scope="module")
-def cloud_kms() -> Iterator[Any]:
-    from keyless_m2m.testing.emulators.gcp_kms import FakeCloudKms
-
-    try:
-        kms = FakeCloudKms()
-    except MissingExtraError as exc:
-        missing_server(f"{exc} (the fake Cloud KMS needs the gcp extra)")
-    kms.add_key("eddsa", "EC_SIGN_ED25519", private_key=make_key("ed25519"))
-    kms.start()
-    try:
-        yield kms
-    finally:
-        kms.stop()
 
 
 async def test_cloud_kms_on_the_fake(cloud_kms: Any) -> None:
