@@ -76,6 +76,18 @@ def _first_certificate_der(path: str) -> bytes | str:
     return der
 
 
+def _is_encrypted_pem(path: str) -> bool:
+    """Whether the PEM file ``path`` holds an encrypted private key (PKCS#8 ``ENCRYPTED
+    PRIVATE KEY`` or a traditional ``Proc-Type: 4,ENCRYPTED`` header). Its text stays in a
+    :class:`Secret`; nothing here raises."""
+    try:
+        with open(path, "rb") as fh:
+            pem = Secret(fh.read(_MAX_PEM_BYTES))
+    except OSError:
+        return False
+    return b"ENCRYPTED PRIVATE KEY-----" in pem.reveal() or b"Proc-Type: 4,ENCRYPTED" in pem.reveal()
+
+
 def _ssl_reason(exc: ssl.SSLError | OSError) -> str:
     reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
     return str(reason)[:120]
@@ -187,15 +199,11 @@ class ClientCertificate:
             reason = _ssl_reason(exc)
             if "KEY_VALUES_MISMATCH" in reason:
                 return f"the client key does not belong to the certificate {self._shown()}"
-            if secret is None and (
-                "BAD_DECRYPT" in reason or "PEM" in reason or "PROBLEMS_GETTING" in reason
-            ):
-                return (
-                    f"cannot load the client key for {self._shown()} ({reason}): an encrypted key "
-                    "needs password=, otherwise it is not a PEM private key"
-                )
-            if "BAD_DECRYPT" in reason:
-                return f"cannot decrypt the client key for {self._shown()}: wrong password"
+            encrypted = _is_encrypted_pem(self.key or self.certificate or "")
+            if encrypted and secret is None:
+                return f"the client key for {self._shown()} is encrypted: pass password="
+            if encrypted:
+                return f"cannot decrypt the client key for {self._shown()}: wrong password ({reason})"
             return f"cannot load the client certificate {self._shown()} and its key: {reason}"
         except OSError as exc:
             return f"cannot read the client certificate {self._shown()} or its key: {_ssl_reason(exc)}"
