@@ -188,13 +188,14 @@ class MutualTlsAuthorizationServer(AuthorizationServer):
     # -- the token endpoint -------------------------------------------------------------
 
     def handle_token_request(
-        self, form: dict[str, list[str]], authorization: str | None
+        self, form: dict[str, list[str]], authorization: str | None, **options: Any
     ) -> tuple[int, dict[str, Any]]:
+        # **options: what the base class takes besides (e.g. the DPoP proofs), passed on.
         der = self._peer_certificate()
         thumbprint = certificate_thumbprint(der) if der else None
         with self._lock:
             self.peer_thumbprints.append(thumbprint)
-        status, body = super().handle_token_request(form, authorization)
+        status, body = super().handle_token_request(form, authorization, **options)
         if status == 200 and thumbprint is not None:
             with self._lock:
                 self.bindings[body["access_token"]] = thumbprint  # RFC 8705 section 3
