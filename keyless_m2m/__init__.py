@@ -7,7 +7,14 @@ signed inside a KMS/HSM (or by a local key), cached and refreshed by an anyio to
 
 from __future__ import annotations
 
-from .client_auth import ClientAuth, ClientSecretBasic, ClientSecretPost, PrivateKeyJWT
+from .client_auth import (
+    ClientAuth,
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJWT,
+    SelfSignedTlsClientAuth,
+    TlsClientAuth,
+)
 from .errors import (
     CacheDecryptionError,
     CacheError,
@@ -61,10 +68,12 @@ __all__ = [
     "MissingExtraError",
     "PrivateKeyJWT",
     "RefusedWithoutReasonError",
+    "SelfSignedTlsClientAuth",
     "ServerError",
     "SigningError",
     "SyncTokenManager",
     "TemporarilyUnavailableError",
+    "TlsClientAuth",
     "TokenManager",
     "TokenRequestError",
     "TransportError",

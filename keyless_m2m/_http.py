@@ -22,7 +22,7 @@ import ssl
 import zlib
 from collections.abc import AsyncIterator, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
 
@@ -37,6 +37,7 @@ __all__ = [
     "check_proxies",
     "default_ssl_context",
     "read_body",
+    "tls_verification",
     "transport_failure",
 ]
 
@@ -168,10 +169,39 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         stack.extend(e for e in (current.__context__, current.__cause__) if e is not None)
 
 
+# TLS alerts a server sends when it wanted a client certificate (RFC 8705) and got none,
+# or one it does not accept: OpenSSL's reason names, as ssl.SSLError.reason spells them.
+_CLIENT_CERTIFICATE_ALERTS = {
+    "CERTIFICATE_REQUIRED": "the server requires a TLS client certificate and none was presented",
+    "UNKNOWN_CA": "the server does not trust the issuer of the TLS client certificate (unknown CA)",
+    "BAD_CERTIFICATE": "the server refused the TLS client certificate (bad certificate)",
+    "CERTIFICATE_UNKNOWN": "the server refused the TLS client certificate (certificate unknown)",
+    "CERTIFICATE_EXPIRED": "the server refused the TLS client certificate: it has expired",
+    "CERTIFICATE_REVOKED": "the server refused the TLS client certificate: it is revoked",
+    "UNSUPPORTED_CERTIFICATE": "the server refused the TLS client certificate (unsupported certificate)",
+    "ACCESS_DENIED": "the server denied access after the TLS handshake (its client certificate policy)",
+}
+
+
+def _client_certificate_refusal(reason: str) -> str | None:
+    upper = reason.upper()
+    if "ALERT" not in upper:
+        return None
+    for name, text in _CLIENT_CERTIFICATE_ALERTS.items():
+        if name in upper:
+            return (
+                f"{text} ({printable(reason, 80)}; TlsClientAuth, SelfSignedTlsClientAuth or "
+                "client_certificate= present one, RFC 8705)"
+            )
+    return None
+
+
 def transport_failure(exc: BaseException, host: str) -> tuple[str, str, bool]:
     """``(reason, what happened, retryable)`` for an exception from the HTTP exchange.
 
-    Reasons: ``tls_verification`` (never retryable), ``tls``, ``dns``,
+    Reasons: ``tls_verification`` (never retryable), ``tls_client_certificate`` (the
+    server refused the connection for want of an acceptable client certificate; never
+    retryable), ``tls``, ``dns``,
     ``connection_refused``, ``connection_reset``, ``timeout``, ``proxy``, ``protocol``,
     ``network``. The text names the cause (an OpenSSL reason, the host name), never a
     value from the request.
@@ -181,6 +211,11 @@ def transport_failure(exc: BaseException, host: str) -> tuple[str, str, bool]:
         if isinstance(cause, ssl.SSLCertVerificationError):
             why = cause.verify_message or cause.reason or "unknown reason"
             return "tls_verification", f"certificate verify failed: {printable(str(why), 120)}", False
+    for cause in causes:
+        if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLCertVerificationError):
+            refused = _client_certificate_refusal(str(cause.reason or cause))
+            if refused is not None:
+                return "tls_client_certificate", refused, False
     for cause in causes:
         if isinstance(cause, socket.gaierror):
             return "dns", f"the name {host!r} does not resolve", True
@@ -436,16 +471,64 @@ def default_ssl_context() -> tuple[ssl.SSLContext, tuple[str, ...]]:
     return ssl.create_default_context(cafile=certifi.where()), ("certifi", certifi.where())
 
 
+def tls_verification(verify: Any) -> ssl.SSLContext | bool:
+    """What ``verify=`` may be (docs/security.md, "Which CAs are trusted"):
+
+    - ``True`` (the default): certifi's CA bundle, or the CA file ``SSL_CERT_FILE`` names,
+      else the CA directory ``SSL_CERT_DIR`` names (they replace certifi; read when the
+      HTTP client is built), as httpx does;
+    - ``"system"``: the operating system's trust store, through ``truststore``
+      (``pip install 'keyless-m2m[truststore]'``): the platform verifier on macOS and
+      Windows, OpenSSL's system locations on Linux;
+    - a CA bundle file or a directory of CA certificates (``str`` or ``os.PathLike``; a
+      file named ``system`` is ``./system``);
+    - an ``ssl.SSLContext``;
+    - ``False``: no verification, for tests against a self-signed loopback server only.
+    """
+    from .errors import ConfigurationError
+
+    if verify is True or verify is False or isinstance(verify, ssl.SSLContext):
+        return verify
+    if verify == "system":
+        try:
+            import truststore
+        except ImportError:
+            raise MissingExtraError("truststore", "truststore") from None
+        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if isinstance(verify, str | os.PathLike):
+        path = os.fspath(verify)
+        try:
+            if os.path.isdir(path):
+                return ssl.create_default_context(capath=path)
+            return ssl.create_default_context(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            name = os.path.basename(path) or path
+            raise ConfigurationError(f"cannot load CA certificates from {name!r}: {exc}") from None
+    raise ConfigurationError('verify must be True, "system", False, a CA bundle path or an ssl.SSLContext')
+
+
+class _PresentsCertificate(Protocol):
+    def _context_for(self, verification: ssl.SSLContext | bool) -> ssl.SSLContext: ...
+
+
 def build_client(
-    *, timeout: float, verify: ssl.SSLContext | bool, trust: Hashable
+    *,
+    timeout: float,
+    verify: ssl.SSLContext | bool,
+    trust: Hashable,
+    client_certificate: _PresentsCertificate | None = None,
 ) -> tuple[httpx.AsyncClient, Hashable]:
     """The client the token endpoint and discovery use, and the key of everything that
     decides whom it believes (``trust``: the configured ``verify=``; the CAs ``verify=True``
-    resolved to; the proxy settings). No redirects; httpx's environment reading is off."""
+    resolved to; the proxy settings). No redirects; httpx's environment reading is off.
+    ``client_certificate`` (a :class:`~keyless_m2m.mtls.ClientCertificate`): every TLS
+    connection presents it (RFC 8705); ``verify`` is then a context made for this client."""
     key: Hashable = trust
     if verify is True:
         verify, default = default_ssl_context()
         key = ("default", default)
+    if client_certificate is not None:
+        verify = client_certificate._context_for(verify)
     proxies = ProxyEnvironment.read()
     routes = _Routes(verify, proxies)
     client = httpx.AsyncClient(timeout=timeout, transport=routes, follow_redirects=False, trust_env=False)

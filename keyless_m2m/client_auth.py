@@ -5,14 +5,18 @@
 - :class:`ClientSecretBasic` (RFC 6749 section 2.3.1): HTTP Basic with both parts
   form-encoded first, as the RFC requires (many libraries forget this), or raw
   (``encoding="raw"``), as many deployed servers compare them;
-- :class:`ClientSecretPost`: ``client_id``/``client_secret`` in the form body.
+- :class:`ClientSecretPost`: ``client_id``/``client_secret`` in the form body;
+- :class:`TlsClientAuth` and :class:`SelfSignedTlsClientAuth` (RFC 8705 section 2): the
+  TLS client certificate of the connection, ``client_id`` in the form body.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import secrets
+import ssl
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +26,7 @@ from urllib.parse import quote_plus
 from ._jose import b64url, b64url_decode, encode_segment, jwk_thumbprint, public_jwk
 from ._secret import Secret
 from .errors import ConfigurationError
+from .mtls import ClientCertificate
 from .signers import Signer
 
 if TYPE_CHECKING:
@@ -37,6 +42,8 @@ __all__ = [
     "PreparedAuth",
     "PrivateKeyJWT",
     "Profile",
+    "SelfSignedTlsClientAuth",
+    "TlsClientAuth",
 ]
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -570,3 +577,84 @@ class ClientSecretPost(_ClientSecret):
 
     async def prepare(self, token_endpoint: str) -> PreparedAuth:
         return PreparedAuth(form={"client_id": self.client_id, "client_secret": self._secret})
+
+
+# -- mutual TLS (RFC 8705 section 2) -------------------------------------------------------------
+
+
+class TlsClientAuth:
+    """``tls_client_auth`` (RFC 8705 section 2.1): the client proves who it is with the TLS
+    client certificate of the token request's connection, issued by a CA the server trusts
+    and registered by its subject (``tls_client_auth_subject_dn``) or a subject alternative
+    name (``tls_client_auth_san_dns``...). The form carries only ``client_id``.
+
+    >>> auth = TlsClientAuth("billing", certificate="client.pem", key="client.key")   # doctest: +SKIP
+    >>> auth = TlsClientAuth("billing", ssl_context=context)                          # doctest: +SKIP
+
+    ``certificate``/``key``/``password``/``ssl_context`` as
+    :class:`~keyless_m2m.mtls.ClientCertificate` (or ``certificate=`` one already made).
+    The token endpoint's own HTTP client presents the certificate; an ``http_client`` you
+    pass must present it itself. Tokens obtained so are usually certificate-bound
+    (section 3): use them through a connection that presents the same certificate
+    (:func:`~keyless_m2m.mtls.client_ssl_context`). The key and its password never
+    appear in a ``repr``, an error or a log line.
+    """
+
+    method = "tls_client_auth"
+
+    def __init__(
+        self,
+        client_id: str,
+        certificate: ClientCertificate | str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        *,
+        password: str | bytes | Secret[str] | Secret[bytes] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        secret: Any = password if password is None or isinstance(password, Secret) else Secret(password)
+        del password  # from here on only the Secret: an error below must not find the value
+        if isinstance(certificate, ClientCertificate):
+            if key is not None or secret is not None or ssl_context is not None:
+                raise ConfigurationError("pass key=, password= and ssl_context= to the ClientCertificate")
+            self.client_certificate = certificate
+        else:
+            self.client_certificate = ClientCertificate(
+                certificate, key, password=secret, ssl_context=ssl_context
+            )
+        self.client_id = _check_client_id(client_id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client_id={self.client_id!r}, {self.client_certificate!r})"
+
+    def _hint(self) -> str:
+        thumbprint = self.client_certificate.thumbprint
+        shown = f" (x5t#S256 {thumbprint})" if thumbprint else ""
+        return (
+            f"the client authenticated with its TLS client certificate{shown}: check that the "
+            "server trusts its CA and that the client's tls_client_auth_subject_dn or SAN "
+            "registration matches the certificate"
+        )
+
+    async def prepare(self, token_endpoint: str) -> PreparedAuth:
+        return PreparedAuth(form={"client_id": self.client_id}, hint=self._hint())
+
+
+class SelfSignedTlsClientAuth(TlsClientAuth):
+    """``self_signed_tls_client_auth`` (RFC 8705 section 2.2): as :class:`TlsClientAuth`,
+    with a self-signed certificate that the server knows by its registration (the
+    certificate in the client's ``jwks`` as ``x5c``, compared by its ``x5t#S256``,
+    :attr:`ClientCertificate.thumbprint <keyless_m2m.mtls.ClientCertificate.thumbprint>`),
+    not by a CA.
+
+    >>> auth = SelfSignedTlsClientAuth("billing", "client.pem", "client.key")     # doctest: +SKIP
+    """
+
+    method = "self_signed_tls_client_auth"
+
+    def _hint(self) -> str:
+        thumbprint = self.client_certificate.thumbprint
+        shown = f"x5t#S256 {thumbprint}" if thumbprint else "its x5t#S256"
+        return (
+            "the client authenticated with a self-signed TLS client certificate: check that the "
+            f"client's registered jwks holds this certificate ({shown}) in x5c"
+        )

@@ -109,6 +109,9 @@ class ServerMetadata:
     url: str
     raw: Mapping[str, Any] = field(repr=False)
     clock_skew: float | None = field(default=None, repr=False)
+    #: RFC 8705 section 5: the endpoints a client that presents a TLS client certificate
+    #: uses instead (``token_endpoint`` checked as the token endpoint is); only string values.
+    mtls_endpoint_aliases: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def metadata_urls(issuer: str) -> list[str]:
@@ -176,6 +179,7 @@ def _parse(
     if not isinstance(token_endpoint, str) or not token_endpoint:
         raise DiscoveryError(f"the metadata at {url} has no token_endpoint", reason="invalid")
     _check_token_endpoint(url, token_endpoint, allow_insecure_http)
+    aliases = _mtls_aliases(url, data, allow_insecure_http)
     return ServerMetadata(
         issuer=issuer,
         token_endpoint=token_endpoint,
@@ -189,10 +193,36 @@ def _parse(
         url=url,
         raw=data,
         clock_skew=clock_skew_of(date_header, local),
+        mtls_endpoint_aliases=aliases,
     )
 
 
-def _check_token_endpoint(url: str, token_endpoint: str, allow_insecure_http: bool) -> None:
+def _mtls_aliases(url: str, data: Mapping[str, Any], allow_insecure_http: bool) -> dict[str, str]:
+    """``mtls_endpoint_aliases`` (RFC 8705 section 5): a JSON object of endpoint URLs; its
+    ``token_endpoint`` receives credentials, so it is checked as ``token_endpoint`` is."""
+    value = data.get("mtls_endpoint_aliases")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DiscoveryError(
+            f"the metadata at {url} has an mtls_endpoint_aliases that is not an object", reason="invalid"
+        )
+    aliases = {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str) and v}
+    if "token_endpoint" in value and "token_endpoint" not in aliases:
+        raise DiscoveryError(
+            f"the metadata at {url} has an mtls_endpoint_aliases.token_endpoint that is not a URL string",
+            reason="unusable_token_endpoint",
+        )
+    if "token_endpoint" in aliases:
+        _check_token_endpoint(
+            url, aliases["token_endpoint"], allow_insecure_http, "mtls_endpoint_aliases.token_endpoint"
+        )
+    return aliases
+
+
+def _check_token_endpoint(
+    url: str, token_endpoint: str, allow_insecure_http: bool, name: str = "token_endpoint"
+) -> None:
     """The metadata at ``url`` may send credentials to ``token_endpoint``: a URL the
     endpoint itself would accept (no ``user:password@``; https, or http on loopback or with
     ``allow_insecure_http``), and never plain http when the metadata came over https."""
@@ -200,11 +230,11 @@ def _check_token_endpoint(url: str, token_endpoint: str, allow_insecure_http: bo
         check_endpoint_url(token_endpoint, allow_insecure_http=allow_insecure_http)
     except ConfigurationError as exc:
         raise DiscoveryError(
-            f"the metadata at {url} has an unusable token_endpoint: {exc}", reason="unusable_token_endpoint"
+            f"the metadata at {url} has an unusable {name}: {exc}", reason="unusable_token_endpoint"
         ) from None
     if urlsplit(url).scheme == "https" and urlsplit(token_endpoint).scheme != "https":
         raise DiscoveryError(
-            f"the metadata at {url} names the plain http:// token endpoint {token_endpoint!r}: "
+            f"the metadata at {url} names the plain http:// {name} {token_endpoint!r}: "
             "refused, metadata fetched over https never downgrades the token endpoint to http "
             "(the client's credentials would travel in clear text; allow_insecure_http and "
             "loopback hosts do not change this). Configure token_endpoint= yourself if you mean it",
@@ -327,6 +357,7 @@ async def _discover_with(
             # Checked again under this caller's rules: a cached entry is believed no more
             # than a fresh answer would be.
             _check_token_endpoint(cached[1].url, cached[1].token_endpoint, allow_insecure_http)
+            _mtls_aliases(cached[1].url, cached[1].raw, allow_insecure_http)
             return cached[1]
     progress = _Progress()
     with anyio.move_on_after(deadline):
@@ -522,11 +553,22 @@ class DiscoveredTokenEndpoint(TokenEndpoint):
                 progress.step = "describing the signer's key (to check its algorithm)"
                 algorithm = await client_auth_algorithm(self.client_auth)
                 self._check(metadata, algorithm)
-                self.url = metadata.token_endpoint
+                self.url = self._token_endpoint_of(metadata)
                 if self.clock_skew is None:
                     self.clock_skew = metadata.clock_skew
                 self.metadata = metadata
         return self.metadata
+
+    def _token_endpoint_of(self, metadata: ServerMetadata) -> str:
+        """Where the token requests go: ``mtls_endpoint_aliases.token_endpoint`` when the
+        connection presents a client certificate (``TlsClientAuth``, or
+        ``client_certificate=`` for certificate-bound tokens; RFC 8705 section 5) and the
+        server publishes one, else ``token_endpoint``."""
+        alias = metadata.mtls_endpoint_aliases.get("token_endpoint")
+        if self.client_certificate is not None and alias is not None:
+            logger.debug("discovery of %s: token requests go to the mTLS alias %s", self.issuer, alias)
+            return alias
+        return metadata.token_endpoint
 
     def _check(self, metadata: ServerMetadata, algorithm: str | None) -> None:
         method = self.client_auth.method

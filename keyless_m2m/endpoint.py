@@ -51,6 +51,7 @@ from ._http import (
     check_proxies,
     is_loopback_host,
     read_body,
+    tls_verification,
     transport_failure,
 )
 from ._retry import RetryPolicy
@@ -62,13 +63,13 @@ from .errors import (
     InvalidClientError,
     InvalidTokenResponseError,
     KeylessM2MError,
-    MissingExtraError,
     RefusedWithoutReasonError,
     SigningError,
     TokenRequestError,
     TransportError,
     error_for_oauth_code,
 )
+from .mtls import ClientCertificate
 from .signers import Signer
 from .stats import EndpointStats, TokenStats
 from .token import DPOP, AccessToken, utc_now
@@ -195,38 +196,32 @@ def parse_retry_after(
     return max(0.0, min(delta, 24 * 3600.0))
 
 
-def tls_verification(verify: Any) -> ssl.SSLContext | bool:
-    """What ``verify=`` may be (docs/security.md, "Which CAs are trusted"):
-
-    - ``True`` (the default): certifi's CA bundle, or the CA file ``SSL_CERT_FILE`` names,
-      else the CA directory ``SSL_CERT_DIR`` names (they replace certifi; read when the
-      HTTP client is built), as httpx does;
-    - ``"system"``: the operating system's trust store, through ``truststore``
-      (``pip install 'keyless-m2m[truststore]'``): the platform verifier on macOS and
-      Windows, OpenSSL's system locations on Linux;
-    - a CA bundle file or a directory of CA certificates (``str`` or ``os.PathLike``; a
-      file named ``system`` is ``./system``);
-    - an ``ssl.SSLContext``;
-    - ``False``: no verification, for tests against a self-signed loopback server only.
-    """
-    if verify is True or verify is False or isinstance(verify, ssl.SSLContext):
-        return verify
-    if verify == "system":
-        try:
-            import truststore
-        except ImportError:
-            raise MissingExtraError("truststore", "truststore") from None
-        return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if isinstance(verify, str | os.PathLike):
-        path = os.fspath(verify)
-        try:
-            if os.path.isdir(path):
-                return ssl.create_default_context(capath=path)
-            return ssl.create_default_context(cafile=path)
-        except (OSError, ssl.SSLError) as exc:
-            name = os.path.basename(path) or path
-            raise ConfigurationError(f"cannot load CA certificates from {name!r}: {exc}") from None
-    raise ConfigurationError('verify must be True, "system", False, a CA bundle path or an ssl.SSLContext')
+def _client_certificate_for(client_auth: ClientAuth, given: object, verify: Any) -> ClientCertificate | None:
+    """The certificate the token endpoint's connections present (RFC 8705): the client
+    authentication's (``TlsClientAuth``), or ``client_certificate=`` for certificate-bound
+    tokens with another method; checked against ``verify=``."""
+    if given is not None and not isinstance(given, ClientCertificate):
+        raise ConfigurationError("client_certificate must be a keyless_m2m.mtls.ClientCertificate")
+    own = getattr(client_auth, "client_certificate", None)
+    own = own if isinstance(own, ClientCertificate) else None
+    if own is not None and given is not None and given is not own:
+        raise ConfigurationError(
+            f"{type(client_auth).__name__} presents its own certificate: do not pass client_certificate= too"
+        )
+    certificate = own or given
+    if certificate is None:
+        return None
+    if isinstance(verify, ssl.SSLContext) and verify is not certificate.ssl_context:
+        raise ConfigurationError(
+            "verify= is an ssl.SSLContext and the client certificate is files: load the certificate "
+            "into your context (context.load_cert_chain(...)) and pass ClientCertificate(ssl_context=context)"
+        )
+    if certificate.ssl_context is not None and verify is not True and verify is not certificate.ssl_context:
+        raise ConfigurationError(
+            "the client certificate is an ssl_context you built, which decides whom the connection "
+            "trusts: do not pass verify= as well"
+        )
+    return certificate
 
 
 def _trust_of(verify: Any, verification: ssl.SSLContext | bool) -> Hashable:
@@ -384,7 +379,12 @@ class TokenEndpoint:
     :func:`tls_verification`); redirects are never followed, even when the
     ``http_client`` you pass follows them elsewhere: a 3xx answer is an
     :class:`~keyless_m2m.InvalidTokenResponseError`, so credentials are only ever posted
-    to the configured URL. Only ``gzip`` and ``deflate`` (one layer) are accepted as
+    to the configured URL. Mutual TLS (RFC 8705, docs/mtls.md): the client certificate of
+    a ``TlsClientAuth`` / ``SelfSignedTlsClientAuth``, or ``client_certificate=`` (a
+    :class:`~keyless_m2m.mtls.ClientCertificate`, for certificate-bound tokens with any
+    method), is presented on every connection of the client built here; an
+    ``http_client`` you pass must present it itself (``verify=client_ssl_context(...)``).
+    Only ``gzip`` and ``deflate`` (one layer) are accepted as
     content codings, decoded with the size cap applied as they stream.
     """
 
@@ -407,6 +407,7 @@ class TokenEndpoint:
         dpop: bool | Signer | DPoPKey | None = None,
         stats: EndpointStats | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        client_certificate: ClientCertificate | None = None,
     ) -> None:
         if not isinstance(allow_insecure_http, bool):
             raise ConfigurationError("allow_insecure_http must be True or False")
@@ -436,6 +437,7 @@ class TokenEndpoint:
         self.max_response_bytes = _count("max_response_bytes", max_response_bytes)
         self.timeout = _number("timeout", timeout)
         self.verify = tls_verification(verify)
+        self.client_certificate = _client_certificate_for(client_auth, client_certificate, verify)
         self.issuer: str | None = None  # the issuer identifier, when known (discovery)
         # The server refused an assertion whose aud was the issuer and took one whose aud
         # was this URL (PrivateKeyJWT's audience_policy="auto"): keep sending that form.
@@ -449,6 +451,8 @@ class TokenEndpoint:
         self._http = http_client
         self._owns_http = http_client is None
         self._trust = _trust_of(verify, self.verify)
+        if self.client_certificate is not None and self.client_certificate.ssl_context is not None:
+            self._trust = ("context", self.client_certificate.ssl_context)
         # Whom the client believes (verify, the CAs, proxies): None for a client you pass,
         # whose settings cannot be read; set when the client is built.
         self._trust_key: Hashable | None = None
@@ -468,7 +472,10 @@ class TokenEndpoint:
             # Built by keyless_m2m._http: its CAs, no redirects, and the proxy policy (plain
             # http never through a proxy; see docs/security.md, "Proxies").
             self._http, self._trust_key = build_client(
-                timeout=self.timeout, verify=self.verify, trust=self._trust
+                timeout=self.timeout,
+                verify=self.verify,
+                trust=self._trust,
+                client_certificate=self.client_certificate,
             )
         return self._http
 

@@ -12,7 +12,10 @@ from ..signers import known_schemes
 from ._exit import EXIT_CODES_HELP
 from ._output import PROG
 from ._settings import (
+    ENV_CLIENT_CERT,
     ENV_CLIENT_ID,
+    ENV_CLIENT_KEY,
+    ENV_CLIENT_KEY_PASSWORD,
     ENV_CLIENT_SECRET,
     ENV_ISSUER,
     ENV_SCOPE,
@@ -131,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-method",
         choices=METHODS,
         help="client authentication (default: private_key_jwt with a signer, else client_secret_basic)",
+    )
+    group.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        help="TLS client certificate (PEM) for mutual TLS (RFC 8705): tls_client_auth, or "
+        f"certificate-bound tokens with another method [${ENV_CLIENT_CERT}]",
+    )
+    group.add_argument(
+        "--client-key",
+        metavar="FILE",
+        help=f"the TLS client certificate's private key (PEM) [${ENV_CLIENT_KEY}]",
+    )
+    group.add_argument(
+        "--client-key-password-file",
+        metavar="PATH",
+        help=f"read the client key's password from PATH ('-': stdin) instead of ${ENV_CLIENT_KEY_PASSWORD}",
     )
     group.add_argument("--scope", metavar="SCOPES", help=f"space-separated scopes to request [${ENV_SCOPE}]")
     group.add_argument(

@@ -11,9 +11,17 @@ from typing import Any
 
 import httpx
 
-from ..client_auth import ClientAuth, ClientSecretBasic, ClientSecretPost, PrivateKeyJWT
+from ..client_auth import (
+    ClientAuth,
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJWT,
+    SelfSignedTlsClientAuth,
+    TlsClientAuth,
+)
 from ..errors import ConfigurationError
 from ..manager import TokenManager
+from ..mtls import ClientCertificate
 from ..signers import Signer, signer_from_uri
 from ._output import PROG
 from ._settings import ENV_ISSUER, ENV_SIGNER, ENV_TOKEN_ENDPOINT, Settings
@@ -27,6 +35,20 @@ class Session:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._signers: dict[str, Signer] = {}
+        self._certificate: ClientCertificate | None = None
+
+    def client_certificate(self) -> ClientCertificate | None:
+        """The TLS client certificate (``--client-cert``/``--client-key``), loaded once."""
+        settings = self.settings
+        if settings.client_cert is None:
+            if settings.client_key is not None:
+                raise ConfigurationError("--client-key needs --client-cert")
+            return None
+        if self._certificate is None:
+            self._certificate = ClientCertificate(
+                settings.client_cert, settings.client_key, password=settings.client_key_password
+            )
+        return self._certificate
 
     def signer(self, uri: str | None = None) -> Signer:
         uri = uri or self.settings.signer_uri
@@ -64,27 +86,38 @@ class Session:
                 issuer=aud_issuer if policy != "token_endpoint" else None,
                 audience_policy=policy,  # type: ignore[arg-type]  # one of the parser's choices
             )
+        if method in ("tls_client_auth", "self_signed_tls_client_auth"):
+            kind = TlsClientAuth if method == "tls_client_auth" else SelfSignedTlsClientAuth
+            return kind(client_id, self.client_certificate())
         assert settings.client_secret is not None
         if method == "client_secret_post":
             return ClientSecretPost(client_id, settings.client_secret)
         return ClientSecretBasic(client_id, settings.client_secret)
 
     def verify(self) -> Any:
+        """``True``, or the CA bundle's path (checked here, so the message names it); a
+        path, not a context, so that a client certificate can be added to what the
+        library builds from it."""
         if self.settings.ca_bundle is None:
             return True
         try:
-            return ssl.create_default_context(cafile=self.settings.ca_bundle)
+            ssl.create_default_context(cafile=self.settings.ca_bundle)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError(
                 f"cannot load the CA bundle {self.settings.ca_bundle!r}: {exc}"
             ) from None
+        return self.settings.ca_bundle
 
     def endpoint_options(self) -> dict[str, Any]:
-        return {
+        options: dict[str, Any] = {
             "timeout": self.settings.timeout,
             "verify": self.verify(),
             "allow_insecure_http": self.settings.allow_insecure_http,
         }
+        certificate = self.client_certificate()
+        if certificate is not None:
+            options["client_certificate"] = certificate  # the same object TlsClientAuth holds
+        return options
 
     def http_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(timeout=self.settings.timeout, verify=self.verify(), follow_redirects=False)

@@ -13,13 +13,17 @@ from ..endpoint import shown_url
 from ..errors import ConfigurationError
 
 __all__ = [
+    "ENV_CLIENT_CERT",
     "ENV_CLIENT_ID",
+    "ENV_CLIENT_KEY",
+    "ENV_CLIENT_KEY_PASSWORD",
     "ENV_CLIENT_SECRET",
     "ENV_ISSUER",
     "ENV_SCOPE",
     "ENV_SIGNER",
     "ENV_TOKEN_ENDPOINT",
     "METHODS",
+    "TLS_METHODS",
     "Settings",
     "settings_from",
 ]
@@ -30,8 +34,18 @@ ENV_CLIENT_ID = "KEYLESS_M2M_CLIENT_ID"
 ENV_SIGNER = "KEYLESS_M2M_SIGNER"
 ENV_CLIENT_SECRET = "KEYLESS_M2M_CLIENT_SECRET"  # noqa: S105 - a variable name
 ENV_SCOPE = "KEYLESS_M2M_SCOPE"
+ENV_CLIENT_CERT = "KEYLESS_M2M_CLIENT_CERT"
+ENV_CLIENT_KEY = "KEYLESS_M2M_CLIENT_KEY"
+ENV_CLIENT_KEY_PASSWORD = "KEYLESS_M2M_CLIENT_KEY_PASSWORD"  # noqa: S105 - a variable name
 
-METHODS = ("private_key_jwt", "client_secret_basic", "client_secret_post")
+METHODS = (
+    "private_key_jwt",
+    "client_secret_basic",
+    "client_secret_post",
+    "tls_client_auth",
+    "self_signed_tls_client_auth",
+)
+TLS_METHODS = ("tls_client_auth", "self_signed_tls_client_auth")
 
 
 @dataclass
@@ -53,6 +67,9 @@ class Settings:
     allow_insecure_http: bool = False
     timeout: float = 10.0
     ca_bundle: str | None = None
+    client_cert: str | None = None  # RFC 8705: a PEM certificate (and chain) file
+    client_key: str | None = None
+    client_key_password: str | None = field(default=None, repr=False)
 
     def method(self) -> str:
         """The client authentication method: the one asked for, else the one the
@@ -63,10 +80,20 @@ class Settings:
                 return "private_key_jwt"
             if self.client_secret:
                 return "client_secret_basic"
+            if self.client_cert:
+                return "tls_client_auth"
             raise ConfigurationError(
                 f"no client credentials: pass --signer URI or set {ENV_SIGNER} (private_key_jwt), "
-                f"or set {ENV_CLIENT_SECRET} / pass --client-secret-file (client secret)"
+                f"or set {ENV_CLIENT_SECRET} / pass --client-secret-file (client secret), "
+                f"or pass --client-cert FILE --client-key FILE (tls_client_auth)"
             )
+        if method in TLS_METHODS:
+            if not self.client_cert:
+                raise ConfigurationError(
+                    f"{method} needs a client certificate: pass --client-cert FILE and --client-key FILE "
+                    f"(or set {ENV_CLIENT_CERT} / {ENV_CLIENT_KEY})"
+                )
+            return method
         if method == "private_key_jwt" and not self.signer_uri:
             raise ConfigurationError(f"private_key_jwt needs a signer: pass --signer URI or set {ENV_SIGNER}")
         if method != "private_key_jwt" and not self.client_secret:
@@ -150,4 +177,24 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         allow_insecure_http=bool(getattr(args, "allow_insecure_http", False)),
         timeout=float(getattr(args, "timeout", None) or 10.0),
         ca_bundle=pick("ca_bundle", None),
+        client_cert=pick("client_cert", ENV_CLIENT_CERT),
+        client_key=pick("client_key", ENV_CLIENT_KEY),
+        client_key_password=_key_password(args, environ),
     )
+
+
+def _key_password(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The client key's password: ``--client-key-password-file`` (``-``: stdin), else
+    ``KEYLESS_M2M_CLIENT_KEY_PASSWORD`` (never a flag's value: it would show in ``ps``)."""
+    path = getattr(args, "client_key_password_file", None)
+    if path is None:
+        return _env(environ, ENV_CLIENT_KEY_PASSWORD)
+    try:
+        if path == "-":
+            text = sys.stdin.readline()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the key password file {path!r}: {exc.strerror}") from None
+    return text.strip("\r\n") or None

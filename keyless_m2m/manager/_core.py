@@ -225,7 +225,7 @@ class TokenManager(BearerSource):
                 lock_ttl=self.cache_lock_ttl,
                 wait=self.cache_wait,
                 timing=self.timing,
-                identity=lambda: (self.endpoint.url, getattr(self.endpoint.client_auth, "client_id", None)),
+                identity=self._shared_identity,
                 # A DPoP-bound token only for the holder of its key: the key's thumbprint
                 # names the entry, and an entry bound to another key is never adopted.
                 binding=lambda: self.endpoint.dpop.jkt if self.endpoint.dpop is not None else None,
@@ -316,6 +316,17 @@ class TokenManager(BearerSource):
 
     def _peek(self, scope: ScopeArg, resource: ResourceArg, audience: str | None) -> Entry | None:
         return self._table.peek(scope, resource, audience)
+
+    def _shared_identity(self) -> tuple[str, object]:
+        """The client, as the shared cache names it: the token endpoint URL and the client
+        id, with the TLS client certificate's thumbprint when one is presented (a
+        certificate-bound token is only for the holder of that certificate)."""
+        endpoint = self.endpoint
+        client_id = getattr(endpoint.client_auth, "client_id", None)
+        certificate = endpoint.client_certificate
+        if certificate is None:
+            return endpoint.url, client_id
+        return endpoint.url, [client_id, {"x5t#S256": certificate.thumbprint}]
 
     def _shared_key(self, entry: Entry) -> str:
         if self._shared is None:

@@ -265,3 +265,20 @@ async def test_oidc_provider_refuses_a_dpop_bound_client_without_dpop(oidc_serve
     ) as tokens:
         with pytest.raises(InvalidGrantError):
             await tokens.get_token()
+
+
+async def test_shared_cache_names_carry_the_tls_client_certificate(tmp_path: Any) -> None:
+    # Managers of one client that present different certificates never share an entry;
+    # the same certificate (another process of the fleet) names the same entry.
+    from keyless_m2m.mtls import ClientCertificate
+    from keyless_m2m.testing.tls import self_signed_client
+
+    one, two = (self_signed_client(str(tmp_path), who) for who in ("one", "two"))
+    names = []
+    for files in (one, two, one, None):
+        cert = ClientCertificate(files.certificate, files.key) if files is not None else None
+        manager = TokenManager(
+            "https://auth.example/token", _client_auth(), cache=MemoryTokenCache(), client_certificate=cert
+        )
+        names.append(manager._shared_key(manager._default_entry))
+    assert names[0] == names[2] and len({names[0], names[1], names[3]}) == 3
