@@ -47,7 +47,14 @@ def tests(session: nox.Session) -> None:
     matrix = Path(session.create_tmp()) / "interop-matrix.jsonl"
     matrix.unlink(missing_ok=True)
     try:
-        session.run("pytest", "-n", "auto", *session.posargs, env={"KEYLESS_M2M_INTEROP_MATRIX": str(matrix)})
+        session.run(
+            "pytest",
+            "-n",
+            "auto",
+            "--durations=15",
+            *session.posargs,
+            env={"KEYLESS_M2M_INTEROP_MATRIX": str(matrix)},
+        )
     finally:
         if matrix.exists():
             session.run("python", "-m", "tests.oidc_provider.matrix", str(matrix))
