@@ -251,12 +251,18 @@ def public_jwk(public_key: PublicKey) -> dict[str, str]:
 _THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
 
 
-def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
-    """RFC 7638 SHA-256 thumbprint, base64url."""
+def public_key_members(jwk: Mapping[str, Any]) -> dict[str, Any]:
+    """The JWK's required public-key members only (RFC 7638 section 3.2: no ``kid``,
+    ``alg``, ``use``), e.g. for a DPoP proof's ``jwk`` header."""
     members = _THUMBPRINT_MEMBERS.get(str(jwk.get("kty")))
     if members is None:
-        raise ConfigurationError(f"cannot thumbprint a JWK of kty {jwk.get('kty')!r}")
-    canonical = {m: jwk[m] for m in members}
+        raise ConfigurationError(f"cannot use a JWK of kty {jwk.get('kty')!r} (RSA, EC or OKP)")
+    return {m: jwk[m] for m in members}
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 SHA-256 thumbprint, base64url."""
+    canonical = public_key_members(jwk)
     digest = hashlib.sha256(json.dumps(canonical, separators=(",", ":"), sort_keys=True).encode()).digest()
     return b64url(digest)
 

@@ -124,7 +124,7 @@ class BearerFlow:
         replayable = _replayable(request)  # decided before the body is sent and consumed
         token = await manager.get_token(self._scope, **self._args)
         dpop = token.is_dpop
-        url = str(request.url)
+        url = str(request.url) if dpop else ""  # only a proof needs it: not on the Bearer path
         proof = await self._proof_async(request, url, token) if dpop else None
         response = yield _authorize(request, token, proof)
         if dpop and (nonce := _nonce_of(response)) is not None:
@@ -136,7 +136,7 @@ class BearerFlow:
             await response.aread()
             await manager.invalidate(token)
             token = await manager.get_token(self._scope, **self._args)
-            proof = await self._proof_async(request, url, token) if token.is_dpop else None
+            proof = await self._proof_async(request, str(request.url), token) if token.is_dpop else None
             yield _authorize(request, token, proof)
 
     async def _proof_async(self, request: Any, url: str, token: AccessToken) -> str | None:
@@ -160,7 +160,7 @@ class BearerFlow:
         replayable = _replayable(request)
         token = manager.get_token(self._scope, **self._args)
         dpop = token.is_dpop
-        url = str(request.url)
+        url = str(request.url) if dpop else ""  # only a proof needs it: not on the Bearer path
         response = yield _authorize(request, token, self._proof_sync(request, url, token) if dpop else None)
         if dpop and (nonce := _nonce_of(response)) is not None:
             kept = manager.remember_dpop_nonce(url, nonce)  # type: ignore[attr-defined]
@@ -171,7 +171,7 @@ class BearerFlow:
             response.read()
             manager.invalidate(token)
             token = manager.get_token(self._scope, **self._args)
-            proof = self._proof_sync(request, url, token) if token.is_dpop else None
+            proof = self._proof_sync(request, str(request.url), token) if token.is_dpop else None
             yield _authorize(request, token, proof)
 
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ._jose import b64url, encode_segment, jwk_thumbprint
+from ._jose import b64url, encode_segment, jwk_thumbprint, public_key_members
 from ._secret import Secret
 from .errors import ConfigurationError
 from .signers import Signer
@@ -41,7 +41,6 @@ MAX_NONCE_LENGTH: Final = 1024
 MIN_CLOCK_CORRECTION: Final = 2.0  # seconds, as for client assertions
 # RFC 9449 section 8.1: nonce = 1*NQCHAR; NQCHAR = %x21 / %x23-5B / %x5D-7E
 _NONCE: Final = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-_JWK_MEMBERS: Final = {"RSA": ("kty", "n", "e"), "EC": ("kty", "crv", "x", "y"), "OKP": ("kty", "crv", "x")}
 
 
 def is_valid_nonce(value: object) -> bool:
@@ -80,7 +79,6 @@ class DPoPKey:
         self.signer = signer
         self._header: str | None = None
         self._jkt: str | None = None
-        self._algorithm: str | None = None
         self._nonces: OrderedDict[str, str] = OrderedDict()
         self.proofs = 0  # proofs signed
 
@@ -97,21 +95,12 @@ class DPoPKey:
         """The thumbprint, once :meth:`thumbprint` has resolved it (``None`` before)."""
         return self._jkt
 
-    @property
-    def algorithm(self) -> str | None:
-        return self._algorithm
-
     async def thumbprint(self) -> str:
         """The RFC 7638 SHA-256 thumbprint of the public key (``cnf.jkt``)."""
         if self._jkt is None:
             description = await self.signer.describe()
-            kty = str(description.public_jwk.get("kty"))
-            members = _JWK_MEMBERS.get(kty)
-            if members is None:
-                raise ConfigurationError(f"a DPoP key must be RSA, EC or OKP, not kty {kty!r}")
-            jwk = {m: description.public_jwk[m] for m in members}
+            jwk = public_key_members(description.public_jwk)
             self._header = encode_segment({"typ": "dpop+jwt", "alg": description.algorithm, "jwk": jwk})
-            self._algorithm = description.algorithm
             self._jkt = jwk_thumbprint(jwk)
         return self._jkt
 

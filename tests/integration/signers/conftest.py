@@ -58,3 +58,20 @@ def cloud_kms() -> Iterator[Any]:
         yield kms
     finally:
         kms.stop()
+
+
+@pytest.fixture
+def aws_p256_signer(moto_server: MotoServer) -> Iterator[Any]:
+    """An ``AwsKmsSigner`` of a new ECC_NIST_P256 key on the session's ``moto_server``
+    (dummy credentials given to the client: nothing from the environment is needed)."""
+    boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
+    from keyless_m2m.signers import AwsKmsSigner
+
+    client = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    ).client("kms", endpoint_url=moto_server.endpoint)
+    try:
+        arn = client.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+        yield AwsKmsSigner(arn, client=client)
+    finally:
+        client.close()

@@ -15,8 +15,6 @@ import pytest
 from keyless_m2m.certificates import self_signed_certificate
 from keyless_m2m.signers import Signer
 from tests.certificate_checks import check_certificate
-from tests.helpers import require_module
-from tests.moto_server import MotoServer
 from tests.vault_server import VaultServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -31,19 +29,8 @@ async def certify(signer: Signer, subject: str) -> None:
         await signer.aclose()
 
 
-async def test_aws_kms_on_moto_server(moto_server: MotoServer) -> None:
-    boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
-    from keyless_m2m.signers import AwsKmsSigner
-
-    # Dummy credentials given to the client: nothing from the environment is needed.
-    client = boto3.session.Session(
-        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
-    ).client("kms", endpoint_url=moto_server.endpoint)
-    try:
-        arn = client.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
-        await certify(AwsKmsSigner(arn, client=client), "CN=aws-es256")  # RAW message: moto signs it right
-    finally:
-        client.close()
+async def test_aws_kms_on_moto_server(aws_p256_signer: Any) -> None:
+    await certify(aws_p256_signer, "CN=aws-es256")  # RAW message: moto signs it right
 
 
 async def test_vault_transit_on_openbao(vault_server: VaultServer) -> None:

@@ -16,8 +16,6 @@ from keyless_m2m import ClientSecretBasic, TokenManager
 from keyless_m2m.signers import Signer
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.dpop_resource_server import DPoPResourceServer, thumbprint
-from tests.helpers import require_module
-from tests.moto_server import MotoServer
 from tests.vault_server import VaultServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -50,18 +48,8 @@ async def bound_token_used_twice(signer: Signer) -> int:
             await signer.aclose()
 
 
-async def test_aws_kms_on_moto_server(moto_server: MotoServer) -> None:
-    boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
-    from keyless_m2m.signers import AwsKmsSigner
-
-    client = boto3.session.Session(
-        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
-    ).client("kms", endpoint_url=moto_server.endpoint)
-    try:
-        arn = client.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
-        assert await bound_token_used_twice(AwsKmsSigner(arn, client=client)) == 4
-    finally:
-        client.close()
+async def test_aws_kms_on_moto_server(aws_p256_signer: Any) -> None:
+    assert await bound_token_used_twice(aws_p256_signer) == 4
 
 
 async def test_vault_transit(vault_server: VaultServer) -> None:
