@@ -4,6 +4,7 @@ Subcommands::
 
     keyless-m2m demo                      the whole flow against an embedded loopback server
     keyless-m2m token [--json]            print an access token (or the whole token response)
+    keyless-m2m proof METHOD URL          print a DPoP proof for one request with a bound token
     keyless-m2m jwks URI [URI ...]        print the public JWKS of signers, to register
     keyless-m2m certificate URI           a self-signed certificate for a key, signed in the KMS
     keyless-m2m assertion [--decode]      mint one client assertion
@@ -11,7 +12,8 @@ Subcommands::
 
 Configuration comes from flags or environment variables (flags win):
 ``KEYLESS_M2M_TOKEN_ENDPOINT``, ``KEYLESS_M2M_ISSUER``, ``KEYLESS_M2M_CLIENT_ID``,
-``KEYLESS_M2M_SIGNER`` (a signer URI), ``KEYLESS_M2M_CLIENT_SECRET``, ``KEYLESS_M2M_SCOPE``.
+``KEYLESS_M2M_SIGNER`` (a signer URI), ``KEYLESS_M2M_CLIENT_SECRET``, ``KEYLESS_M2M_SCOPE``,
+``KEYLESS_M2M_DPOP_KEY`` (the DPoP proof key's signer URI).
 A client secret is read from the environment or a file, never from the command line,
 where other users of the machine could read it.
 
@@ -21,7 +23,7 @@ the table is ``EXIT_CODES`` in ``_exit`` (``keyless-m2m --help`` prints it).
 
 One module per concern: ``_exit`` (exit codes), ``_settings`` (flags and environment),
 ``_parser`` (argparse), ``_session`` (signers, client auth, managers), ``_output``
-(stdout/stderr), and one per command: ``_token``, ``_jwks``, ``_certificate``, ``_assertion``,
+(stdout/stderr), and one per command: ``_token``, ``_proof``, ``_jwks``, ``_certificate``, ``_assertion``,
 ``_doctor``, ``_demo``. This module runs a command.
 """
 
@@ -56,6 +58,7 @@ from ._jwks import cmd_jwks
 from ._output import PROG as PROG
 from ._output import err
 from ._parser import build_parser
+from ._proof import cmd_proof
 from ._session import Session as Session
 from ._settings import ENV_CLIENT_ID as ENV_CLIENT_ID
 from ._settings import ENV_CLIENT_SECRET as ENV_CLIENT_SECRET
@@ -76,6 +79,7 @@ Command = Callable[[argparse.Namespace, Session], Awaitable[int]]
 
 COMMANDS: dict[str, Command] = {
     "token": cmd_token,
+    "proof": cmd_proof,
     "jwks": cmd_jwks,
     "certificate": cmd_certificate,
     "assertion": cmd_assertion,

@@ -17,6 +17,7 @@ from ._settings import (
     ENV_CLIENT_KEY,
     ENV_CLIENT_KEY_PASSWORD,
     ENV_CLIENT_SECRET,
+    ENV_DPOP_KEY,
     ENV_ISSUER,
     ENV_SCOPE,
     ENV_SIGNER,
@@ -151,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"read the client key's password from PATH ('-': stdin) instead of ${ENV_CLIENT_KEY_PASSWORD}",
     )
+    group.add_argument(
+        "--dpop",
+        action="store_true",
+        help="DPoP (RFC 9449) with an ephemeral key; it ends with the command, so the token is "
+        "for checking the server: bind it to a key you keep with --dpop-key",
+    )
+    group.add_argument(
+        "--dpop-key",
+        metavar="URI",
+        help=f"DPoP (RFC 9449) with this signer URI's key as the proof key (implies --dpop) "
+        f"[${ENV_DPOP_KEY}]",
+    )
     group.add_argument("--scope", metavar="SCOPES", help=f"space-separated scopes to request [${ENV_SCOPE}]")
     group.add_argument(
         "--resource", metavar="URI", action="append", help="RFC 8707 resource indicator (repeatable)"
@@ -217,6 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--json", action="store_true", help="print the whole token response as JSON, token included"
     )
+
+    proof = add_command(
+        "proof",
+        parents=[output],
+        help="print a DPoP proof for one request (RFC 9449), to send with a DPoP-bound token",
+        description="Sign one DPoP proof JWT with the --dpop-key signer (the key the token is bound "
+        "to) for METHOD URL, and print it: the DPoP header of that request. With "
+        "--access-token-file, the proof carries the token's hash (ath), as a resource server "
+        "needs; without it, the proof is for a token request.",
+    )
+    proof.add_argument("method", metavar="METHOD", help="the request's HTTP method (GET, POST, ...)")
+    proof.add_argument("url", metavar="URL", help="the request's URL (query and fragment are not signed)")
+    proof.add_argument("--dpop-key", metavar="URI", help=f"the proof key's signer URI [${ENV_DPOP_KEY}]")
+    proof.add_argument(
+        "--access-token-file",
+        metavar="PATH",
+        help="read the access token the request sends from PATH ('-': stdin); never a flag value",
+    )
+    proof.add_argument("--nonce", metavar="VALUE", help="the server's DPoP-Nonce to include")
 
     jwks = add_command(
         "jwks",

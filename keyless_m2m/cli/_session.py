@@ -19,6 +19,7 @@ from ..client_auth import (
     SelfSignedTlsClientAuth,
     TlsClientAuth,
 )
+from ..dpop import DPoPKey
 from ..errors import ConfigurationError
 from ..manager import TokenManager
 from ..mtls import ClientCertificate
@@ -36,6 +37,7 @@ class Session:
         self.settings = settings
         self._signers: dict[str, Signer] = {}
         self._certificate: ClientCertificate | None = None
+        self._dpop: DPoPKey | None = None
 
     def client_certificate(self) -> ClientCertificate | None:
         """The TLS client certificate (``--client-cert``/``--client-key``), loaded once."""
@@ -60,6 +62,19 @@ class Session:
                 options["algorithm"] = self.settings.algorithm
             self._signers[uri] = signer_from_uri(uri, **options)
         return self._signers[uri]
+
+    def dpop_key(self) -> DPoPKey | None:
+        """The DPoP proof key (RFC 9449): ``--dpop-key URI``'s signer (its own algorithm:
+        ``--algorithm`` is the client signer's), else an ephemeral key for ``--dpop``."""
+        settings = self.settings
+        if self._dpop is None:
+            if settings.dpop_key:
+                if settings.dpop_key not in self._signers:
+                    self._signers[settings.dpop_key] = signer_from_uri(settings.dpop_key)
+                self._dpop = DPoPKey(self._signers[settings.dpop_key])
+            elif settings.dpop:
+                self._dpop = DPoPKey.generate()
+        return self._dpop
 
     def signer_uris(self, named: Sequence[str], usage: str) -> list[str]:
         """The signer URIs a command was given, else ``KEYLESS_M2M_SIGNER``; ``usage`` is the
@@ -117,6 +132,9 @@ class Session:
         certificate = self.client_certificate()
         if certificate is not None:
             options["client_certificate"] = certificate  # the same object TlsClientAuth holds
+        dpop = self.dpop_key()
+        if dpop is not None:
+            options["dpop"] = dpop
         return options
 
     def http_client(self) -> httpx.AsyncClient:

@@ -18,6 +18,7 @@ __all__ = [
     "ENV_CLIENT_KEY",
     "ENV_CLIENT_KEY_PASSWORD",
     "ENV_CLIENT_SECRET",
+    "ENV_DPOP_KEY",
     "ENV_ISSUER",
     "ENV_SCOPE",
     "ENV_SIGNER",
@@ -25,6 +26,7 @@ __all__ = [
     "METHODS",
     "TLS_METHODS",
     "Settings",
+    "read_secret_file",
     "settings_from",
 ]
 
@@ -37,6 +39,7 @@ ENV_SCOPE = "KEYLESS_M2M_SCOPE"
 ENV_CLIENT_CERT = "KEYLESS_M2M_CLIENT_CERT"
 ENV_CLIENT_KEY = "KEYLESS_M2M_CLIENT_KEY"
 ENV_CLIENT_KEY_PASSWORD = "KEYLESS_M2M_CLIENT_KEY_PASSWORD"  # noqa: S105 - a variable name
+ENV_DPOP_KEY = "KEYLESS_M2M_DPOP_KEY"
 
 METHODS = (
     "private_key_jwt",
@@ -70,6 +73,8 @@ class Settings:
     client_cert: str | None = None  # RFC 8705: a PEM certificate (and chain) file
     client_key: str | None = None
     client_key_password: str | None = field(default=None, repr=False)
+    dpop: bool = False  # RFC 9449 with an ephemeral key (it ends with the command)
+    dpop_key: str | None = None  # RFC 9449 with this signer URI's key
 
     def method(self) -> str:
         """The client authentication method: the one asked for, else the one the
@@ -121,7 +126,9 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _read_secret_file(path: str) -> str:
+def read_secret_file(path: str, what: str) -> str:
+    """The first line of the file at ``path`` (``-``: stdin) without its line end, for a
+    secret that is never a flag value (it would show in ``ps``); ``what`` names it in errors."""
     try:
         if path == "-":
             text = sys.stdin.readline()
@@ -129,8 +136,12 @@ def _read_secret_file(path: str) -> str:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
     except OSError as exc:
-        raise ConfigurationError(f"cannot read the client secret file {path!r}: {exc.strerror}") from None
-    secret = text.strip("\r\n")
+        raise ConfigurationError(f"cannot read the {what} file {path!r}: {exc.strerror}") from None
+    return text.strip("\r\n")
+
+
+def _read_secret_file(path: str) -> str:
+    secret = read_secret_file(path, "client secret")
     if not secret:
         raise ConfigurationError(f"the client secret file {path!r} is empty")
     return secret
@@ -180,6 +191,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         client_cert=pick("client_cert", ENV_CLIENT_CERT),
         client_key=pick("client_key", ENV_CLIENT_KEY),
         client_key_password=_key_password(args, environ),
+        dpop=bool(getattr(args, "dpop", False)),
+        dpop_key=pick("dpop_key", ENV_DPOP_KEY),
     )
 
 
@@ -189,12 +202,4 @@ def _key_password(args: argparse.Namespace, environ: Mapping[str, str]) -> str |
     path = getattr(args, "client_key_password_file", None)
     if path is None:
         return _env(environ, ENV_CLIENT_KEY_PASSWORD)
-    try:
-        if path == "-":
-            text = sys.stdin.readline()
-        else:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read the key password file {path!r}: {exc.strerror}") from None
-    return text.strip("\r\n") or None
+    return read_secret_file(path, "key password") or None
