@@ -12,12 +12,14 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from keyless_m2m import (
+    AccessToken,
     ClientSecretBasic,
     ClientSecretPost,
     InvalidDPoPProofError,
@@ -32,10 +34,12 @@ from keyless_m2m.cache import MemoryTokenCache
 from keyless_m2m.dpop import DPoPKey
 from keyless_m2m.signers import LocalSigner
 from keyless_m2m.testing.authorization_server import AuthorizationServer
+from keyless_m2m.testing.signers import InMemorySigner
 from tests.cli_runner import jwk_of
 from tests.dpop_resource_server import DPoPResourceServer, thumbprint
 from tests.helpers import make_key, pem_of
 from tests.hostile_server import Answer, HostileServer
+from tests.manager_rig import until
 from tests.oidc_provider.clients import DPOP_CLIENTS, SECRET, ProviderPool
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
@@ -282,3 +286,70 @@ async def test_shared_cache_names_carry_the_tls_client_certificate(tmp_path: Any
         )
         names.append(manager._shared_key(manager._default_entry))
     assert names[0] == names[2] and len({names[0], names[1], names[3]}) == 3
+
+
+class _GatedSigner(InMemorySigner):
+    """A KMS that answers only when the test opens ``gate``; ``entered`` counts the
+    ``sign()`` calls that reached it."""
+
+    def __init__(self) -> None:
+        super().__init__("ES256")
+        self.gate = anyio.Event()
+        self.gate.set()
+        self.entered = 0
+
+    async def sign(self, signing_input: bytes) -> bytes:
+        self.entered += 1
+        await self.gate.wait()
+        return await super().sign(signing_input)
+
+
+async def test_a_caller_cancelled_during_a_kms_proof_loses_nothing(dpop_server: AuthorizationServer) -> None:
+    kms = _GatedSigner()
+    endpoint = dpop_server.token_endpoint
+    async with TokenManager(endpoint, _client_auth(), scope="pockets.read", dpop=kms) as tokens:
+        token = await tokens.get_token()
+        assert dpop_server.token_requests == 2  # use_dpop_nonce, then the token
+        with DPoPResourceServer(jkt_of=dpop_server.jkt_of) as api:
+            async with httpx.AsyncClient(auth=tokens.auth()) as http:
+                # An API request whose per-request proof waits on the KMS, cancelled there.
+                kms.gate = anyio.Event()
+                with anyio.move_on_after(5) as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(http.get, f"{api.url}/pockets")
+                        await until(lambda: kms.entered == 3)
+                        tg.cancel_scope.cancel()
+                assert not scope.cancelled_caught and api.records == []
+                kms.gate.set()
+                assert (await http.get(f"{api.url}/pockets")).status_code == 200
+            assert api.outcomes() == ["ok"]
+
+        # A token fetch whose proof waits on the KMS: one of three callers is cancelled
+        # there; the other two get the one token of one request.
+        assert await tokens.invalidate(token)
+        kms.gate = anyio.Event()
+        got: list[AccessToken] = []
+
+        async def caller() -> None:
+            got.append(await tokens.get_token())
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                async with anyio.create_task_group() as doomed:
+                    doomed.start_soon(caller)
+                    await until(lambda: kms.entered == 5)
+                    tg.start_soon(caller)
+                    tg.start_soon(caller)
+                    for _ in range(20):  # let them join the flight (or not: the count below holds)
+                        await anyio.sleep(0)
+                    doomed.cancel_scope.cancel()
+                kms.gate.set()
+        assert len(got) == 2 and got[0] is got[1] and got[0].value != token.value
+        assert dpop_server.token_requests == 3 and dpop_server.jkt_of(got[0].value) == kms_jkt(kms)
+        # The fetch the cancelled caller started is the one the others got: no second proof.
+        assert kms.entered == 5 and tokens.stats.dpop_proofs == 4
+        assert (await tokens.get_token()) is got[0]
+
+
+def kms_jkt(signer: InMemorySigner) -> str:
+    return thumbprint(signer.public_jwk)
