@@ -5,6 +5,7 @@ subprocess (bounded by a timeout, killed by PID if it runs over), with a clean
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from keyless_m2m.signers import LocalSigner
@@ -43,6 +45,23 @@ def cli(
         proc.communicate(timeout=10)
         pytest.fail(f"keyless-m2m {' '.join(args)} ran longer than {timeout} s")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def cli_inline(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command as :func:`cli` runs it, in this process: ``keyless_m2m.cli.run`` on
+    asyncio with ``env`` as the only ``KEYLESS_M2M_*`` environment, stdout and stderr
+    captured. The same code path as ``python -m keyless_m2m`` from argument parsing to the
+    exit code, without a second of interpreter start each; for the suites that drive the
+    command through dozens of cases, which keep a few :func:`cli` runs for the process
+    boundary. Not thread-safe (it swaps ``sys.stdout``/``sys.stderr``): one at a time."""
+    from keyless_m2m.cli import run
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYLESS_M2M_")}
+    environ.update(env or {})
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = anyio.run(run, list(args), environ)
+    return subprocess.CompletedProcess(["keyless-m2m", *args], code, out.getvalue(), err.getvalue())
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], name: str) -> str:

@@ -31,7 +31,7 @@ from keyless_m2m import (
 from keyless_m2m.client_auth import ClientAuth
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.signers import LocalSigner
-from tests.cli_runner import cli
+from tests.cli_runner import cli, cli_inline
 from tests.echo_server import CHANNELS, EchoServer
 from tests.helpers import exception_texts, make_key, pem_of
 
@@ -207,8 +207,22 @@ def test_cli_stderr_and_doctor_stdout_never_echo_a_secret(echo_server: EchoServe
     key = tmp_path / "key.pem"
     key.write_bytes(pem_of(make_key("p256")))
     cases = _cli_cases(echo_server, key.as_uri())
+    # Every case in-process (cli_inline: the command's code from argument parsing to the
+    # exit code); the --debug and doctor runs of each method's first key form also as
+    # ``python -m keyless_m2m`` subprocesses, for the process boundary.
+    first_forms = {f"{method} description/{forms[0]} " for method, forms in KEY_FORMS.items()}
+    spawn = [
+        (f"{label} (subprocess)", args, env)
+        for label, args, env in cases
+        if any(label.startswith(f) for f in first_forms)
+        and args[0] in ("token", "doctor")
+        and ("--debug" in args or args[0] == "doctor")
+    ]
+    assert len(spawn) == 2 * len(KEY_FORMS)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda case: cli(*case[1], env=case[2]), cases))
+        spawned = pool.map(lambda case: cli(*case[1], env=case[2]), spawn)
+        results = [cli_inline(*args, env=env) for _label, args, env in cases] + list(spawned)
+    cases += spawn
     problems: list[str] = []
     for (label, args, _env), result in zip(cases, results, strict=True):
         out = result.stdout

@@ -1,10 +1,11 @@
-"""Canary for the ``keyless-m2m`` command: drive ``python -m keyless_m2m`` (a subprocess,
-as a user would) through every error path, with and without ``--debug``, and assert that
-stdout and stderr never hold a client secret, a client assertion, an access token (except
-``token``'s stdout on success: that is its job) or private key material; that each error
-is one line on stderr without ``--debug``; and that ``--debug`` tracebacks are clean too.
+"""Canary for the ``keyless-m2m`` command: drive it (in-process, and a sample of the cases
+as ``python -m keyless_m2m`` subprocesses, as a user would) through every error path,
+with and without ``--debug``, and assert that stdout and stderr never hold a client
+secret, a client assertion, an access token (except ``token``'s stdout on success: that
+is its job) or private key material; that each error is one line on stderr without
+``--debug``; and that ``--debug`` tracebacks are clean too.
 
-All runs go out at once (a few in parallel) to keep the wall time low.
+The subprocess runs go out at once (a few in parallel) while the in-process ones run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from keyless_m2m.errors import ConfigurationError
 from keyless_m2m.signers import signer_from_uri
 from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
-from tests.cli_runner import cli, jwk_of
+from tests.cli_runner import cli, cli_inline, jwk_of
 from tests.helpers import make_key, pem_of
 
 pytestmark = pytest.mark.integration
@@ -395,25 +396,44 @@ def _cases(world: dict[str, Any]) -> list[Case]:
     ]
 
 
+# The cases that also run as ``python -m keyless_m2m`` subprocesses, with --debug: the
+# process boundary (interpreter start-up, the console script's exit code) for each kind of
+# echo and refusal. All cases run in-process (``cli_inline``: the same code from argument
+# parsing to the exit code), with and without --debug.
+IN_A_SUBPROCESS = (
+    "token --json, client secret",
+    "server echoes the assertion in its error",
+    "server echoes the posted secret in its error",
+    "truncated token response",
+    "bad signer URI: a Vault token in userinfo",
+    "secret on the command line",
+    "doctor, wrong key",
+)
+
+
 def test_cli_never_prints_a_secret(world: tuple[Forbidden, dict[str, Any]]) -> None:
     forbidden, context = world
     cases = _cases(context)
-    runs = [(case, debug) for case in cases for debug in (False, True)]
+    assert set(IN_A_SUBPROCESS) <= {case.name for case in cases}
+    runs = [(case, debug, False) for case in cases for debug in (False, True)]
+    runs += [(case, True, True) for case in cases if case.name in IN_A_SUBPROCESS]
 
-    def run(item: tuple[Case, bool]) -> Any:
-        case, debug = item
-        args = [case.args[0], "--debug", *case.args[1:]] if debug else case.args
-        return cli(*args, env=case.env)
+    def command(case: Case, debug: bool) -> list[str]:
+        return [case.args[0], "--debug", *case.args[1:]] if debug else case.args
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(run, runs))
+        spawned = pool.map(
+            lambda run: cli(*command(run[0], run[1]), env=run[0].env), [r for r in runs if r[2]]
+        )
+        inline = [cli_inline(*command(case, debug), env=case.env) for case, debug, sub in runs if not sub]
+        results = inline + list(spawned)
 
     issued = {token for server in context["servers"].values() for token in server.issued}
     for token in issued:
         forbidden.add("an access token", token)
     problems: list[str] = []
-    for (case, debug), result in zip(runs, results, strict=True):
-        label = f"{case.name}{' --debug' if debug else ''}"
+    for (case, debug, subprocess_), result in zip(runs, results, strict=True):
+        label = f"{case.name}{' --debug' if debug else ''}{' (subprocess)' if subprocess_ else ''}"
         if result.returncode != case.exit_code:
             problems.append(
                 f"{label}: exit {result.returncode}, expected {case.exit_code}: {result.stderr[-300:]}"
