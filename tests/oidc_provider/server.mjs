@@ -4,12 +4,14 @@
 //
 // CONFIG.json:
 //   {"host": "127.0.0.1", "port": 0, "clients": [<oidc-provider client metadata>],
-//    "scopes": ["pockets.read", ...], "access_token_ttl": 900, "profile": "default"}
+//    "scopes": ["pockets.read", ...], "access_token_ttl": 900, "profile": "default",
+//    "introspection_client": null, "tls": null}
 //
 // `profile` picks one server configuration (PROFILES below; docs/interop.md says what
 // each enforces). The metadata a profile publishes is what it enforces.
 //
 // Once listening, prints exactly one line to stdout: `READY http://127.0.0.1:PORT`
+// (`https://` in the mtls profile)
 // (that URL, without trailing slash, is the issuer identifier). Everything else
 // goes to stderr. Exits 0 on SIGTERM/SIGINT.
 //
@@ -37,11 +39,24 @@
 //   answer carries cnf.jkt for a DPoP-bound token, for the client named by
 //   `introspection_client` in CONFIG.json (the resource server's) and only for it.
 //   Clients with dpop_bound_access_tokens: true get invalid_grant without a proof.
+// * mutual TLS (RFC 8705): the `mtls` profile serves HTTPS on two loopback listeners with
+//   the certificate and key named by CONFIG.json's `tls` ({"ca", "cert", "key"}: PEM
+//   paths): the issuer's (no client certificate asked for) and the mTLS one
+//   (`requestCert: true, rejectUnauthorized: false`, trusting `ca`), published as
+//   `mtls_endpoint_aliases.token_endpoint`. features.mTLS is on with
+//   certificateBoundAccessTokens, tlsClientAuth and selfSignedTlsClientAuth; the client
+//   certificate is the TLS socket's peer certificate, "authorized" when it chains to `ca`;
+//   tls_client_auth_subject_dn is compared in RFC 4514 form, tls_client_auth_san_dns
+//   exactly. Introspection (cnf["x5t#S256"] for a bound token) as in the dpop profile.
+//   READY names the issuer (`https://...`). Token request records carry
+//   `client_certificate` (the x5t#S256 of the presented certificate, or null) and
+//   `listener` ("issuer" or "mtls").
 
 import { Console } from 'node:console';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 
 import Provider, { errors } from 'oidc-provider';
 // Deep imports (no "exports" map in oidc-provider): needed to wrap the built-in
@@ -72,6 +87,7 @@ try {
 }
 
 const ALL_METHODS = ['private_key_jwt', 'client_secret_basic', 'client_secret_post'];
+const TLS_METHODS = ['tls_client_auth', 'self_signed_tls_client_auth'];
 const ALL_ALGS = [
   'RS256', 'RS384', 'RS512',
   'PS256', 'PS384', 'PS512',
@@ -103,6 +119,8 @@ const PROFILES = {
   'endpoint-aud-only': { methods: ALL_METHODS, algs: ALL_ALGS, aud: 'token_endpoint' },
   // DPoP with nonces required; every method and algorithm, as default.
   dpop: { methods: ALL_METHODS, algs: ALL_ALGS, aud: 'any', dpop: true },
+  // Mutual TLS (RFC 8705) over HTTPS: the default's methods plus the two TLS ones.
+  mtls: { methods: [...ALL_METHODS, ...TLS_METHODS], algs: ALL_ALGS, aud: 'any', mtls: true },
 };
 
 // Every asymmetric JWS algorithm oidc-provider knows, for DPoP proofs in the dpop profile.
@@ -120,6 +138,7 @@ const port = Number(cfg.port ?? 0);
 const knownScopes = new Set(cfg.scopes ?? []);
 const accessTokenTTL = Number(cfg.access_token_ttl ?? 900);
 const introspectionClient = cfg.introspection_client ?? null;
+const tlsFiles = cfg.tls ?? null;
 
 if (!Object.hasOwn(PROFILES, profileName)) {
   fail(`unknown profile ${profileName}; known: ${Object.keys(PROFILES).join(', ')}`);
@@ -129,6 +148,9 @@ if (!['127.0.0.1', '::1', 'localhost'].includes(host)) {
 }
 if (!Number.isSafeInteger(accessTokenTTL) || accessTokenTTL <= 0) {
   fail('access_token_ttl must be a positive integer');
+}
+if (profile.mtls && !(tlsFiles?.ca && tlsFiles?.cert && tlsFiles?.key)) {
+  fail('the mtls profile needs "tls": {"ca", "cert", "key"} (PEM paths) in the config');
 }
 
 const clients = (cfg.clients ?? []).map((client) => ({
@@ -146,7 +168,34 @@ let handler = (_req, res) => {
   res.statusCode = 503;
   res.end();
 };
-const server = createServer((req, res) => handler(req, res));
+const route = (req, res) => handler(req, res);
+
+// The issuer's listener; in the mtls profile HTTPS without asking for a client
+// certificate, plus a second listener that asks for one (the mtls_endpoint_aliases).
+let server;
+let mtlsServer = null;
+if (profile.mtls) {
+  let tls;
+  try {
+    tls = {
+      key: readFileSync(tlsFiles.key),
+      cert: readFileSync(tlsFiles.cert),
+      ca: readFileSync(tlsFiles.ca),
+    };
+  } catch (err) {
+    fail(`cannot read the TLS files: ${err.message}`);
+  }
+  server = createHttpsServer({ key: tls.key, cert: tls.cert }, route);
+  // rejectUnauthorized: false lets a self-signed certificate (self_signed_tls_client_auth)
+  // and a connection without one through; oidc-provider decides (certificateAuthorized).
+  mtlsServer = createHttpsServer(
+    { ...tls, requestCert: true, rejectUnauthorized: false },
+    route,
+  );
+} else {
+  server = createServer(route);
+}
+const listeners = mtlsServer ? [server, mtlsServer] : [server];
 
 function configuration() {
   return {
@@ -166,6 +215,7 @@ function configuration() {
       clientCredentials: { enabled: true },
       devInteractions: { enabled: false },
       ...(profile.dpop ? dpopFeatures() : {}),
+      ...(profile.mtls ? mtlsFeatures() : {}),
       resourceIndicators: {
         enabled: true,
         defaultResource: async () => undefined,
@@ -203,6 +253,59 @@ function dpopFeatures() {
   };
 }
 
+// The client certificate of the request's TLS connection (oidc-provider 9 takes an
+// X509Certificate as well as PEM), or undefined: none presented, or not a TLS socket.
+function peerCertificate(ctx) {
+  const socket = ctx.socket ?? ctx.req?.socket;
+  if (typeof socket?.getPeerX509Certificate !== 'function') return undefined;
+  return socket.getPeerX509Certificate() ?? undefined;
+}
+
+function thumbprintOf(certificate) {
+  return certificate ? createHash('sha256').update(certificate.raw).digest('base64url') : null;
+}
+
+// RFC 4514 form of the subject (last RDN first, comma separated), as clients register
+// tls_client_auth_subject_dn; Node lists the RDNs first to last, one per line.
+function subjectDn(certificate) {
+  return certificate.subject.split('\n').reverse().join(',');
+}
+
+function certificateSubjectMatches(ctx, property, expected) {
+  const certificate = peerCertificate(ctx);
+  if (!certificate) return false;
+  switch (property) {
+    case 'tls_client_auth_subject_dn':
+      return subjectDn(certificate) === expected;
+    case 'tls_client_auth_san_dns':
+      // Exact DNS SAN only: no wildcards, never the subject CN.
+      return certificate.checkHost(expected, { subject: 'never', wildcards: false }) !== undefined;
+    default:
+      return false;
+  }
+}
+
+// The mtls profile's features (see the header comment).
+function mtlsFeatures() {
+  return {
+    mTLS: {
+      enabled: true,
+      certificateBoundAccessTokens: true,
+      tlsClientAuth: true,
+      selfSignedTlsClientAuth: true,
+      getCertificate: peerCertificate,
+      // Chains to the configured CA (Node verified it at the handshake; a connection
+      // that failed verification still gets here because rejectUnauthorized is false).
+      certificateAuthorized: (ctx) => (ctx.socket ?? ctx.req?.socket)?.authorized === true,
+      certificateSubjectMatches,
+    },
+    introspection: {
+      enabled: true,
+      allowedPolicy: async (_ctx, client) => client.clientId === introspectionClient,
+    },
+  };
+}
+
 // A refusal whose error_description says what the server wanted (oidc-provider's own
 // InvalidClientAuth always says "client authentication failed").
 function clientAuthRefused(description) {
@@ -230,6 +333,10 @@ function authMechanism(ctx, body) {
   if (body?.client_secret) return 'client_secret_post';
   if (ctx.headers.authorization !== undefined) return 'client_secret_basic';
   if (body?.client_assertion !== undefined) return 'private_key_jwt';
+  // Nothing in the request says tls_client_auth / self_signed_tls_client_auth (the
+  // certificate is in the handshake): the client's registration does, once it is known.
+  const registered = ctx.oidc?.client?.clientAuthMethod;
+  if (TLS_METHODS.includes(registered)) return registered;
   return 'none';
 }
 
@@ -272,8 +379,14 @@ function wrapClientCredentialsGrant(provider) {
 }
 
 function shutdown() {
-  server.close(() => process.exit(0));
-  server.closeAllConnections();
+  let open = listeners.length;
+  for (const listener of listeners) {
+    listener.close(() => {
+      open -= 1;
+      if (open === 0) process.exit(0);
+    });
+    listener.closeAllConnections();
+  }
   setTimeout(() => process.exit(0), 2000).unref();
 }
 // What the token endpoint saw (see the header comment); bounded.
@@ -306,6 +419,10 @@ function recordTokenRequest(ctx) {
   const body = ctx.oidc.body ?? {};
   const method = authMechanism(ctx, body);
   const record = { method, status: ctx.status };
+  if (profile.mtls) {
+    record.client_certificate = thumbprintOf(peerCertificate(ctx));
+    record.listener = ctx.socket?.localPort === mtlsServer.address()?.port ? 'mtls' : 'issuer';
+  }
   if (method === 'private_key_jwt') {
     const [headerPart, payloadPart] = String(body.client_assertion).split('.');
     const header = decodeSegment(headerPart);
@@ -331,12 +448,23 @@ function recordTokenRequest(ctx) {
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
 
-server.on('error', (err) => fail(`listen failed: ${err.message}`));
+for (const listener of listeners) {
+  listener.on('error', (err) => fail(`listen failed: ${err.message}`));
+}
 
-server.listen(port, host, async () => {
-  const address = server.address();
-  const hostPart = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  const issuer = `http://${hostPart}:${address.port}`;
+function listen(listener, listenPort) {
+  return new Promise((resolve) => {
+    listener.listen(listenPort, host, () => {
+      const address = listener.address();
+      const hostPart = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+      resolve(`${profile.mtls ? 'https' : 'http'}://${hostPart}:${address.port}`);
+    });
+  });
+}
+
+(async () => {
+  const issuer = await listen(server, port);
+  const mtlsOrigin = mtlsServer ? await listen(mtlsServer, 0) : null;
 
   let provider;
   try {
@@ -374,6 +502,17 @@ server.listen(port, host, async () => {
     await next();
   });
 
+  // RFC 8705 section 5: the token endpoint on the listener that asks for a certificate.
+  if (mtlsOrigin) {
+    provider.use(async (ctx, next) => {
+      await next();
+      if (ctx.path === '/.well-known/openid-configuration' && ctx.body?.token_endpoint) {
+        const tokenPath = new URL(ctx.body.token_endpoint).pathname;
+        ctx.body.mtls_endpoint_aliases = { token_endpoint: `${mtlsOrigin}${tokenPath}` };
+      }
+    });
+  }
+
   provider.on('server_error', (_ctx, err) => {
     process.stderr.write(`oidc test server: server_error: ${err.stack || err}\n`);
   });
@@ -390,4 +529,4 @@ server.listen(port, host, async () => {
 
   handler = provider.callback();
   process.stdout.write(`READY ${issuer}\n`);
-});
+})();
