@@ -1,4 +1,4 @@
-"""Sessions: tests (3.11-3.13), lint, typecheck, docs, soak_ci, demo, bench, fuzz, soak, faults.
+"""Sessions: tests (3.11-3.13), lint, typecheck, docs, soak_ci, demo, bench, bench_dpop, fuzz, soak, faults.
 
 ``python3 -m nox`` runs the default sessions (what CI runs): tests on every Python, lint,
 typecheck, docs and a 60 s soak. Every session installs what it needs itself.
@@ -124,6 +124,14 @@ def faults(session: nox.Session) -> None:
     """Print the fault-injection table of docs/reliability.md."""
     session.install("-e", ".", "trio")
     session.run("python", "-m", "benchmarks.faults", *session.posargs)
+
+
+@nox.session(python="3.11")
+def bench_dpop(session: nox.Session) -> None:
+    """DPoP proof cost per proof-key backend, with requests-oauth2client (docs/dpop.md)."""
+    # The test group brings the KMS doubles (moto_server, OpenBao) and the resource server's PyJWT.
+    session.install("-e", ".[all]", *_group("test"), *_group("bench"))
+    session.run("python", "-m", "benchmarks.dpop", *session.posargs)
 
 
 @nox.session(python="3.11")
