@@ -630,9 +630,10 @@ class TlsClientAuth:
         thumbprint = self.client_certificate.thumbprint
         shown = f" (x5t#S256 {thumbprint})" if thumbprint else ""
         return (
-            f"the client authenticated with its TLS client certificate{shown}: check that the "
-            "server trusts its CA and that the client's tls_client_auth_subject_dn or SAN "
-            "registration matches the certificate"
+            f"the client is configured to authenticate with its TLS client certificate{shown}: "
+            "check that the certificate reaches the server (an http_client= of your own must "
+            "present it: keyless_m2m.mtls.client_ssl_context), that the server trusts its CA "
+            "and that the client's tls_client_auth_subject_dn or SAN registration matches it"
         )
 
     async def prepare(self, token_endpoint: str) -> PreparedAuth:
@@ -655,6 +656,7 @@ class SelfSignedTlsClientAuth(TlsClientAuth):
         thumbprint = self.client_certificate.thumbprint
         shown = f"x5t#S256 {thumbprint}" if thumbprint else "its x5t#S256"
         return (
-            "the client authenticated with a self-signed TLS client certificate: check that the "
+            "the client is configured to authenticate with a self-signed TLS client certificate: "
+            "check that it reaches the server and that the "
             f"client's registered jwks holds this certificate ({shown}) in x5c"
         )

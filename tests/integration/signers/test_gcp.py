@@ -6,9 +6,11 @@ threads. Every test runs on both.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -294,23 +296,31 @@ class _HangingSyncClient:
         self._client = client
         self._hang = hang
         self.transport = client.transport
+        self.signed = threading.Event()  # the abandoned call's RPC has ended
 
     def get_public_key(self, **kwargs: Any) -> Any:
         return self._client.get_public_key(**kwargs)
 
     def asymmetric_sign(self, **kwargs: Any) -> Any:
         self._hang()
-        return self._client.asymmetric_sign(**kwargs)
+        try:
+            return self._client.asymmetric_sign(**kwargs)
+        finally:
+            self.signed.set()
 
 
 async def test_cancellation_releases_a_caller_stuck_in_the_sync_client(kms: Any) -> None:
     # The sync client runs in worker threads (on trio always; here on both backends).
     hang = Hang()
     real = kms.sync_client()
-    signer = GcpKmsSigner(name_of(kms, "ES256"), client=_HangingSyncClient(real, hang))
+    client = _HangingSyncClient(real, hang)
+    signer = GcpKmsSigner(name_of(kms, "ES256"), client=client)
     try:
         await signer.describe()
         await assert_cancel_releases_the_caller(lambda: signer.sign(b"header.claims"), hang)
+        # Released, the abandoned thread still sends its AsymmetricSign: wait for it here,
+        # or it lands in the next test's call counts.
+        assert await anyio.to_thread.run_sync(client.signed.wait, 5)
     finally:
         await signer.aclose()
         real.transport.close()
