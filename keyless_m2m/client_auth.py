@@ -197,8 +197,8 @@ class PrivateKeyJWT:
       least 2048 bits, ``audience_policy="issuer"`` (the issuer as one string, never a
       fallback), and ``iat`` from the server's clock (``correct_clock_skew``: the server's
       ``Date`` minus ours, measured at discovery and at every token response, when it is
-      2 s or more). FAPI 2.0 also requires sender-constrained tokens, which keyless-m2m
-      does not make yet.
+      2 s or more); and sender-constrained tokens (5.3.2.2): a token endpoint or manager
+      with this client refuses to be built without ``dpop=`` or ``client_certificate=``.
     - ``"entra"`` (Microsoft Entra ID certificate credentials): PS256 only, ``certificate=``
       required (``x5t#S256`` in the header), ``audience_policy="token_endpoint"``.
     """

@@ -438,6 +438,17 @@ class TokenEndpoint:
         self.timeout = _number("timeout", timeout)
         self.verify = tls_verification(verify)
         self.client_certificate = _client_certificate_for(client_auth, client_certificate, verify)
+        if (
+            getattr(client_auth, "profile", None) == "fapi2"
+            and self.dpop is None
+            and self.client_certificate is None
+        ):
+            # FAPI 2.0 section 5.3.2.2: the client must use sender-constrained tokens.
+            raise ConfigurationError(
+                "profile='fapi2' needs sender-constrained tokens (FAPI 2.0 section 5.3.2.2): pass "
+                "dpop=True (or dpop=<a Signer>: DPoP, RFC 9449) or client_certificate= (mutual TLS, "
+                "RFC 8705)"
+            )
         self.issuer: str | None = None  # the issuer identifier, when known (discovery)
         # The server refused an assertion whose aud was the issuer and took one whose aud
         # was this URL (PrivateKeyJWT's audience_policy="auto"): keep sending that form.

@@ -227,9 +227,15 @@ async def test_fapi2_takes_iat_from_a_server_whose_clock_is_behind(issuer_only: 
             await plain.get_token()
     # the fallback's refusal (aud), and the first one's reason: the clock
     assert "it was refused as invalid_client: iat is not a number or is in the future" in str(info.value)
-    fapi2 = TokenManager.from_issuer(issuer_only.issuer, PrivateKeyJWT("svc", signer(), profile="fapi2"))
+    # FAPI 2.0 also wants sender-constrained tokens: DPoP here (dpop=True), with the proof's
+    # iat from the server's clock too (its 60 s window would refuse one 30 s ahead).
+    issuer_only.dpop, issuer_only.dpop_iat_window = "required", 10.0
+    fapi2 = TokenManager.from_issuer(
+        issuer_only.issuer, PrivateKeyJWT("svc", signer(), profile="fapi2"), dpop=True
+    )
     async with fapi2:
-        assert (await fapi2.get_token()).value in issuer_only.issued
+        token = await fapi2.get_token()
+        assert token.value in issuer_only.issued and token.is_dpop
         assert fapi2.stats.requests == 1  # the skew came from discovery's Date header
     claims = verify_jws(issuer_only.assertions[-1], PUBLIC_JWK, audience=issuer_only.issuer)
     assert claims["iat"] <= time.time() - 25

@@ -330,3 +330,21 @@ async def test_entra_profile_needs_a_certificate_and_sends_x5t_s256_to_the_token
 def test_profile_conflicts_are_refused(signer: LocalSigner, options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         PrivateKeyJWT("c", signer, **options)
+
+
+def test_fapi2_profile_needs_a_sender_constrained_token(tmp_path: Any) -> None:
+    # FAPI 2.0 section 5.3.2.2: a Bearer token is not enough; refused before any request.
+    from keyless_m2m.endpoint import TokenEndpoint
+    from keyless_m2m.mtls import ClientCertificate
+    from keyless_m2m.testing.tls import self_signed_client
+
+    signer = LocalSigner.from_pem(pem_of(make_key("p256")), algorithm="ES256")
+    auth = PrivateKeyJWT("c", signer, profile="fapi2")
+    with pytest.raises(ConfigurationError, match=r"sender-constrained.*dpop=True.*client_certificate="):
+        TokenEndpoint(ENDPOINT, auth)
+    assert TokenEndpoint(ENDPOINT, auth, dpop=True).dpop is not None
+    files = self_signed_client(str(tmp_path), "fapi")
+    certificate = ClientCertificate(files.certificate, files.key)
+    assert TokenEndpoint(ENDPOINT, auth, client_certificate=certificate).client_certificate is certificate
+    # Other profiles and no profile: Bearer tokens are fine.
+    assert TokenEndpoint(ENDPOINT, PrivateKeyJWT("c", signer)).dpop is None
