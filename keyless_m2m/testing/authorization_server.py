@@ -3,8 +3,10 @@
 It serves the client-credentials grant on loopback over real HTTP, verifies
 ``private_key_jwt`` assertions (signature against the client's registered keys and their
 ``alg``, ``iss``/``sub``, ``aud`` (the token endpoint URL or the issuer, or only one of them:
-``assertion_audience``), ``exp``, ``iat``/``nbf`` not in the future, replayed ``jti``)
-and client secrets (basic and post), checks scopes, and counts what it sees. A refusal's
+``assertion_audience``), ``exp``, ``iat``/``nbf`` not in the future, replayed ``jti``),
+client secrets (basic and post) and, for clients registered with ``federated=``, JWTs of
+an external issuer they trust (workload identity: :class:`FederatedCredential`), checks
+scopes, and counts what it sees. A refusal's
 ``error_description`` says which check failed. Knobs inject latency and failures, so
 tests can assert counts instead of times::
 
