@@ -7,6 +7,7 @@ signed inside a KMS/HSM (or by a local key), cached and refreshed by an anyio to
 
 from __future__ import annotations
 
+from .assertions import WorkloadIdentity
 from .client_auth import (
     ClientAuth,
     ClientSecretBasic,
@@ -16,6 +17,7 @@ from .client_auth import (
     TlsClientAuth,
 )
 from .errors import (
+    AssertionSourceError,
     CacheDecryptionError,
     CacheError,
     CacheUnavailableError,
@@ -48,6 +50,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AccessToken",
+    "AssertionSourceError",
     "CacheDecryptionError",
     "CacheError",
     "CacheUnavailableError",
@@ -79,5 +82,6 @@ __all__ = [
     "TransportError",
     "UnauthorizedClientError",
     "UnsupportedGrantTypeError",
+    "WorkloadIdentity",
     "__version__",
 ]

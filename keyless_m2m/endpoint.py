@@ -59,6 +59,7 @@ from ._secret import Redactor, Secret, reveal, scrubbing_http_logs
 from .client_auth import ClientAuth, PreparedAuth, PrivateKeyJWT
 from .dpop import DPoPKey, dpop_key_of, is_valid_nonce
 from .errors import (
+    AssertionSourceError,
     ConfigurationError,
     InvalidClientError,
     InvalidTokenResponseError,
@@ -597,7 +598,7 @@ class TokenEndpoint:
                 raise
             except _Retry as retry:
                 error, retry_after = retry.error, retry.retry_after
-            except SigningError as exc:
+            except (SigningError, AssertionSourceError) as exc:
                 if not exc.retryable:
                     raise
                 error, retry_after = exc, None

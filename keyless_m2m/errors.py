@@ -6,6 +6,7 @@ Every exception the library raises on purpose derives from :class:`KeylessM2MErr
     ├── ConfigurationError              bad arguments, a key that cannot do the alg, ...
     │   └── MissingExtraError           (also ImportError) an optional extra is not installed
     ├── SigningError                    the signer (KMS/HSM/local key) failed
+    ├── AssertionSourceError            the platform's JWT (workload identity) cannot be had  .reason
     ├── TransportError                  network trouble reaching the server     .reason
     ├── InvalidTokenResponseError       the token endpoint answered, but not with a token
     ├── TokenRequestError               an RFC 6749 section 5.2 error response
@@ -37,6 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AssertionSourceError",
     "CacheDecryptionError",
     "CacheError",
     "CacheUnavailableError",
@@ -139,6 +141,33 @@ class SigningError(KeylessM2MError):
         super().__init__(message, retryable=retryable)
         self.key = key
         self.code = code
+
+
+class AssertionSourceError(KeylessM2MError):
+    """A workload-identity source (``keyless_m2m.assertions``) could not give a usable JWT.
+
+    ``reason`` says why, for code: ``"unreadable"`` (the token file cannot be read; a
+    missing file is retryable, the platform may be rotating it), ``"unavailable"`` (the
+    platform endpoint cannot be reached; retryable as network errors are), ``"refused"``
+    (the platform endpoint answered an HTTP error, ``status_code``; retryable for 5xx, 408
+    and 429), ``"malformed"`` (not a JWT, no ``exp``, an oversized file or answer) or
+    ``"expired"`` (the JWT expired or is about to, also when fetched again; retryable).
+    The message names the source, never the JWT nor the credentials that fetch it.
+    """
+
+    REASONS = frozenset({"unreadable", "unavailable", "refused", "malformed", "expired"})
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "malformed",
+        retryable: bool = False,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.reason = reason
+        self.status_code = status_code
 
 
 class TransportError(KeylessM2MError):

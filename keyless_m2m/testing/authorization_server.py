@@ -3,8 +3,10 @@
 It serves the client-credentials grant on loopback over real HTTP, verifies
 ``private_key_jwt`` assertions (signature against the client's registered keys and their
 ``alg``, ``iss``/``sub``, ``aud`` (the token endpoint URL or the issuer, or only one of them:
-``assertion_audience``), ``exp``, ``iat``/``nbf`` not in the future, replayed ``jti``)
-and client secrets (basic and post), checks scopes, and counts what it sees. A refusal's
+``assertion_audience``), ``exp``, ``iat``/``nbf`` not in the future, replayed ``jti``),
+client secrets (basic and post) and, for clients registered with ``federated=``, JWTs of
+an external issuer they trust (workload identity: :class:`FederatedCredential`), checks
+scopes, and counts what it sees. A refusal's
 ``error_description`` says which check failed. Knobs inject latency and failures, so
 tests can assert counts instead of times::
 
@@ -45,10 +47,30 @@ from jwcrypto import jwk, jws
 from jwcrypto.common import JWException
 
 from .._jose import ALGORITHMS
+from ..assertions import JWT_SPIFFE
 from ..client_auth import CLIENT_ASSERTION_TYPE
 from ._faults import FaultInjection, FaultQueue
 
-__all__ = ["AuthorizationServer", "Fault", "RegisteredClient"]
+__all__ = ["AuthorizationServer", "Fault", "FederatedCredential", "RegisteredClient"]
+
+
+@dataclass(frozen=True)
+class FederatedCredential:
+    """Trust in an external issuer's JWTs as one client's credentials (workload identity;
+    Entra calls it a federated identity credential, Keycloak federated client authentication).
+
+    The assertion must be signed by a key of ``jwks`` (the issuer's published keys), carry
+    ``iss == issuer`` (``issuer=None``: not checked, as SPIFFE JWT-SVIDs may omit it),
+    ``sub == subject``, ``audience`` in ``aud`` and an ``exp`` not past, and come with
+    ``client_assertion_type == assertion_type``. No ``jti`` is required or remembered:
+    platform tokens are re-used until the platform rotates them.
+    """
+
+    issuer: str | None
+    jwks: Mapping[str, Any]
+    subject: str
+    audience: str
+    assertion_type: str = CLIENT_ASSERTION_TYPE
 
 
 @dataclass
@@ -57,6 +79,7 @@ class RegisteredClient:
     jwks: Mapping[str, Any] | None = None
     client_secret: str | None = None
     scopes: frozenset[str] | None = None  # None: any scope
+    federated: tuple[FederatedCredential, ...] = ()
 
 
 @dataclass
@@ -152,6 +175,7 @@ class AuthorizationServer(FaultInjection):
         self.clients: dict[str, RegisteredClient] = {}
         self._faults: FaultQueue[Fault] = FaultQueue()
         self.token_requests = 0
+        self.federated_assertions_verified = 0
         self.issued: list[str] = []
         self.refusals: list[str] = []  # "error: error_description" of each refused request
         self.on_request: Callable[[dict[str, list[str]]], None] | None = None
@@ -204,11 +228,15 @@ class AuthorizationServer(FaultInjection):
         public_jwk: Mapping[str, Any] | None = None,
         client_secret: str | None = None,
         scopes: Iterable[str] | None = None,
+        federated: FederatedCredential | Iterable[FederatedCredential] | None = None,
     ) -> RegisteredClient:
+        """Register (or replace) a client; ``federated``: the external issuers whose JWTs
+        authenticate it (:class:`FederatedCredential`, one or several)."""
         if public_jwk is not None:
             jwks = {"keys": [dict(public_jwk)]}
+        trusted = (federated,) if isinstance(federated, FederatedCredential) else tuple(federated or ())
         client = RegisteredClient(
-            client_id, jwks, client_secret, frozenset(scopes) if scopes is not None else None
+            client_id, jwks, client_secret, frozenset(scopes) if scopes is not None else None, trusted
         )
         self.clients[client_id] = client
         return client
@@ -361,8 +389,10 @@ class AuthorizationServer(FaultInjection):
             except ValueError:
                 return invalid("malformed Basic authorization header")
             checked = self._check_secret(client_id, secret)
-        elif one("client_assertion_type") == CLIENT_ASSERTION_TYPE:
-            checked = self._check_assertion(one("client_assertion") or "", one("client_id"))
+        elif one("client_assertion_type") in (CLIENT_ASSERTION_TYPE, JWT_SPIFFE):
+            checked = self._check_any_assertion(
+                one("client_assertion_type") or "", one("client_assertion") or "", one("client_id")
+            )
         elif one("client_id") and one("client_secret"):
             checked = self._check_secret(one("client_id") or "", one("client_secret") or "")
         else:
@@ -378,6 +408,90 @@ class AuthorizationServer(FaultInjection):
         if not hmac.compare_digest(client.client_secret.encode(), secret.encode()):
             return f"wrong client secret for client {_shown(client_id)}"
         return client
+
+    def _check_any_assertion(
+        self, assertion_type: str, assertion: str, form_client_id: str | None
+    ) -> RegisteredClient | str:
+        """A federated credential's JWT when a client trusts its issuer (and subject), else
+        a ``private_key_jwt`` assertion signed with the client's own key."""
+        try:
+            token = jws.JWS()
+            token.deserialize(assertion)
+            claims = json.loads(token.objects["payload"])
+            header = token.jose_header
+        except (JWException, ValueError, KeyError, TypeError):
+            return "the client assertion is not a compact JWS"
+        if not isinstance(claims, dict):
+            return "the client assertion's claims are not a JSON object"
+        if form_client_id is not None:
+            named = self.clients.get(form_client_id)
+            candidates = [named] if named is not None else []
+        else:
+            candidates = list(self.clients.values())
+        matches = [
+            (client, credential)
+            for client in candidates
+            for credential in client.federated
+            if credential.issuer in (None, claims.get("iss")) and credential.subject == claims.get("sub")
+        ]
+        if matches:
+            return self._check_federated(matches, assertion_type, token, header, claims)
+        if assertion_type != CLIENT_ASSERTION_TYPE:
+            return f"no client trusts a {assertion_type} assertion with sub {_shown(claims.get('sub'))}"
+        if form_client_id is not None and candidates and candidates[0].federated and not candidates[0].jwks:
+            return (
+                f"client {_shown(form_client_id)} trusts no issuer {_shown(claims.get('iss'))} with "
+                f"subject {_shown(claims.get('sub'))}"
+            )
+        return self._check_assertion(assertion, form_client_id)
+
+    def _check_federated(
+        self,
+        matches: list[tuple[RegisteredClient, FederatedCredential]],
+        assertion_type: str,
+        token: jws.JWS,
+        header: Mapping[str, Any],
+        claims: Mapping[str, Any],
+    ) -> RegisteredClient | str:
+        reason = ""
+        for client, credential in matches:
+            reason = self._federated_refusal(credential, assertion_type, token, header, claims)
+            if not reason:
+                with self._lock:
+                    self.federated_assertions_verified += 1
+                return client
+        return reason
+
+    def _federated_refusal(
+        self,
+        credential: FederatedCredential,
+        assertion_type: str,
+        token: jws.JWS,
+        header: Mapping[str, Any],
+        claims: Mapping[str, Any],
+    ) -> str:
+        if assertion_type != credential.assertion_type:
+            return f"client_assertion_type must be {credential.assertion_type} for this federated credential"
+        refused = _verify_signature(
+            token, header, credential.jwks, f"the issuer {_shown(credential.issuer)}'s"
+        )
+        if refused is not None:
+            return refused
+        aud = claims.get("aud")
+        if credential.audience not in (aud if isinstance(aud, list) else [aud]):
+            return f"aud must include {credential.audience}"
+        now = time.time() + (self.clock_offset if self.checks_use_clock_offset else 0.0)
+        exp = _number(claims.get("exp"))
+        if exp is None:
+            return "exp is missing or not a number"
+        if exp < now - self.leeway:
+            return "the client assertion has expired (exp)"
+        for name in ("iat", "nbf"):
+            if name in claims:
+                value = _number(claims[name])
+                if value is None or value > now + self.leeway:
+                    return f"{name} is not a number or is in the future"
+        return ""
 
     def _check_assertion(self, assertion: str, form_client_id: str | None) -> RegisteredClient | str:
         try:
@@ -399,30 +513,9 @@ class AuthorizationServer(FaultInjection):
             return "client_id does not match the assertion's iss"
         if client.jwks is None:
             return f"client {_shown(client.client_id)} has no registered keys"
-        alg, kid = header.get("alg"), header.get("kid")
-        if alg not in ALGORITHMS:
-            return f"alg {_shown(alg)} is not an asymmetric JWS algorithm"
-        keys = list(jwk.JWKSet.from_json(json.dumps(client.jwks)))
-        candidates = [k for k in keys if kid in (None, k.get("kid"))] or keys
-        usable = [k for k in candidates if k.get("alg") in (None, alg)]
-        if not usable:
-            registered = sorted({str(k.get("alg")) for k in candidates})
-            return (
-                f"client {_shown(client.client_id)}'s keys are registered for "
-                f"{', '.join(registered)}, not {alg}"
-            )
-        for key in usable:
-            try:
-                token.verify(key, alg=alg)
-                break
-            except (JWException, ValueError, TypeError):
-                continue
-        else:
-            return (
-                f"the signature does not verify with client {_shown(client.client_id)}'s registered keys "
-                f"(assertion kid {_shown(kid)}, registered kids "
-                f"{', '.join(_shown(k.get('kid')) for k in keys)})"
-            )
+        refused = _verify_signature(token, header, client.jwks, f"client {_shown(client.client_id)}'s")
+        if refused is not None:
+            return refused
         now = time.time() + (self.clock_offset if self.checks_use_clock_offset else 0.0)
         leeway = self.leeway
         aud = claims.get("aud")
@@ -537,6 +630,32 @@ class AuthorizationServer(FaultInjection):
             self._seen_dpop_jti[jti] = iat + 2 * self.dpop_iat_window
             self.dpop_proofs_verified += 1
         return _b64_thumbprint(key)
+
+
+def _verify_signature(
+    token: jws.JWS, header: Mapping[str, Any], jwks: Mapping[str, Any], whose: str
+) -> str | None:
+    """``None`` if ``token`` verifies with a key of ``jwks`` fit for its ``alg`` (and
+    ``kid``, when it names one), else why not."""
+    alg, kid = header.get("alg"), header.get("kid")
+    if alg not in ALGORITHMS:
+        return f"alg {_shown(alg)} is not an asymmetric JWS algorithm"
+    keys = list(jwk.JWKSet.from_json(json.dumps(jwks)))
+    candidates = [k for k in keys if kid in (None, k.get("kid"))] or keys
+    usable = [k for k in candidates if k.get("alg") in (None, alg)]
+    if not usable:
+        registered = sorted({str(k.get("alg")) for k in candidates})
+        return f"{whose} keys are registered for {', '.join(registered)}, not {alg}"
+    for key in usable:
+        try:
+            token.verify(key, alg=alg)
+            return None
+        except (JWException, ValueError, TypeError):
+            continue
+    return (
+        f"the signature does not verify with {whose} registered keys (assertion kid {_shown(kid)}, "
+        f"registered kids {', '.join(_shown(k.get('kid')) for k in keys)})"
+    )
 
 
 _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})

@@ -41,6 +41,8 @@ def sample(cls: type[KeylessM2MError]) -> KeylessM2MError:
         )
     if issubclass(cls, errors.InvalidTokenResponseError):
         return cls("not a token", status_code=502, retryable=True)
+    if issubclass(cls, errors.AssertionSourceError):
+        return cls("the platform said no", reason="refused", retryable=True, status_code=503)
     if issubclass(cls, errors.DiscoveryError):
         return cls("the metadata names another issuer", reason="issuer_mismatch", retryable=True)
     return cls(f"{cls.__name__} happened", retryable=not cls.retryable)

@@ -311,6 +311,7 @@ CLOCK_FUNCTIONS = {"monotonic", "monotonic_ns", "time", "time_ns", "perf_counter
 REAL_TIME = {
     ("keyless_m2m.client_auth", "time.time"): "an assertion's iat/exp: the server checks them on its clock",
     ("keyless_m2m.dpop", "time.time"): "a DPoP proof's iat: the server checks it on its clock",
+    ("keyless_m2m.assertions", "time.time"): "a platform JWT's exp, set and checked on real clocks",
     ("keyless_m2m.discovery", "datetime.now"): "the local time of an answer, against the server's Date",
     ("keyless_m2m.endpoint", "datetime.now"): "a Retry-After date; local time against the Date",
     ("keyless_m2m.certificates", "datetime.now"): "certificate validity, checked by the server on its clock",
