@@ -209,7 +209,7 @@ def peer_costs(sizes: Sizes, servers: Servers) -> tuple[Costs, Costs] | None:
     key = roc.DPoPKey.generate(alg="ES256")
 
     def ath(token: str) -> str:
-        return BinaPy(token).to("sha256").to("b64u").decode()
+        return str(BinaPy(token).to("sha256").to("b64u").decode())
 
     proof = Costs(PEER_ROW)
     for _ in range(2):
