@@ -79,7 +79,7 @@ def _locked() -> Iterator[None]:
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, check=False)  # noqa: S603
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT, check=False)
 
 
 def ensure_softhsm() -> SoftHsm:
@@ -127,7 +127,8 @@ def write_config(directory: Path) -> Path:
     tokens.mkdir(parents=True, exist_ok=True)
     conf = directory / "softhsm2.conf"
     conf.write_text(
-        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+        f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
+        "log.level = ERROR\nslots.removable = false\n",
         encoding="utf-8",
     )
     return conf
@@ -135,15 +136,20 @@ def write_config(directory: Path) -> Path:
 
 def init_token(softhsm: SoftHsm, conf: Path, *, label: str, pin: str, so_pin: str) -> None:
     """``softhsm2-util --init-token --free`` with ``SOFTHSM2_CONF=conf`` (what the docs show)."""
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [
             str(softhsm.util),
-            "--module", str(softhsm.module),
-            "--init-token", "--free",
-            "--label", label,
-            "--pin", pin,
-            "--so-pin", so_pin,
-        ],  # fmt: skip
+            "--module",
+            str(softhsm.module),
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            pin,
+            "--so-pin",
+            so_pin,
+        ],
         env={**os.environ, "SOFTHSM2_CONF": str(conf)},
         capture_output=True,
         text=True,

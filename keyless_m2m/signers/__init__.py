@@ -89,7 +89,8 @@ def signer_from_uri(uri: str, **options: Any) -> Signer:
         return signer
     if not isinstance(uri, str) or "://" not in uri:
         raise ConfigurationError(
-            f"not a signer URI (expected SCHEME://... or pkcs11:...); known schemes: {', '.join(known_schemes())}"
+            "not a signer URI (expected SCHEME://... or pkcs11:...); "
+            f"known schemes: {', '.join(known_schemes())}"
         )
     try:
         scheme = urlsplit(uri).scheme.lower()

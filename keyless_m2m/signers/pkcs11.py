@@ -70,9 +70,17 @@ _PATH_ATTRIBUTES = frozenset(
      "library-description", "library-version", "slot-description", "slot-manufacturer"}
 )  # fmt: skip
 _IGNORED_PATH_ATTRIBUTES = frozenset(
-    {"library-manufacturer", "library-description", "library-version", "slot-description", "slot-manufacturer"}
+    {
+        "library-manufacturer",
+        "library-description",
+        "library-version",
+        "slot-description",
+        "slot-manufacturer",
+    }
 )
-_QUERY_ATTRIBUTES = frozenset({"module-path", "module-name", "pin-source", "pin-value", "x-require-non-extractable"})
+_QUERY_ATTRIBUTES = frozenset(
+    {"module-path", "module-name", "pin-source", "pin-value", "x-require-non-extractable"}
+)
 _TRUE = frozenset({"1", "true", "yes"})
 _FALSE = frozenset({"0", "false", "no"})
 
@@ -85,7 +93,11 @@ _EC_PARAMS: dict[bytes, tuple[str, str]] = {
     bytes.fromhex("06032b6570"): ("OKP", "Ed25519"),
     b"\x13\x0cedwards25519": ("OKP", "Ed25519"),
 }
-_CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+_CURVES: dict[str, ec.EllipticCurve] = {
+    "P-256": ec.SECP256R1(),
+    "P-384": ec.SECP384R1(),
+    "P-521": ec.SECP521R1(),
+}
 _POINT_SIZES = {"P-256": 65, "P-384": 97, "P-521": 133, "Ed25519": 32}
 
 # python-pkcs11 exception class -> (retryable, the session is gone, hint). Matched by name:
@@ -96,7 +108,10 @@ _ERRORS: dict[str, tuple[bool, str]] = {
     "PinExpired": (False, "the user PIN has expired; set a new one"),
     "PinInvalid": (False, "the PIN has characters the token refuses"),
     "PinLenRange": (False, "the PIN is too short or too long for this token"),
-    "UserPinNotInitialized": (False, "the token's user PIN was never set (softhsm2-util --init-token sets it)"),
+    "UserPinNotInitialized": (
+        False,
+        "the token's user PIN was never set (softhsm2-util --init-token sets it)",
+    ),
     "SessionHandleInvalid": (True, "the session was closed by the token; a new one is opened"),
     "SessionClosed": (True, "the session was closed by the token; a new one is opened"),
     "UserNotLoggedIn": (True, "the login was lost; the next session logs in again"),
@@ -151,7 +166,9 @@ def parse_pkcs11_uri(uri: str) -> Pkcs11Uri:
     {'token': 'ci', 'object': 'm2m', 'id': b'\\x01'}
     """
     if not isinstance(uri, str) or not uri[:7].lower() == "pkcs11:":
-        raise ConfigurationError("a PKCS#11 signer URI looks like pkcs11:token=LABEL;object=LABEL?module-path=...")
+        raise ConfigurationError(
+            "a PKCS#11 signer URI looks like pkcs11:token=LABEL;object=LABEL?module-path=..."
+        )
     body = uri[7:]
     path, _, query = body.partition("?")
     path = path.partition("#")[0]
@@ -182,7 +199,9 @@ def _pin_file(source: str | os.PathLike[str]) -> Path:
             raise ConfigurationError("pin-source must be a local file (file:///path or a path)")
         return Path(unquote(parts.path))
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", text) or text.startswith("|"):
-        raise ConfigurationError("pin-source must be a file path or a file: URI (no programs, no other schemes)")
+        raise ConfigurationError(
+            "pin-source must be a file path or a file: URI (no programs, no other schemes)"
+        )
     return Path(text)
 
 
@@ -225,7 +244,9 @@ def _resolve_module(module_path: str | os.PathLike[str] | None, module_name: str
     if not path.is_absolute():
         raise ConfigurationError(f"the PKCS#11 module path must be absolute, not {str(path)!r}")
     if not path.is_file():
-        raise ConfigurationError(f"the PKCS#11 module {path} does not exist (is the vendor's client installed?)")
+        raise ConfigurationError(
+            f"the PKCS#11 module {path} does not exist (is the vendor's client installed?)"
+        )
     return str(path)
 
 
@@ -298,7 +319,9 @@ class _SessionPool:
                 lambda: self._idle or self._open < self.max_sessions or self._closed, timeout
             ):
                 raise SigningError(
-                    f"no free PKCS#11 session on {self.name} after {timeout:.0f}s", retryable=True, key=self.name
+                    f"no free PKCS#11 session on {self.name} after {timeout:.0f}s",
+                    retryable=True,
+                    key=self.name,
                 )
             if self._closed:
                 raise SigningError(f"the PKCS#11 session pool of {self.name} is closed", key=self.name)
@@ -430,7 +453,9 @@ class Pkcs11Signer(CachedDescriptionSigner):
         self._pkcs11 = import_extra("pkcs11", "pkcs11")
         self._module = _resolve_module(module_path, module_name)
         if token_label is None and token_serial is None and slot_id is None:
-            raise ConfigurationError("name the token: token_label=, token_serial= or slot_id= (URI: token=...)")
+            raise ConfigurationError(
+                "name the token: token_label=, token_serial= or slot_id= (URI: token=...)"
+            )
         if label is None and object_id is None:
             raise ConfigurationError("name the key: label= or object_id= (URI: object=... or id=...)")
         if slot_id is not None and (isinstance(slot_id, bool) or not isinstance(slot_id, int) or slot_id < 0):
@@ -495,7 +520,9 @@ class Pkcs11Signer(CachedDescriptionSigner):
         if path.get("type", "private") != "private":
             raise ConfigurationError("a pkcs11 signer URI names a private key (type=private, or no type)")
         if path.get("manufacturer") is not None or path.get("model") is not None:
-            raise ConfigurationError("the pkcs11 URI's manufacturer/model attributes are not supported; use token=")
+            raise ConfigurationError(
+                "the pkcs11 URI's manufacturer/model attributes are not supported; use token="
+            )
         mapping = {
             "token": "token_label",
             "serial": "token_serial",
@@ -507,7 +534,8 @@ class Pkcs11Signer(CachedDescriptionSigner):
         }
         given: dict[str, Any] = {}
         for attribute, value in [*path.items(), *query.items()]:
-            if attribute in _IGNORED_PATH_ATTRIBUTES or attribute.startswith("x-") and attribute not in query:
+            vendor_path = attribute.startswith("x-") and attribute not in query
+            if attribute in _IGNORED_PATH_ATTRIBUTES or vendor_path:
                 continue
             if attribute == "slot-id":
                 if not isinstance(value, str) or not value.isdigit():
@@ -613,7 +641,11 @@ class Pkcs11Signer(CachedDescriptionSigner):
     def _token_description(self) -> str:
         parts = [
             f"{name}={value!r}"
-            for name, value in (("token", self._token_label), ("serial", self._token_serial), ("slot-id", self._slot_id))
+            for name, value in (
+                ("token", self._token_label),
+                ("serial", self._token_serial),
+                ("slot-id", self._slot_id),
+            )
             if value is not None
         ]
         return ", ".join(parts)
@@ -656,7 +688,8 @@ class Pkcs11Signer(CachedDescriptionSigner):
             )
         if len(found) > 1:
             raise ConfigurationError(
-                f"{len(found)} private keys match {self._object_description()}; add id= to the URI (object_id=)"
+                f"{len(found)} private keys match {self._object_description()}; "
+                "add id= to the URI (object_id=)"
             )
         key = lease.keys[lookup] = found[0]
         return key
@@ -687,7 +720,9 @@ class Pkcs11Signer(CachedDescriptionSigner):
         family, curve = family_curve
         point = _der_octet_string(bytes(self._ec_point(lease, private)))
         if len(point) != _POINT_SIZES[curve]:
-            raise SigningError(f"the token returned a malformed public point for {self.key_name}", key=self.key_name)
+            raise SigningError(
+                f"the token returned a malformed public point for {self.key_name}", key=self.key_name
+            )
         if family == "OKP":
             return ed25519.Ed25519PublicKey.from_public_bytes(point)
         try:
@@ -712,7 +747,9 @@ class Pkcs11Signer(CachedDescriptionSigner):
         # "edwards25519" and its public key the OID 1.3.101.112.
         curve = _EC_PARAMS.get(bytes(private[attribute.EC_PARAMS]))
         points = {
-            bytes(c[attribute.EC_POINT]) for c in candidates if _EC_PARAMS.get(bytes(c[attribute.EC_PARAMS])) == curve
+            bytes(c[attribute.EC_POINT])
+            for c in candidates
+            if _EC_PARAMS.get(bytes(c[attribute.EC_PARAMS])) == curve
         }
         if len(points) != 1:
             raise ConfigurationError(
@@ -732,12 +769,16 @@ class Pkcs11Signer(CachedDescriptionSigner):
         if extractable is False and sensitive is True:
             return
         if extractable is True or sensitive is False:
-            finding = "is extractable: its private half can leave the token (CKA_EXTRACTABLE true or CKA_SENSITIVE false)"
+            finding = (
+                "is extractable: its private half can leave the token "
+                "(CKA_EXTRACTABLE true or CKA_SENSITIVE false)"
+            )
         else:
             finding = "does not say whether it is extractable (CKA_EXTRACTABLE / CKA_SENSITIVE unreadable)"
         if self._strict:
             raise ConfigurationError(
-                f"key {self.key_name} {finding}; require_non_extractable=True refuses it. Generate the key in the "
+                f"key {self.key_name} {finding}; require_non_extractable=True refuses it. "
+                "Generate the key in the "
                 "token with CKA_EXTRACTABLE=false and CKA_SENSITIVE=true"
             )
         warned = (self._module, bytes(_read_bytes(private, attribute.ID) or b""), self.key_name)
@@ -746,7 +787,8 @@ class Pkcs11Signer(CachedDescriptionSigner):
                 return
             _warned_extractable.add(warned)
         logger.warning(
-            "PKCS#11 key %s %s; pass require_non_extractable=True (URI: x-require-non-extractable=true) to refuse such keys",
+            "PKCS#11 key %s %s; pass require_non_extractable=True "
+            "(URI: x-require-non-extractable=true) to refuse such keys",
             self.key_name,
             finding,
         )
@@ -759,7 +801,8 @@ class Pkcs11Signer(CachedDescriptionSigner):
             alg = choose_algorithm(*key_family(public_key), self._requested_alg, key=self.key_name)
             return KeyDescription.for_public_key(public_key, alg.name, self._key_id)
 
-        return self._call_blocking("read the key", work)
+        description: KeyDescription = self._call_blocking("read the key", work)
+        return description
 
     def _sign_blocking(self, alg: Algorithm, signing_input: bytes) -> bytes:
         pkcs11 = self._pkcs11
@@ -805,7 +848,9 @@ class Pkcs11Signer(CachedDescriptionSigner):
         return await run_blocking(self._describe_blocking, self._limiter_for())
 
     async def _sign(self, alg: Algorithm, signing_input: bytes) -> bytes:
-        return await run_blocking(functools.partial(self._sign_blocking, alg, signing_input), self._limiter_for())
+        return await run_blocking(
+            functools.partial(self._sign_blocking, alg, signing_input), self._limiter_for()
+        )
 
 
 def _serial(token: Any) -> str:

@@ -25,8 +25,8 @@ import pytest
 
 from keyless_m2m import PrivateKeyJWT, TokenManager
 from keyless_m2m.errors import ConfigurationError, SigningError
-from keyless_m2m.signers import signer_from_uri
 from keyless_m2m.signers import pkcs11 as backend
+from keyless_m2m.signers import signer_from_uri
 from keyless_m2m.signers.pkcs11 import Pkcs11Signer
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.contract import SignerContract, sign_jws, verify_twice
@@ -49,7 +49,9 @@ class Hsm:
 
     def signer(self, label: str, **options: Any) -> Pkcs11Signer:
         options.setdefault("pin", self.pin)
-        return Pkcs11Signer(self.module, token_label=options.pop("token_label", TOKEN), label=label, **options)
+        return Pkcs11Signer(
+            self.module, token_label=options.pop("token_label", TOKEN), label=label, **options
+        )
 
     def uri(self, label: str, query: str = "") -> str:
         return f"pkcs11:token={TOKEN};object={label}?module-path={self.module}{query}"
@@ -68,7 +70,9 @@ def _generate_keys(module: str, pin: str) -> None:
         session.generate_keypair(pkcs11.KeyType.RSA, 2048, store=True, label="rsa", id=b"\x01",
                                  private_template=locked)  # fmt: skip
 
-        def ec_key(oid: str, label: str, key_id: bytes, template: dict[Any, Any], edwards: bool = False) -> None:
+        def ec_key(
+            oid: str, label: str, key_id: bytes, template: dict[Any, Any], edwards: bool = False
+        ) -> None:
             key_type = pkcs11.KeyType.EC_EDWARDS if edwards else pkcs11.KeyType.EC
             params = session.create_domain_parameters(
                 key_type, {attribute.EC_PARAMS: encode_named_curve_parameters(oid)}, local=True
@@ -338,7 +342,9 @@ async def test_token_from_the_embedded_server_with_a_token_held_key(hsm: Hsm) ->
     description = await signer.describe()
     with AuthorizationServer(expires_in=600) as server:
         server.register_client("hsm", public_jwk=description.public_jwk, scopes=["pockets.read"])
-        async with TokenManager(server.token_endpoint, PrivateKeyJWT("hsm", signer), scope="pockets.read") as tm:
+        async with TokenManager(
+            server.token_endpoint, PrivateKeyJWT("hsm", signer), scope="pockets.read"
+        ) as tm:
             token = await tm.get_token()
     assert token.value and token.scope == "pockets.read"
     await signer.aclose()
@@ -359,7 +365,9 @@ async def test_token_from_oidc_provider_with_a_token_held_rsa_key(hsm: Hsm) -> N
         "scope": "pockets.read",
     }
     with harness.start_oidc_provider([client], ["pockets.read"]) as op:
-        async with TokenManager(op.token_endpoint, PrivateKeyJWT("pkcs11-ps256", signer), scope="pockets.read") as tm:
+        async with TokenManager(
+            op.token_endpoint, PrivateKeyJWT("pkcs11-ps256", signer), scope="pockets.read"
+        ) as tm:
             token = await tm.get_token()
     assert token.value and token.token_type.lower() == "bearer"
     await signer.aclose()
