@@ -33,11 +33,18 @@ def _install_oidc_provider(session: nox.Session) -> None:
     )
 
 
+def _install_softhsm(session: nox.Session) -> None:
+    """SoftHSM2 for the PKCS#11 signer's tests: the system's, else Debian's packages
+    extracted into .cache/softhsm2 without root (tests/softhsm.py). Required in CI."""
+    session.run("python", "-m", "tests.softhsm", success_codes=[0] if os.environ.get("CI") else [0, 1])
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The whole suite: unit + integration against real local servers."""
     session.install("-e", ".[all]", *_group("test"))
     _install_oidc_provider(session)
+    _install_softhsm(session)
     # Not PYTHONDEVMODE=0: any non-empty value turns development mode (and asyncio debug)
     # on, whose slow-callback warnings land on the CLI subprocesses' stderr.
     # One pytest worker per core (pytest-xdist): each worker starts its own local servers on

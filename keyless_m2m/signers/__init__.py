@@ -29,6 +29,7 @@ __all__ = [
     "GcpKmsSigner",
     "KeyDescription",
     "LocalSigner",
+    "Pkcs11Signer",
     "Signer",
     "VaultTransitSigner",
     "known_schemes",
@@ -58,6 +59,7 @@ _SCHEMES: dict[str, tuple[str, str]] = {
     "gcpkms": ("gcp", "GcpKmsSigner"),
     "azurekms": ("azure", "AzureKeyVaultSigner"),
     "hashivault": ("vault", "VaultTransitSigner"),
+    "pkcs11": ("pkcs11", "Pkcs11Signer"),  # RFC 7512: pkcs11:ATTRIBUTES, no "//"
 }
 _LAZY = {cls: mod for mod, cls in _SCHEMES.values()}
 
@@ -78,12 +80,17 @@ def signer_from_uri(uri: str, **options: Any) -> Signer:
     - ``gcpkms://projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/N``
     - ``azurekms://VAULT_NAME/KEY[/VERSION]`` or ``https://NAME.vault.azure.net/keys/KEY[/V]``
     - ``hashivault://KEY[?version=N&mount=transit]`` (address/token from ``VAULT_ADDR``/``VAULT_TOKEN``)
+    - ``pkcs11:token=LABEL;object=LABEL?module-path=/path/module.so&pin-source=FILE`` (RFC 7512)
 
     ``options`` (``algorithm=``, ``key_id=``, backend specifics) go to the backend.
     """
+    if isinstance(uri, str) and uri[:7].lower() == "pkcs11:":
+        signer: Signer = _backend(*_SCHEMES["pkcs11"]).from_uri(uri, **options)
+        return signer
     if not isinstance(uri, str) or "://" not in uri:
         raise ConfigurationError(
-            f"not a signer URI (expected SCHEME://...); known schemes: {', '.join(known_schemes())}"
+            "not a signer URI (expected SCHEME://... or pkcs11:...); "
+            f"known schemes: {', '.join(known_schemes())}"
         )
     try:
         scheme = urlsplit(uri).scheme.lower()
@@ -98,7 +105,7 @@ def signer_from_uri(uri: str, **options: Any) -> Signer:
         raise ConfigurationError(
             f"unknown signer URI scheme {scheme!r}; known schemes: {', '.join(known_schemes())}"
         )
-    signer: Signer = _backend(*target).from_uri(uri, **options)
+    signer = _backend(*target).from_uri(uri, **options)
     return signer
 
 
