@@ -1,18 +1,24 @@
-"""Sessions: tests (3.11-3.13), lint, typecheck, docs, soak_ci, demo, bench, bench_dpop, fuzz, soak, faults.
+"""Sessions: tests (3.11-3.13), lowest, package, lint, typecheck, docs, soak_ci, demo, bench,
+bench_dpop, fuzz, soak, faults.
 
-``python3 -m nox`` runs the default sessions (what CI runs): tests on every Python, lint,
-typecheck, docs and a 60 s soak. Every session installs what it needs itself.
+``python3 -m nox`` runs the default sessions (what CI runs): tests on every Python, the unit
+tests on the lowest versions the bounds allow, the built packages, lint, typecheck (the
+library, the tests and the typing tests of tests/typing), docs and a 60 s soak. Every
+session installs what it needs itself.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tarfile
+import zipfile
 from pathlib import Path
 
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["tests", "lint", "typecheck", "docs", "soak_ci"]
+nox.options.sessions = ["tests", "lowest", "package", "lint", "typecheck", "docs", "soak_ci"]
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
@@ -67,6 +73,43 @@ def tests(session: nox.Session) -> None:
             session.run("python", "-m", "tests.oidc_provider.matrix", str(matrix))
 
 
+@nox.session(python="3.11", venv_backend="uv")
+def lowest(session: nox.Session) -> None:
+    """The unit tests on the lowest version of every direct dependency the bounds allow
+    (pyproject.toml): a bound that is too low fails here, not on a user's machine."""
+    # lowest-direct: the lowest versions of the direct requirements (the library's, its
+    # extras', the test group's), the newest of what they pull in.
+    session.install("--resolution", "lowest-direct", "-e", ".[all]", *_group("test"))
+    session.run("pytest", "tests/unit", "-n", "auto", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel, check their metadata, and check that the sdist's own
+    tests collect when unpacked on their own and that the wheel ships ``py.typed``."""
+    session.install("build", "twine")
+    dist = Path(session.create_tmp()) / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), ".")
+    (sdist,) = dist.glob("*.tar.gz")
+    (wheel,) = dist.glob("*.whl")
+    session.run("twine", "check", "--strict", str(sdist), str(wheel))
+    with zipfile.ZipFile(wheel) as zipped:
+        if "keyless_m2m/py.typed" not in zipped.namelist():
+            session.error(f"{wheel.name} has no keyless_m2m/py.typed")
+    unpacked = dist / "sdist"
+    with tarfile.open(sdist) as archive:
+        archive.extractall(unpacked, filter="data")
+    (root,) = unpacked.iterdir()
+    for needed in ("LICENSE", "README.md", "CHANGELOG.md", "SECURITY.md", "mkdocs.yml", "docs", "tests"):
+        if not (root / needed).exists():
+            session.error(f"{sdist.name} has no {needed}")
+    # The unpacked sdist's tests against the library it ships (installed from that tree).
+    session.install(f"{root}[all]", *_group("test"))
+    session.chdir(root)
+    session.run("pytest", "--collect-only", "-q", "-p", "no:cacheprovider")
+
+
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff", "import-linter")
@@ -83,6 +126,8 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "--strict", "keyless_m2m")
     # The tests and benchmarks too: bodies checked, annotations not required (pyproject.toml).
     session.run("mypy", "tests", "benchmarks", "noxfile.py")
+    # User code of the public API (tests/type_checks), strict, each misuse line still rejected.
+    session.run("mypy", "--strict", "--warn-unused-ignores", "tests/type_checks")
 
 
 @nox.session(python="3.11")
