@@ -103,6 +103,9 @@ def running_localstack(workdir: Path) -> Iterator[LocalStackServer]:
     # LocalStack that does not start is a failure, in CI or not.
     if not Path(python).is_file():
         pytest.fail(f"{PYTHON_VARIABLE} names no file: {python}", pytrace=False)
+    python = str(
+        Path(python).absolute()
+    )  # LocalStack runs in workdir; not resolve(): a venv's python is a symlink
     port = free_port()
     log = workdir / "localstack.log"
     with log.open("wb") as sink:

@@ -2,8 +2,8 @@
 OpenBao (and Vault) dev server per session, shared by the backend's own tests and the
 certificate and DPoP-key tests (the servers are in tests/moto_server.py and
 tests/vault_server.py), LocalStack when the AWS tests run against it
-(``--aws-double=localstack``, tests/localstack_server.py), and per module the Azure Key Vault fake (an RSA key ``rsa``) and
-the Cloud KMS fake (an Ed25519 key ``eddsa``)."""
+(``--aws-double=localstack``, tests/localstack_server.py), and per module the Azure Key
+Vault fake (an RSA key ``rsa``) and the Cloud KMS fake (an Ed25519 key ``eddsa``)."""
 
 from __future__ import annotations
 
