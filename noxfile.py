@@ -1,10 +1,10 @@
-"""Sessions: tests (3.11-3.13), lowest, package, lint, typecheck, docs, soak_ci, demo, bench,
-bench_dpop, fuzz, soak, faults.
+"""Sessions: tests (3.11-3.13), lowest, package, lint, typecheck, docs, soak_ci, localstack,
+demo, bench, bench_dpop, fuzz, soak, faults.
 
 ``python3 -m nox`` runs the default sessions (what CI runs): tests on every Python, the unit
 tests on the lowest versions the bounds allow, the built packages, lint, typecheck (the
-library, the tests and the typing tests of tests/typing), docs and a 60 s soak. Every
-session installs what it needs itself.
+library, the tests and the typing tests of tests/type_checks), docs, a 60 s soak and the
+AWS KMS tests against LocalStack. Every session installs what it needs itself.
 """
 
 from __future__ import annotations
@@ -18,12 +18,21 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["tests", "lowest", "package", "lint", "typecheck", "docs", "soak_ci"]
+nox.options.sessions = ["tests", "lowest", "package", "lint", "typecheck", "docs", "soak_ci", "localstack"]
 nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 PYTHONS = ["3.11", "3.12", "3.13"]
+# LocalStack on the host, without Docker: localstack-core needs Python 3.13 here and these
+# pins, which conflict with the project's (cryptography<44), so it gets a venv of its own.
+LOCALSTACK = [
+    "localstack-core[runtime]==2026.3.0",
+    "cbor2<6",
+    "pyopenssl<24.3",
+    "cryptography<44",
+    "service_identity<24.2",
+]
 
 
 def _group(name: str) -> list[str]:
@@ -108,6 +117,37 @@ def package(session: nox.Session) -> None:
     session.install(f"{root}[all]", *_group("test"))
     session.chdir(root)
     session.run("pytest", "--collect-only", "-q", "-p", "no:cacheprovider")
+
+
+@nox.session(python="3.13")
+def localstack(session: nox.Session) -> None:
+    """The AWS KMS integration tests against LocalStack's KMS (its own, not moto's).
+
+    LocalStack runs on the host from a second virtualenv in this session's tmp directory;
+    the tests start and stop it (tests/localstack_server.py), pointed at its interpreter by
+    KEYLESS_M2M_LOCALSTACK_PYTHON.
+    """
+    session.install("-e", ".[aws]", *_group("test"))
+    _install_oidc_provider(session)
+    venv = Path(session.create_tmp()).absolute() / "localstack-venv"
+    python = venv / "bin" / "python"
+    if session.venv_backend == "uv":
+        base = str(Path(session.bin) / "python")
+        session.run("uv", "venv", "--quiet", "--clear", "--python", base, str(venv), external=True)
+        session.run("uv", "pip", "install", "--quiet", "--python", str(python), *LOCALSTACK, external=True)
+    else:
+        session.run("python", "-m", "venv", "--clear", str(venv))
+        session.run(str(python), "-m", "pip", "install", "--quiet", *LOCALSTACK, external=True)
+    session.run(
+        "pytest",
+        "tests/integration/signers/test_aws.py",
+        "--aws-double=localstack",
+        "-n",
+        "0",
+        "-q",
+        *session.posargs,
+        env={"KEYLESS_M2M_LOCALSTACK_PYTHON": str(python)},
+    )
 
 
 @nox.session(python="3.11")

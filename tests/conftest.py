@@ -17,6 +17,17 @@ from keyless_m2m.discovery import clear_metadata_cache
 from tests.helpers import verify_jws
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--aws-double",
+        choices=("moto", "localstack"),
+        default="moto",
+        help="the AWS double the AWS KMS integration tests (tests/integration/signers/test_aws.py) "
+        "run against: moto_server (default) or LocalStack (nox -s localstack, which sets "
+        "KEYLESS_M2M_LOCALSTACK_PYTHON)",
+    )
+
+
 @pytest.fixture(
     params=[
         pytest.param(("asyncio", {}), id="asyncio"),

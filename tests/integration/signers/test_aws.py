@@ -1,11 +1,14 @@
-"""AwsKmsSigner against moto: a real ``moto_server`` process over HTTP, and in-process.
+"""AwsKmsSigner against an AWS double over HTTP: a real ``moto_server`` process (the
+default), or LocalStack, whose KMS is its own implementation (``--aws-double=localstack``,
+which ``nox -s localstack`` passes; tests/localstack_server.py), and moto in-process.
 
-Only what moto does like AWS is asserted here: ``RAW`` signing with RSASSA-PKCS1 and
-ECDSA, key specs, aliases, unknown keys. moto signs ``DIGEST`` messages wrongly (it hashes
-them again), uses the maximum PSS salt (its PS256 signatures do not verify with the
-salt = hash length JWS requires) and has no Ed25519; those paths are covered by request
-shape in ``tests/unit/signers/test_aws.py``. moto also signs with disabled keys: that test
-is a strict xfail, so it starts failing the day moto behaves like AWS.
+The same tests run against both. What one double gets wrong is marked
+``quirk_of(double)``: a strict xfail against that double, an ordinary test against the
+other, so it starts failing the day the double behaves like AWS. moto signs ``DIGEST``
+messages wrongly (it hashes them again), uses the maximum PSS salt (its PS256 signatures
+do not verify with the salt = hash length JWS requires) and signs with disabled keys;
+LocalStack does all three like AWS. Neither has an Ed25519 key spec (``ECC_NIST_EDWARDS25519``):
+that path is covered by request shape in ``tests/unit/signers/test_aws.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from keyless_m2m.signers import AwsKmsSigner, signer_from_uri
 from tests.aws_faults import KmsSignFaults
 from tests.contract import SignerContract, sign_jws
 from tests.helpers import missing_server, require_module, verify_jws
+from tests.localstack_server import LocalStackServer
 from tests.moto_server import MotoServer
 from tests.processes import free_port
 from tests.retries import (
@@ -41,6 +45,9 @@ boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
 Config = require_module("botocore.config").Config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+#: The process the tests talk to: both have ``endpoint``, ``port`` and ``pid``.
+KmsServer = MotoServer | LocalStackServer
 
 REGION = "us-east-1"
 SPEC_FOR_ALG = {
@@ -71,15 +78,16 @@ def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def moto(aws_env: None, moto_server: MotoServer) -> MotoServer:
-    """The session's ``moto_server`` (tests/integration/signers/conftest.py), with this
-    module's dummy credentials and region."""
-    return moto_server
+def kms_server(aws_env: None, aws_double: str, request: pytest.FixtureRequest) -> KmsServer:
+    """The session's ``moto_server`` or ``localstack_server`` (``--aws-double``;
+    tests/integration/signers/conftest.py), with this module's dummy credentials and region."""
+    server: KmsServer = request.getfixturevalue(f"{aws_double}_server")
+    return server
 
 
 @pytest.fixture(scope="module")
-def kms(moto: MotoServer) -> Iterator[Any]:
-    client = boto3.session.Session().client("kms", region_name=REGION, endpoint_url=moto.endpoint)
+def kms(kms_server: KmsServer) -> Iterator[Any]:
+    client = boto3.session.Session().client("kms", region_name=REGION, endpoint_url=kms_server.endpoint)
     yield client
     client.close()
 
@@ -119,14 +127,14 @@ def expected_alg(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def signer(
-    anyio_backend: Any, expected_alg: str, moto: MotoServer, kms_keys: dict[str, str]
+    anyio_backend: Any, expected_alg: str, kms_server: KmsServer, kms_keys: dict[str, str]
 ) -> AsyncIterator[AwsKmsSigner]:
-    signer = AwsKmsSigner(kms_keys[SPEC_FOR_ALG[expected_alg]], endpoint_url=moto.endpoint)
+    signer = AwsKmsSigner(kms_keys[SPEC_FOR_ALG[expected_alg]], endpoint_url=kms_server.endpoint)
     yield signer
     await signer.aclose()
 
 
-class TestAwsKmsSignerOnMotoServer(SignerContract):
+class TestAwsKmsSignerOnKmsDouble(SignerContract):
     async def test_public_jwk_matches_kms(self, signer: AwsKmsSigner, expected_alg: str, kms: Any) -> None:
         description = await signer.describe()
         independent = jwk_from_kms(kms, signer.key_name, expected_alg)
@@ -138,7 +146,7 @@ class TestAwsKmsSignerOnMotoServer(SignerContract):
 
 @pytest.mark.parametrize("form", ["alias", "alias-arn", "key-id"])
 async def test_key_forms_resolve_to_the_same_key(
-    form: str, moto: MotoServer, kms: Any, kms_keys: dict[str, str]
+    form: str, kms_server: KmsServer, kms: Any, kms_keys: dict[str, str]
 ) -> None:
     arn = kms_keys["RSA_2048"]
     key_id = {
@@ -146,7 +154,7 @@ async def test_key_forms_resolve_to_the_same_key(
         "alias-arn": arn.split(":key/")[0] + ":" + RSA_ALIAS,
         "key-id": arn.rsplit("/", 1)[1],
     }[form]
-    signer = AwsKmsSigner(key_id, endpoint_url=moto.endpoint)
+    signer = AwsKmsSigner(key_id, endpoint_url=kms_server.endpoint)
     try:
         description = await signer.describe()
         assert description.algorithm == "RS256"
@@ -157,27 +165,29 @@ async def test_key_forms_resolve_to_the_same_key(
         await signer.aclose()
 
 
-async def test_alias_is_pinned_to_the_described_key(moto: MotoServer, kms: Any) -> None:
+async def test_alias_is_pinned_to_the_described_key(kms_server: KmsServer, kms: Any) -> None:
     first, second = create_key(kms, "ECC_NIST_P256"), create_key(kms, "ECC_NIST_P256")
     alias = f"alias/keyless-m2m-rotate-{os.getpid()}-{time.monotonic_ns()}"
     kms.create_alias(AliasName=alias, TargetKeyId=first)
-    signer = AwsKmsSigner(alias, endpoint_url=moto.endpoint)
+    signer = AwsKmsSigner(alias, endpoint_url=kms_server.endpoint)
     try:
         described = await signer.describe()
-        kms.update_alias(AliasName=alias, TargetKeyId=second)  # rotation by re-pointing the alias
+        # Rotation by re-pointing the alias. By key id: LocalStack stores a key ARN given to
+        # UpdateAlias as it is and then resolves the alias to no key (AWS takes either).
+        kms.update_alias(AliasName=alias, TargetKeyId=second.rsplit("/", 1)[1])
         token = await sign_jws(signer, {"n": 1})
         assert verify_jws(token, dict(described.public_jwk)) == {"n": 1}
     finally:
         await signer.aclose()
-    fresh = AwsKmsSigner(alias, endpoint_url=moto.endpoint)
+    fresh = AwsKmsSigner(alias, endpoint_url=kms_server.endpoint)
     try:
         assert (await fresh.describe()).key_id == jwk_from_kms(kms, second, "ES256")["kid"]
     finally:
         await fresh.aclose()
 
 
-async def test_signer_from_uri_with_custom_endpoint(moto: MotoServer, kms_keys: dict[str, str]) -> None:
-    signer = signer_from_uri(f"awskms://127.0.0.1:{moto.port}/{ES256_ALIAS}")
+async def test_signer_from_uri_with_custom_endpoint(kms_server: KmsServer, kms_keys: dict[str, str]) -> None:
+    signer = signer_from_uri(f"awskms://127.0.0.1:{kms_server.port}/{ES256_ALIAS}")
     try:
         description = await signer.describe()
         assert description.algorithm == "ES256"
@@ -188,8 +198,8 @@ async def test_signer_from_uri_with_custom_endpoint(moto: MotoServer, kms_keys: 
         await signer.aclose()
 
 
-async def test_unknown_alias_is_not_found(moto: MotoServer) -> None:
-    signer = AwsKmsSigner("alias/keyless-m2m-does-not-exist", endpoint_url=moto.endpoint)
+async def test_unknown_alias_is_not_found(kms_server: KmsServer) -> None:
+    signer = AwsKmsSigner("alias/keyless-m2m-does-not-exist", endpoint_url=kms_server.endpoint)
     try:
         with pytest.raises(SigningError) as caught:
             await signer.describe()
@@ -203,9 +213,9 @@ async def test_unknown_alias_is_not_found(moto: MotoServer) -> None:
 @pytest.mark.parametrize(
     ("spec", "usage"), [("ECC_SECG_P256K1", "SIGN_VERIFY"), ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT")]
 )
-async def test_keys_without_a_jws_algorithm(moto: MotoServer, kms: Any, spec: str, usage: str) -> None:
+async def test_keys_without_a_jws_algorithm(kms_server: KmsServer, kms: Any, spec: str, usage: str) -> None:
     arn = create_key(kms, spec, usage)
-    signer = AwsKmsSigner(arn, endpoint_url=moto.endpoint)
+    signer = AwsKmsSigner(arn, endpoint_url=kms_server.endpoint)
     try:
         with pytest.raises(ConfigurationError, match=spec):
             await signer.describe()
@@ -213,15 +223,14 @@ async def test_keys_without_a_jws_algorithm(moto: MotoServer, kms: Any, spec: st
         await signer.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
+@pytest.mark.quirk_of(
+    "moto",
     raises=pytest.fail.Exception,
-    reason="moto (5.x) signs with disabled keys; AWS answers DisabledException "
-    "(mapped to a non-retryable SigningError; see the unit tests)",
+    reason="moto (5.x) signs with disabled keys; AWS (and LocalStack) answers DisabledException",
 )
-async def test_disabled_key_is_not_retryable(moto: MotoServer, kms: Any) -> None:
+async def test_disabled_key_is_not_retryable(kms_server: KmsServer, kms: Any) -> None:
     arn = create_key(kms, "ECC_NIST_P256")
-    signer = AwsKmsSigner(arn, endpoint_url=moto.endpoint)
+    signer = AwsKmsSigner(arn, endpoint_url=kms_server.endpoint)
     try:
         await signer.describe()
         kms.disable_key(KeyId=arn.rsplit("/", 1)[1])  # moto answers 500 to DisableKey with an ARN
@@ -252,14 +261,49 @@ async def test_unreachable_endpoint_is_retryable(aws_env: None) -> None:
         client.close()
 
 
+@pytest.mark.quirk_of(
+    "moto",
+    raises=jwt.InvalidSignatureError,
+    reason="moto (5.x) hashes a MessageType=DIGEST message again before signing it",
+)
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+async def test_long_signing_input_is_signed_as_a_digest(
+    alg: str, kms_server: KmsServer, kms_keys: dict[str, str]
+) -> None:
+    # Over 4096 bytes the signer hashes locally and sends MessageType=DIGEST.
+    signer = AwsKmsSigner(kms_keys[SPEC_FOR_ALG[alg]], endpoint_url=kms_server.endpoint)
+    try:
+        description = await signer.describe()
+        claims = {"padding": "x" * 5000}
+        assert verify_jws(await sign_jws(signer, claims), dict(description.public_jwk)) == claims
+    finally:
+        await signer.aclose()
+
+
+@pytest.mark.quirk_of(
+    "moto",
+    raises=jwt.InvalidSignatureError,
+    reason="moto (5.x) signs RSASSA-PSS with the maximum salt length; JWS needs salt = hash length",
+)
+@pytest.mark.parametrize("alg", ["PS256", "PS512"])
+async def test_pss_signatures_verify(alg: str, kms_server: KmsServer, kms_keys: dict[str, str]) -> None:
+    signer = AwsKmsSigner(kms_keys["RSA_2048"], endpoint_url=kms_server.endpoint, algorithm=alg)
+    try:
+        description = await signer.describe()
+        assert description.algorithm == alg
+        assert verify_jws(await sign_jws(signer, {"pss": alg}), dict(description.public_jwk)) == {"pss": alg}
+    finally:
+        await signer.aclose()
+
+
 # -- one owner of retries: one KMS call per sign(), the token endpoint retries -------------------
 
 
 @pytest.fixture
-async def faulty(moto: MotoServer, kms: Any) -> AsyncIterator[tuple[AwsKmsSigner, KmsSignFaults]]:
+async def faulty(kms_server: KmsServer, kms: Any) -> AsyncIterator[tuple[AwsKmsSigner, KmsSignFaults]]:
     """A signer with the client it builds itself (its retry settings are under test), and
     AWS's error answers injected into that client's Sign calls."""
-    signer = AwsKmsSigner(create_key(kms, "ECC_NIST_P256"), endpoint_url=moto.endpoint)
+    signer = AwsKmsSigner(create_key(kms, "ECC_NIST_P256"), endpoint_url=kms_server.endpoint)
     await signer.describe()
     faults = KmsSignFaults()
     faults.install(signer._client)  # the boto3 client the signer made
@@ -300,12 +344,12 @@ def test_the_built_client_has_no_retries_and_finite_timeouts(aws_env: None) -> N
     signer._close_client()
 
 
-async def test_a_given_client_keeps_its_own_retry_settings(moto: MotoServer, kms: Any) -> None:
+async def test_a_given_client_keeps_its_own_retry_settings(kms_server: KmsServer, kms: Any) -> None:
     # A client the user built is used as it is: its retries multiply with the endpoint's.
     client = boto3.session.Session().client(
         "kms",
         region_name=REGION,
-        endpoint_url=moto.endpoint,
+        endpoint_url=kms_server.endpoint,
         config=Config(retries={"mode": "standard", "total_max_attempts": 2}),
     )
     signer = AwsKmsSigner(create_key(kms, "ECC_NIST_P256"), client=client)
@@ -321,8 +365,8 @@ async def test_a_given_client_keeps_its_own_retry_settings(moto: MotoServer, kms
         client.close()
 
 
-async def test_cancellation_releases_a_caller_stuck_in_boto3(moto: MotoServer, kms: Any) -> None:
-    signer = AwsKmsSigner(create_key(kms, "ECC_NIST_P256"), endpoint_url=moto.endpoint)
+async def test_cancellation_releases_a_caller_stuck_in_boto3(kms_server: KmsServer, kms: Any) -> None:
+    signer = AwsKmsSigner(create_key(kms, "ECC_NIST_P256"), endpoint_url=kms_server.endpoint)
     await signer.describe()
     hang = Hang()
 
@@ -339,7 +383,9 @@ async def test_cancellation_releases_a_caller_stuck_in_boto3(moto: MotoServer, k
 # -- in-process moto, as users' own tests would use it -------------------------------------------
 
 
-async def test_in_process_mock_aws(aws_env: None) -> None:
+async def test_in_process_mock_aws(aws_env: None, aws_double: str) -> None:
+    if aws_double != "moto":
+        pytest.skip("moto in-process, no server: it runs with --aws-double=moto (the default)")
     from moto import mock_aws
 
     with mock_aws():
@@ -356,7 +402,33 @@ async def test_in_process_mock_aws(aws_env: None) -> None:
             client.close()
 
 
-# -- end to end: a token from the real oidc-provider, signed by a moto-held key -------------------
+# -- end to end: tokens from the embedded server and oidc-provider, signed by a KMS-double key ----
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+async def test_token_from_the_embedded_authorization_server(
+    alg: str, kms_server: KmsServer, kms: Any, kms_keys: dict[str, str]
+) -> None:
+    from keyless_m2m.testing.authorization_server import AuthorizationServer
+
+    public_jwk = jwk_from_kms(kms, kms_keys[SPEC_FOR_ALG[alg]], alg)  # computed without our code
+    assertions: list[str] = []
+    signer = AwsKmsSigner({"RS256": RSA_ALIAS, "ES256": ES256_ALIAS}[alg], endpoint_url=kms_server.endpoint)
+    try:
+        with AuthorizationServer(expires_in=600) as server:
+            server.register_client("aws-kms", public_jwk=public_jwk, scopes=["pockets.read"])
+            server.on_request = lambda form: assertions.extend(form.get("client_assertion", []))
+            async with TokenManager(server.token_endpoint, PrivateKeyJWT("aws-kms", signer)) as tokens:
+                token = await tokens.get_token(scope="pockets.read")
+    finally:
+        await signer.aclose()
+    assert server.issued == [token.value]
+    assert token.scope == "pockets.read"
+    (assertion,) = assertions
+    # The assertion the server accepted, verified again by PyJWT with the KMS's own public key.
+    assert jwt.get_unverified_header(assertion)["kid"] == public_jwk["kid"]
+    claims = verify_jws(assertion, public_jwk, audience=server.token_endpoint)
+    assert claims["iss"] == claims["sub"] == "aws-kms"
 
 
 @dataclass
@@ -383,8 +455,8 @@ def oidc_with_kms_client(kms: Any, kms_keys: dict[str, str]) -> Iterator[Provide
         yield Provider(op.token_endpoint, "aws-kms-es256")
 
 
-async def test_token_from_oidc_provider(moto: MotoServer, oidc_with_kms_client: Provider) -> None:
-    signer = AwsKmsSigner(ES256_ALIAS, endpoint_url=moto.endpoint)
+async def test_token_from_oidc_provider(kms_server: KmsServer, oidc_with_kms_client: Provider) -> None:
+    signer = AwsKmsSigner(ES256_ALIAS, endpoint_url=kms_server.endpoint)
     auth = PrivateKeyJWT(oidc_with_kms_client.client_id, signer)
     try:
         async with TokenManager(oidc_with_kms_client.token_endpoint, auth, scope="pockets.read") as tokens:
