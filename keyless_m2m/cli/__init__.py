@@ -56,7 +56,7 @@ from ._exit import EXIT_USAGE as EXIT_USAGE
 from ._exit import exit_code_for
 from ._jwks import cmd_jwks
 from ._output import PROG as PROG
-from ._output import err
+from ._output import err, in_cli_words
 from ._parser import build_parser
 from ._proof import cmd_proof
 from ._session import Session as Session
@@ -136,7 +136,7 @@ async def run(argv: Sequence[str] | None = None, environ: Mapping[str, str] | No
         if debug:
             traceback.print_exception(caught, file=sys.stderr)
         if isinstance(error, KeylessM2MError):
-            err(f"{PROG}: {type(error).__name__}: {error}")
+            err(f"{PROG}: {type(error).__name__}: {in_cli_words(str(error))}")
         elif isinstance(error, KeyboardInterrupt):
             err(f"{PROG}: interrupted")
         else:
