@@ -81,3 +81,21 @@ async def test_the_http_refusal_names_the_flag(capsys: pytest.CaptureFixture[str
     assert await run(argv, environ={}) == 2
     err = capsys.readouterr().err
     assert "--allow-insecure-http" in err and "allow_insecure_http=True" not in err
+
+
+class _ClosedStdout:
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest_anyio
+async def test_a_closed_stdout_is_exit_141_without_a_message(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdout", _ClosedStdout())
+    assert await run(["jwks", key_uri(tmp_path)], environ={}) == 141
+    monkeypatch.undo()
+    assert capsys.readouterr().err == ""
