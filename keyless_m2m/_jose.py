@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -86,7 +87,7 @@ def jws_algorithm(name: object, *, key: str | None = None) -> Algorithm:
     keyless_m2m.errors.ConfigurationError: unknown JWS algorithm 'HS256'; known: RS256, ...
     """
     if not isinstance(name, str):  # e.g. a JWK whose "alg" member is not a string
-        where = f"key {key}: " if key is not None else ""
+        where = f"{_named(key)}: " if key is not None else ""
         raise ConfigurationError(f"{where}the JWS algorithm must be a string, not {type(name).__name__}")
     alg = ALGORITHMS.get(name)
     if alg is None:
@@ -104,6 +105,13 @@ DEFAULT_ALG: dict[tuple[KeyFamily, str | None], str] = {
 }
 
 
+def _named(key: str | None) -> str:
+    """``key NAME``, unless the name already says what it is ("key file 'a.pem'", "JWK")."""
+    if key is None:
+        return "key"
+    return key if re.search(r"\b(key|JWK)\b", key) else f"key {key}"
+
+
 def choose_algorithm(
     family: KeyFamily,
     curve: str | None,
@@ -119,20 +127,20 @@ def choose_algorithm(
     if requested is None:
         name = DEFAULT_ALG.get((family, None if family == "RSA" else curve))
         if name is None:
-            raise ConfigurationError(f"key {key}: no JWS algorithm for a {family} {curve} key")
+            raise ConfigurationError(f"{_named(key)}: no JWS algorithm for an {family} {curve} key")
         if allowed is not None and name not in allowed:
             fits = sorted(allowed)
             if not fits:
-                raise ConfigurationError(f"key {key}: the key allows no JWS signing algorithm")
+                raise ConfigurationError(f"{_named(key)}: the key allows no JWS signing algorithm")
             name = fits[0]
         return ALGORITHMS[name]
     alg = jws_algorithm(requested, key=key)
     if alg.family != family or (family != "RSA" and alg.curve != curve):
         described = f"{family} {curve}" if curve else family
-        raise ConfigurationError(f"key {key}: {requested} does not fit a {described} key")
+        raise ConfigurationError(f"{_named(key)}: {requested} does not fit an {described} key")
     if allowed is not None and requested not in allowed:
         raise ConfigurationError(
-            f"key {key}: {requested} is not allowed for this key; allowed: "
+            f"{_named(key)}: {requested} is not allowed for this key; allowed: "
             f"{', '.join(sorted(allowed)) or 'none'}"
         )
     return alg

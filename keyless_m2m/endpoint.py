@@ -616,10 +616,13 @@ class TokenEndpoint:
             delay = policy.next_delay(attempt, retry_after, budget.deadline - anyio.current_time())
             if delay is None:
                 raise error
+            # The cause with each retry: the typed error's message, secret-free like every
+            # message of ours (the server's text was scrubbed of what was sent).
             logger.info(
-                "token request to %s failed (%s), retry %d/%d in %.2fs",
+                "token request to %s failed (%s: %s), retry %d/%d in %.2fs",
                 self.url,
                 type(error).__name__,
+                error,
                 attempt,
                 self.max_attempts - 1,
                 delay,

@@ -43,6 +43,7 @@ from ._assertion import cmd_assertion
 from ._certificate import cmd_certificate
 from ._demo import cmd_demo
 from ._doctor import cmd_doctor
+from ._exit import EXIT_BROKEN_PIPE as EXIT_BROKEN_PIPE
 from ._exit import EXIT_CODES as EXIT_CODES
 from ._exit import EXIT_CODES_HELP as EXIT_CODES_HELP
 from ._exit import EXIT_DISCOVERY as EXIT_DISCOVERY
@@ -56,7 +57,7 @@ from ._exit import EXIT_USAGE as EXIT_USAGE
 from ._exit import exit_code_for
 from ._jwks import cmd_jwks
 from ._output import PROG as PROG
-from ._output import err
+from ._output import err, in_cli_words
 from ._parser import build_parser
 from ._proof import cmd_proof
 from ._session import Session as Session
@@ -135,8 +136,10 @@ async def run(argv: Sequence[str] | None = None, environ: Mapping[str, str] | No
         error = _leaf(caught)
         if debug:
             traceback.print_exception(caught, file=sys.stderr)
-        if isinstance(error, KeylessM2MError):
-            err(f"{PROG}: {type(error).__name__}: {error}")
+        if isinstance(error, BrokenPipeError):
+            pass  # the reader left (`| head`): nothing to tell it, nor the terminal
+        elif isinstance(error, KeylessM2MError):
+            err(f"{PROG}: {type(error).__name__}: {in_cli_words(str(error))}")
         elif isinstance(error, KeyboardInterrupt):
             err(f"{PROG}: interrupted")
         else:
@@ -151,12 +154,19 @@ async def run(argv: Sequence[str] | None = None, environ: Mapping[str, str] | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``keyless-m2m`` console script: runs :func:`run` on asyncio."""
+    """The ``keyless-m2m`` console script: runs :func:`run` on asyncio. A closed stdout
+    (``| head``) ends it quietly with 141, as a writer killed by SIGPIPE."""
     try:
-        return anyio.run(run, argv)
+        code = anyio.run(run, argv)
     except KeyboardInterrupt:
         err(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
+    if code == EXIT_BROKEN_PIPE:
+        # What is left in stdout's buffer would fail again when the interpreter flushes it
+        # at exit ("Exception ignored ... BrokenPipeError"): point stdout at devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

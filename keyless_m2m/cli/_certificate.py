@@ -26,7 +26,9 @@ def _write(path: str, text: str) -> None:
 
 
 async def cmd_certificate(args: argparse.Namespace, session: Session) -> int:
-    (uri,) = session.signer_uris([args.uri] if args.uri else [], "certificate URI")
+    if args.uri and args.signer and args.uri != args.signer:
+        raise ConfigurationError("a certificate is for one signer: give SIGNER_URI or --signer URI, not two")
+    (uri,) = session.signer_uris([args.uri] if args.uri else [], "certificate URI (or --signer URI)")
     cert = await self_signed_certificate(session.signer(uri), subject=args.subject, days=args.days)
     pem = certificate_pem(cert)
     if args.json:

@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..signers import KeyDescription, known_schemes
 from ._exit import EXIT_OK, EXIT_OTHER, exit_code_for
-from ._output import PROG, out
+from ._output import PROG, in_cli_words, out
 from ._session import Session
 from ._settings import ENV_CLIENT_ID, ENV_ISSUER, ENV_TOKEN_ENDPOINT
 
@@ -90,7 +90,7 @@ class Doctor:
             out(f"{'':<5} {'':<19} fix: {fix}")
 
     def failed(self, name: str, error: BaseException, fix: str) -> None:
-        self.report(name, "FAIL", f"{type(error).__name__}: {error}", fix, error)
+        self.report(name, "FAIL", f"{type(error).__name__}: {in_cli_words(str(error))}", fix, error)
 
     async def run(self) -> int:
         self.configuration()
@@ -120,7 +120,7 @@ class Doctor:
         try:
             self.method = settings.method()
         except ConfigurationError as exc:
-            problems.append(str(exc))
+            problems.append(in_cli_words(str(exc)))
         if settings.assertion_aud == "issuer" and not settings.issuer:
             problems.append(f"--assertion-aud issuer needs --issuer or {ENV_ISSUER}")
         if not settings.token_endpoint and not settings.issuer:

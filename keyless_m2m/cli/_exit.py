@@ -21,6 +21,7 @@ from ..errors import (
 )
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_CODES",
     "EXIT_CODES_HELP",
     "EXIT_DISCOVERY",
@@ -43,6 +44,7 @@ EXIT_UNAVAILABLE = 4
 EXIT_SIGNING = 5
 EXIT_DISCOVERY = 6
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +98,29 @@ DISCOVERY = ExitCode(
     shown_as="DiscoveryError, InvalidTokenResponseError",
 )
 INTERRUPTED = ExitCode(EXIT_INTERRUPTED, "interrupted", (KeyboardInterrupt,), in_help=False)
+# stdout closed early (`keyless-m2m jwks | head -0`): quiet, as cat or git are, and 141
+# rather than 0 so that a pipeline under `set -o pipefail` sees the output was cut short.
+BROKEN_PIPE = ExitCode(
+    EXIT_BROKEN_PIPE, "stdout was closed before the output was written", (BrokenPipeError,), in_help=False
+)
 
-EXIT_CODES: tuple[ExitCode, ...] = (OK, OTHER, USAGE, REJECTED, UNAVAILABLE, SIGNING, DISCOVERY, INTERRUPTED)
+EXIT_CODES: tuple[ExitCode, ...] = (
+    OK,
+    OTHER,
+    USAGE,
+    REJECTED,
+    UNAVAILABLE,
+    SIGNING,
+    DISCOVERY,
+    INTERRUPTED,
+    BROKEN_PIPE,
+)
 """Every exit code, in the order ``--help`` lists them."""
 
 # The first that matches wins. A signer's error is the signer's (5) even when retryable
 # (throttling); any other retryable error is an outage (4) before it is a refusal (3) or
 # bad metadata (6). Anything else, our errors included, is 1.
-_PRECEDENCE = (INTERRUPTED, USAGE, SIGNING, UNAVAILABLE, REJECTED, DISCOVERY)
+_PRECEDENCE = (INTERRUPTED, BROKEN_PIPE, USAGE, SIGNING, UNAVAILABLE, REJECTED, DISCOVERY)
 
 
 def exit_code_for(error: BaseException) -> int:

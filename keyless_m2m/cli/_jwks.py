@@ -16,7 +16,8 @@ __all__ = ["cmd_jwks"]
 
 
 async def cmd_jwks(args: argparse.Namespace, session: Session) -> int:
-    uris = session.signer_uris(args.uris, "jwks URI [URI ...]")
+    named = [*(args.signers or []), *args.uris]  # --signer URI, then the positional URIs
+    uris = session.signer_uris(named, "jwks URI [URI ...] (or --signer URI)")
     keys: list[dict[str, Any]] = []
     for uri in uris:
         jwk = dict((await session.signer(uri).describe()).public_jwk)

@@ -9,9 +9,25 @@ from typing import Any
 
 from .._jose import b64url_decode
 
-__all__ = ["PROG", "compact", "decode_assertion", "err", "out"]
+__all__ = ["PROG", "compact", "decode_assertion", "err", "in_cli_words", "out"]
 
 PROG = "keyless-m2m"
+
+# The library's errors name its Python arguments; a CLI user passes the flag instead.
+_FLAGS_FOR_ARGUMENTS = {
+    "pass allow_insecure_http=True": "pass --allow-insecure-http",
+}
+
+
+def in_cli_words(message: str) -> str:
+    """An error message with the library's argument names replaced by the CLI's flags.
+
+    >>> in_cli_words("http is allowed for loopback hosts; pass allow_insecure_http=True to override")
+    'http is allowed for loopback hosts; pass --allow-insecure-http to override'
+    """
+    for argument, flag in _FLAGS_FOR_ARGUMENTS.items():
+        message = message.replace(argument, flag)
+    return message
 
 
 def out(text: str = "") -> None:

@@ -4,6 +4,7 @@ command, and the refusals that keep a secret off the command line and out of usa
 from __future__ import annotations
 
 import argparse
+import textwrap
 from functools import partial
 from typing import Any, NoReturn
 
@@ -48,6 +49,20 @@ def _concurrency(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped to the terminal, one paragraph per line as written; indented
+    lines (the ``exit codes:`` table) kept as they are, so their layout survives."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines: list[str] = []
+        for line in text.splitlines():
+            if not line.strip() or line[0].isspace():
+                lines.append(indent + line if line.strip() else "")
+            else:
+                lines += textwrap.wrap(line, width, initial_indent=indent, subsequent_indent=indent)
+        return "\n".join(lines)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, except that unrecognized arguments are named without their values: a
     mistyped option may be followed by a secret."""
@@ -82,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     ``doctor``, ``demo``)."""
     from .. import __version__
 
-    formatter = argparse.RawDescriptionHelpFormatter
+    formatter = _HelpFormatter
 
     output = _Parser(add_help=False, allow_abbrev=False)
     logs = output.add_argument_group("output")
@@ -102,11 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="show informational logs (retries, refreshes)",
     )
 
-    # The commands that only read signers (jwks, certificate) name them as arguments and
-    # share this option.
+    # The commands that only read signers (jwks, certificate) name them as arguments or
+    # with --signer (as token does), and share this option.
     key = _Parser(add_help=False, allow_abbrev=False)
     key.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for the signers (e.g. PS256)")
 
+    # The client options in three parents, so that each command lists what it uses:
+    # ``client`` (every command that talks to or signs for a server), ``credentials`` and
+    # ``request`` (the commands that make a token request: token, doctor).
     client = _Parser(add_help=False, allow_abbrev=False)
     group = client.add_argument_group(
         "authorization server and client (flags win over environment variables)"
@@ -125,16 +143,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URI",
         help=f"the signing key, e.g. file:///key.pem or awskms:///alias/name [${ENV_SIGNER}]",
     )
+    group.add_argument("--client-secret", action=_RefuseSecretOnCommandLine, help=argparse.SUPPRESS)
+    group.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for the signer (e.g. PS256)")
+    group.add_argument(
+        "--assertion-aud",
+        choices=("auto", "issuer", "token_endpoint"),
+        help="the client assertion's aud: auto (default: the issuer when --issuer is given, "
+        "then the token endpoint if the server refuses it), issuer (draft-ietf-oauth-rfc7523bis "
+        "only; needs --issuer) or token_endpoint",
+    )
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow plain http:// to non-loopback hosts (never do this in production)",
+    )
+    group.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="HTTP timeout (10)")
+    group.add_argument("--ca-bundle", metavar="PATH", help="trust the CA certificates in this PEM file")
+
+    credentials = _Parser(add_help=False, allow_abbrev=False)
+    group = credentials.add_argument_group("client credentials other than a signer")
     group.add_argument(
         "--client-secret-file",
         metavar="PATH",
         help=f"read a client secret from PATH ('-': stdin) instead of ${ENV_CLIENT_SECRET}",
     )
-    group.add_argument("--client-secret", action=_RefuseSecretOnCommandLine, help=argparse.SUPPRESS)
     group.add_argument(
         "--auth-method",
         choices=METHODS,
-        help="client authentication (default: private_key_jwt with a signer, else client_secret_basic)",
+        metavar="METHOD",  # the choices in the help, wrapped, not in one long usage line
+        help=f"client authentication: {', '.join(METHODS)} (default: private_key_jwt with a "
+        "signer, else client_secret_basic)",
     )
     group.add_argument(
         "--client-cert",
@@ -152,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"read the client key's password from PATH ('-': stdin) instead of ${ENV_CLIENT_KEY_PASSWORD}",
     )
+
+    request = _Parser(add_help=False, allow_abbrev=False)
+    group = request.add_argument_group("the token request")
     group.add_argument(
         "--dpop",
         action="store_true",
@@ -169,21 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--resource", metavar="URI", action="append", help="RFC 8707 resource indicator (repeatable)"
     )
     group.add_argument("--audience", metavar="VALUE", help="the token request's audience parameter")
-    group.add_argument("--algorithm", metavar="ALG", help="JWS algorithm for the signer (e.g. PS256)")
-    group.add_argument(
-        "--assertion-aud",
-        choices=("auto", "issuer", "token_endpoint"),
-        help="the client assertion's aud: auto (default: the issuer when --issuer is given, "
-        "then the token endpoint if the server refuses it), issuer (draft-ietf-oauth-rfc7523bis "
-        "only; needs --issuer) or token_endpoint",
-    )
-    group.add_argument(
-        "--allow-insecure-http",
-        action="store_true",
-        help="allow plain http:// to non-loopback hosts (never do this in production)",
-    )
-    group.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="HTTP timeout (10)")
-    group.add_argument("--ca-bundle", metavar="PATH", help="trust the CA certificates in this PEM file")
 
     parser = _Parser(
         prog=PROG,
@@ -222,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = add_command(
         "token",
-        parents=[client, output],
+        parents=[client, credentials, request, output],
         help="print an access token",
         description="Get a token with the client-credentials grant and print it (it is what you asked "
         "for: mind where the output goes).",
@@ -258,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"Known URI schemes: {', '.join(known_schemes())}.",
     )
     jwks.add_argument("uris", nargs="*", metavar="SIGNER_URI", help="signer URIs")
+    jwks.add_argument(
+        "--signer",
+        dest="signers",
+        action="append",
+        metavar="URI",
+        help="a signer URI, as token takes it (repeatable; listed before the SIGNER_URIs)",
+    )
 
     certificate = add_command(
         "certificate",
@@ -268,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Upload it where a server registers certificates, not JWKs (Microsoft Entra ID).",
     )
     certificate.add_argument("uri", nargs="?", metavar="SIGNER_URI", help="the signer URI")
+    certificate.add_argument(
+        "--signer", metavar="URI", help=f"the signer URI, as token takes it (or SIGNER_URI) [${ENV_SIGNER}]"
+    )
     certificate.add_argument(
         "--subject",
         default=DEFAULT_SUBJECT,
@@ -299,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_command(
         "doctor",
-        parents=[client, output],
+        parents=[client, credentials, request, output],
         help="check a configuration end to end, with a fix for each failure",
         description="Check, step by step: the configuration, the signer, a sign + verify round trip "
         "(verified independently with jwcrypto), the server's metadata, method and algorithm "

@@ -510,6 +510,18 @@ class TokenManager(BearerSource):
                 error,
                 entry.current.usable_until - now,
             )
+        elif not error.retryable:
+            # No attempt is scheduled: the error needs a fix (the credentials, the
+            # registration). Calls within the pause get it again without a request.
+            logger.log(
+                level,
+                "token fetch failed %d time(s) (%s: %s); not retryable: calls in the next %.1f s "
+                "get the same error, later ones ask the server again",
+                entry.failures,
+                type(error).__name__,
+                error,
+                delay,
+            )
         else:
             logger.log(
                 level,

@@ -188,6 +188,15 @@ class _Closed(Exception):
     """Raised inside the worker thread when the signer was closed."""
 
 
+def _valid_host_and_port(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    return bool(parts.hostname) and port != 0
+
+
 class AwsKmsSigner(CachedDescriptionSigner):
     """Signs client assertions with an asymmetric AWS KMS key.
 
@@ -255,9 +264,13 @@ class AwsKmsSigner(CachedDescriptionSigner):
                 f"AWS KMS key {self._key_id}: region {region!r} does not match the ARN's region"
             )
         if endpoint_url is not None and (
-            not isinstance(endpoint_url, str) or not endpoint_url.startswith(("https://", "http://"))
+            not isinstance(endpoint_url, str)
+            or not endpoint_url.startswith(("https://", "http://"))
+            or not _valid_host_and_port(endpoint_url)
         ):
-            raise ConfigurationError("endpoint_url must be an http:// or https:// URL")
+            raise ConfigurationError(
+                "endpoint_url must be an http:// or https:// URL with a host (and a port from 1 to 65535)"
+            )
         if algorithm is not None:
             jws_algorithm(algorithm)
         self._kid = ensure_kid(key_id)

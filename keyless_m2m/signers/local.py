@@ -7,6 +7,7 @@ object never appears in ``repr`` or in error messages.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -102,11 +103,11 @@ class LocalSigner(CachedDescriptionSigner):
         """Load a PEM private key from a file (see :meth:`from_pem`)."""
         password = _wrap(password)
         file = Path(path)
-        data = _read(file)
+        data = _read(file, os.fspath(path))
         if isinstance(data, str):
             raise ConfigurationError(data)
         return cls.from_pem(
-            data, password, algorithm=algorithm, key_id=key_id, name=f"key file {file.name!r}"
+            data, password, algorithm=algorithm, key_id=key_id, name=f"key file {os.fspath(path)!r}"
         )
 
     @classmethod
@@ -139,6 +140,15 @@ class LocalSigner(CachedDescriptionSigner):
             options["password"] = _wrap(options["password"])
         if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path:
             raise ConfigurationError("a file signer URI looks like file:///path/to/key.pem")
+        if parts.query:
+            # Only the names: a value may be a password someone hoped the URI would carry.
+            names = sorted({pair.split("=", 1)[0] for pair in parts.query.split("&") if pair})
+            raise ConfigurationError(
+                f"file signer URIs take no query (got {', '.join(names) or '?'}): pass "
+                "password=, algorithm= or key_id= as options (the CLI: --algorithm)"
+            )
+        if parts.fragment:
+            raise ConfigurationError("file signer URIs take no #fragment")
         return cls.from_pem_file(unquote(parts.path), **options)
 
     async def _load_description(self) -> KeyDescription:  # pragma: no cover - set in __init__
@@ -189,11 +199,11 @@ def _wrap(value: _Text | None) -> Secret[bytes] | Secret[str] | None:
     return Secret(value)  # type: ignore[return-value]  # Secret[bytes | str] is one of the two
 
 
-def _read(file: Path) -> Secret[bytes] | str:
+def _read(file: Path, given: str) -> Secret[bytes] | str:
     try:
         return Secret(file.read_bytes())
     except OSError as exc:
-        return f"cannot read key file {file.name!r}: {exc.strerror}"
+        return f"cannot read key file {given!r}: {exc.strerror}"
 
 
 def _load_pem(

@@ -207,13 +207,15 @@ class VaultTransitSigner(CachedDescriptionSigner):
             address = url or _env("VAULT_ADDR", "BAO_ADDR") or _DEFAULT_ADDRESS
             try:
                 parts = urlsplit(address)
+                parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
                 usable = parts.scheme in ("http", "https") and bool(parts.hostname)
             except ValueError:
                 usable = False
             if not usable or "@" in parts.netloc:
                 # Not echoed: a malformed address may hold credentials.
                 raise ConfigurationError(
-                    "the Vault address must be an http(s) URL without credentials, e.g. https://vault:8200"
+                    "the Vault address must be an http(s) URL without credentials, with a port from "
+                    "1 to 65535 if any, e.g. https://vault:8200"
                 )
             verify, cert = _tls_from_env()
             self._client = hvac_module.Client(

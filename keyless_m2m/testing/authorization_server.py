@@ -6,7 +6,8 @@ It serves the client-credentials grant on loopback over real HTTP, verifies
 ``assertion_audience``), ``exp``, ``iat``/``nbf`` not in the future, replayed ``jti``),
 client secrets (basic and post) and, for clients registered with ``federated=``, JWTs of
 an external issuer they trust (workload identity: :class:`FederatedCredential`), checks
-scopes, and counts what it sees. A refusal's
+scopes, grants them (all requested, or what a grant policy allows: ``grant=``, on the
+server or per client), and counts what it sees. A refusal's
 ``error_description`` says which check failed. Knobs inject latency and failures, so
 tests can assert counts instead of times::
 
@@ -51,7 +52,23 @@ from ..assertions import JWT_SPIFFE
 from ..client_auth import CLIENT_ASSERTION_TYPE
 from ._faults import FaultInjection, FaultQueue
 
-__all__ = ["AuthorizationServer", "Fault", "FederatedCredential", "RegisteredClient"]
+__all__ = ["AuthorizationServer", "Fault", "FederatedCredential", "GrantPolicy", "RegisteredClient"]
+
+GrantPolicy = Callable[[str, frozenset[str]], Iterable[str]]
+"""``(client_id, requested_scopes) -> granted_scopes``: what a server grants an
+authenticated client that asked for ``requested_scopes`` (RFC 6749 section 3.3: it may
+grant less, or other scopes, and then says which in the token response's ``scope``)."""
+
+
+def _grant_policy(grant: GrantPolicy | Iterable[str] | None) -> GrantPolicy | None:
+    """A policy from ``grant=``: a callable as it is, a collection of scopes as a cap (the
+    requested scopes that are in it)."""
+    if grant is None or callable(grant):
+        return grant
+    if isinstance(grant, str):
+        raise TypeError("grant= takes a callable or a collection of scopes, not a str: ['a', 'b']")
+    cap = frozenset(grant)
+    return lambda client_id, requested: requested & cap
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,7 @@ class RegisteredClient:
     client_secret: str | None = None
     scopes: frozenset[str] | None = None  # None: any scope
     federated: tuple[FederatedCredential, ...] = ()
+    grant: GrantPolicy | None = None  # None: the server's policy (default: all requested)
 
 
 @dataclass
@@ -128,6 +146,9 @@ class AuthorizationServer(FaultInjection):
     carries ``DPoP-Nonce``; :meth:`rotate_dpop_nonce` makes the current one stale);
     ``dpop_iat_window`` how far (seconds) a proof's ``iat`` may be from the server's clock;
     ``dpop_bindings`` maps each DPoP token issued to its key's RFC 7638 thumbprint (``jkt``);
+    ``grant`` the grant policy of clients registered without their own (see
+    :meth:`register_client`): a :data:`GrantPolicy` ``(client_id, requested) -> granted`` or a
+    collection of scopes as a cap; by default every requested scope is granted;
     :meth:`fail_next` queues :class:`Fault` answers (the test kit's one fault API);
     ``token_requests``, ``issued`` and ``refusals`` record what happened.
     """
@@ -149,6 +170,7 @@ class AuthorizationServer(FaultInjection):
         dpop: Literal["off", "optional", "required"] = "off",
         dpop_nonce: bool = False,
         dpop_iat_window: float = 60.0,
+        grant: GrantPolicy | Iterable[str] | None = None,
     ) -> None:
         if dpop not in ("off", "optional", "required"):
             raise ValueError("dpop must be 'off', 'optional' or 'required'")
@@ -168,6 +190,7 @@ class AuthorizationServer(FaultInjection):
             raise ValueError("assertion_audience must be 'either', 'issuer' or 'token_endpoint'")
         self.assertion_audience = assertion_audience
         self.token_type = token_type
+        self.grant = _grant_policy(grant)
         self.expires_in = expires_in
         self.leeway = leeway
         self.latency = latency
@@ -229,14 +252,31 @@ class AuthorizationServer(FaultInjection):
         client_secret: str | None = None,
         scopes: Iterable[str] | None = None,
         federated: FederatedCredential | Iterable[FederatedCredential] | None = None,
+        grant: GrantPolicy | Iterable[str] | None = None,
     ) -> RegisteredClient:
         """Register (or replace) a client; ``federated``: the external issuers whose JWTs
-        authenticate it (:class:`FederatedCredential`, one or several)."""
+        authenticate it (:class:`FederatedCredential`, one or several); ``scopes``: what it
+        may request (else ``invalid_scope``); ``grant``: what it gets of that, a
+        :data:`GrantPolicy` or a collection of scopes as a cap (default: the server's
+        ``grant``, else all it requested). The policy runs after authentication.
+
+        >>> with AuthorizationServer() as server:
+        ...     client = server.register_client("svc", client_secret="s", grant=["read"])
+        ...     server.handle_token_request(
+        ...         {"grant_type": ["client_credentials"], "client_id": ["svc"],
+        ...          "client_secret": ["s"], "scope": ["read write"]}, None)[1]["scope"]
+        'read'
+        """
         if public_jwk is not None:
             jwks = {"keys": [dict(public_jwk)]}
         trusted = (federated,) if isinstance(federated, FederatedCredential) else tuple(federated or ())
         client = RegisteredClient(
-            client_id, jwks, client_secret, frozenset(scopes) if scopes is not None else None, trusted
+            client_id,
+            jwks,
+            client_secret,
+            frozenset(scopes) if scopes is not None else None,
+            trusted,
+            _grant_policy(grant),
         )
         self.clients[client_id] = client
         return client
@@ -364,8 +404,11 @@ class AuthorizationServer(FaultInjection):
             "token_type": "DPoP" if jkt is not None else self.token_type,
             "expires_in": self.expires_in,
         }
-        if requested:
-            body["scope"] = " ".join(sorted(requested))
+        policy = client.grant or self.grant
+        granted = requested if policy is None else frozenset(policy(client.client_id, requested))
+        if requested or granted != requested:
+            # Said even when empty: an absent scope means "all requested" (RFC 6749 5.1).
+            body["scope"] = " ".join(sorted(granted))
         return 200, body
 
     def _authenticate(

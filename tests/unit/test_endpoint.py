@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -365,3 +366,15 @@ async def test_a_malformed_success_and_a_missing_endpoint_stay_invalid_responses
         ep, _ = endpoint(Recorder(response))
         with pytest.raises(InvalidTokenResponseError):
             await ep.request()
+
+
+async def test_each_retry_is_logged_with_its_cause(caplog: pytest.LogCaptureFixture) -> None:
+    # issue 20: ``-v`` showed "retry 1/3" but never why.
+    body = {"error": "temporarily_unavailable", "error_description": "down for maintenance"}
+    ep, _ = endpoint(Recorder(httpx.Response(503, json=body), ok()))
+    with caplog.at_level(logging.INFO, logger="keyless_m2m"):
+        await ep.request()
+    (retry,) = [r for r in caplog.records if "retry 1/" in r.getMessage()]
+    assert retry.levelno == logging.INFO
+    assert "down for maintenance" in retry.getMessage() and "temporarily_unavailable" in retry.getMessage()
+    assert SECRET not in caplog.text

@@ -84,7 +84,7 @@ def test_choose_algorithm_defaults_and_mismatches() -> None:
     assert choose_algorithm("EC", "P-384", None, key="k").name == "ES384"
     assert choose_algorithm("OKP", "Ed25519", None, key="k").name == "EdDSA"
     assert choose_algorithm("RSA", None, "PS512", key="k").name == "PS512"
-    with pytest.raises(ConfigurationError, match="ES256 does not fit a RSA key"):
+    with pytest.raises(ConfigurationError, match="ES256 does not fit an RSA key"):
         choose_algorithm("RSA", None, "ES256", key="k")
     with pytest.raises(ConfigurationError, match="does not fit"):
         choose_algorithm("EC", "P-256", "ES384", key="k")

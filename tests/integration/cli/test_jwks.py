@@ -4,6 +4,9 @@ needs, registered with the embedded server and with oidc-provider, then used for
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jwt
@@ -63,3 +66,26 @@ def test_cli_jwks_is_accepted_by_oidc_provider(tmp_path: Path) -> None:
             result = cli("token", env=env)
             assert result.returncode == 0, result.stderr
     assert public_jwk_of("p384")["x"] == jwks["keys"][0]["x"]
+
+
+def test_a_closed_stdout_ends_the_command_quietly_with_141(tmp_path: Path) -> None:
+    # issue 20: `keyless-m2m jwks | head -0` printed "unexpected error: BrokenPipeError".
+    # Exit 141 (128 + SIGPIPE) as a shell reports for a writer cut short; nothing on stderr.
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte: every write is EPIPE
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYLESS_M2M_")}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "keyless_m2m", "jwks", key_uri(tmp_path)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=environ,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141
+    assert result.stderr == ""

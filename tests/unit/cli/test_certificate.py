@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from keyless_m2m.cli import ENV_SIGNER, run
 from tests.certificate_checks import check_certificate
 from tests.cli_runner import jwk_of, key_uri
-from tests.helpers import require_module
+from tests.helpers import make_key, require_module
 from tests.processes import free_port
 
 pytestmark = pytest.mark.anyio
@@ -97,3 +97,15 @@ async def test_a_signer_failure_is_exit_code_5(
     assert await run(["certificate", "hashivault://payments"], environ={}) == 5
     err = capsys.readouterr().err
     assert "SigningError" in err and "unused-token" not in err
+
+
+async def test_the_signer_flag_names_the_key_too(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # issue 20: token takes --signer, certificate only a positional URI; it takes both.
+    uri, other = key_uri(tmp_path, "p256"), key_uri(tmp_path, "rsa")
+    assert await run(["certificate", "--signer", uri], environ={ENV_SIGNER: other}) == 0
+    cert = x509.load_pem_x509_certificate(capsys.readouterr().out.encode())
+    assert isinstance(cert.public_key(), type(make_key("p256").public_key()))
+    assert await run(["certificate", "--signer", uri, uri], environ={}) == 0  # the same, twice
+    capsys.readouterr()
+    assert await run(["certificate", "--signer", uri, other], environ={}) == 2
+    assert "one signer" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from keyless_m2m import (
     TransportError,
 )
 from keyless_m2m.cli import (
+    EXIT_BROKEN_PIPE,
     EXIT_CODES,
     EXIT_CODES_HELP,
     EXIT_DISCOVERY,
@@ -55,6 +56,7 @@ from keyless_m2m.cli import (
         (ManagerClosedError("closed"), 1),
         (RuntimeError("bug"), 1),
         (KeyboardInterrupt(), 130),
+        (BrokenPipeError(32, "Broken pipe"), 141),
     ],
 )
 def test_exit_code_per_error_class(error: BaseException, code: int) -> None:
@@ -94,6 +96,7 @@ def test_every_exit_code_is_in_the_table_once() -> None:
         EXIT_SIGNING,
         EXIT_DISCOVERY,
         EXIT_INTERRUPTED,
+        EXIT_BROKEN_PIPE,
     }
     for row in EXIT_CODES:  # each error class named in the table ends with its code
         for cls in row.errors:

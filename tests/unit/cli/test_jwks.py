@@ -44,3 +44,18 @@ async def test_jwks_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert "unknown signer URI scheme 's3'" in err and "awskms" in err and "hashivault" in err
     assert await run(["jwks", "--algorithm", "ES384", key_uri(tmp_path, "p256")], environ={}) == 2
     assert "ES384 does not fit" in capsys.readouterr().err
+
+
+@pytest_anyio
+async def test_jwks_takes_signers_with_the_signer_flag_too(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # issue 20: token takes --signer, jwks only positional URIs; jwks takes both (flags first).
+    ec_uri, rsa_uri = key_uri(tmp_path, "p256"), key_uri(tmp_path, "rsa")
+    assert await run(["jwks", "--signer", ec_uri], environ={}) == 0
+    assert [k["kty"] for k in json.loads(capsys.readouterr().out)["keys"]] == ["EC"]
+    assert await run(["jwks", rsa_uri, "--signer", ec_uri, "--signer", ec_uri], environ={}) == 0
+    assert [k["kty"] for k in json.loads(capsys.readouterr().out)["keys"]] == ["EC", "RSA"]
+    # named on the command line, the environment's signer is not added
+    assert await run(["jwks", "--signer", ec_uri], environ={ENV_SIGNER: rsa_uri}) == 0
+    assert [k["kty"] for k in json.loads(capsys.readouterr().out)["keys"]] == ["EC"]

@@ -4,6 +4,8 @@ exception groups."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from keyless_m2m import (
@@ -16,6 +18,7 @@ from keyless_m2m.cli import (
     _leaf,
     run,
 )
+from tests.cli_runner import key_uri
 
 pytest_anyio = pytest.mark.anyio
 
@@ -61,3 +64,38 @@ async def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert "Traceback" in err
     assert err.rstrip().splitlines()[-1].startswith("keyless-m2m: ConfigurationError: no client id")
+
+
+@pytest_anyio
+async def test_the_http_refusal_names_the_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # issue 20: the CLI told its users to pass allow_insecure_http=True, a Python argument.
+    argv = [
+        "token",
+        "--client-id",
+        "a",
+        "--signer",
+        key_uri(tmp_path),
+        "--token-endpoint",
+        "http://example.com/t",
+    ]
+    assert await run(argv, environ={}) == 2
+    err = capsys.readouterr().err
+    assert "--allow-insecure-http" in err and "allow_insecure_http=True" not in err
+
+
+class _ClosedStdout:
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest_anyio
+async def test_a_closed_stdout_is_exit_141_without_a_message(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdout", _ClosedStdout())
+    assert await run(["jwks", key_uri(tmp_path)], environ={}) == 141
+    monkeypatch.undo()
+    assert capsys.readouterr().err == ""

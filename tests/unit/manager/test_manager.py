@@ -395,3 +395,24 @@ async def test_a_user_signers_exception_text_is_not_passed_on(
     texts = [f"{e!s} {e!r}" for e in exception_chain(caught.value)]
     texts += [r.getMessage() for r in caplog.records]
     assert texts and not any("CANARY" in t for t in texts)
+
+
+async def test_a_refusal_that_is_not_retryable_announces_no_next_attempt(
+    server: AuthorizationServer, signer: CountingSigner, caplog: pytest.LogCaptureFixture
+) -> None:
+    # issue 20: an InvalidClientError logged "next attempt in 0.9 s", though none comes.
+    server.fail_next(Fault(status=401, body={"error": "invalid_client"}, count=None))
+    with caplog.at_level(logging.INFO, logger="keyless_m2m"):
+        async with manager(server, signer) as tokens:
+            with pytest.raises(KeylessM2MError):
+                await tokens.get_token()
+    (line,) = [r.getMessage() for r in caplog.records if "token fetch failed" in r.getMessage()]
+    assert "InvalidClientError" in line and "not retryable" in line and "next attempt" not in line
+    server.clear_faults()
+    caplog.clear()
+    server.fail_next(Fault(status=503, count=None))
+    with caplog.at_level(logging.INFO, logger="keyless_m2m"):
+        async with manager(server, signer, **FAST_RETRY) as tokens:
+            with pytest.raises(KeylessM2MError):
+                await tokens.get_token()
+    assert any("next attempt in" in r.getMessage() for r in caplog.records)  # a retryable one still does

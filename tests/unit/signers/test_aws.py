@@ -693,3 +693,10 @@ def test_uri_host_and_endpoint_url_conflict() -> None:
 def test_repr_names_the_key_only() -> None:
     signer = AwsKmsSigner(ALIAS, client=FakeKms("p256"))
     assert repr(signer) == "AwsKmsSigner(key='alias/payments-m2m', alg=?)"
+
+
+@pytest.mark.parametrize("url", ["https://kms.internal:99999", "http://127.0.0.1:port", "https://"])
+def test_an_endpoint_url_with_a_bad_port_or_no_host_is_refused(url: str) -> None:
+    # issue 20: a port out of range was accepted until boto3 tried to connect.
+    with pytest.raises(ConfigurationError, match="endpoint_url"):
+        AwsKmsSigner(ALIAS, endpoint_url=url, region="eu-west-1")

@@ -128,3 +128,28 @@ def test_repr_holds_no_key_material() -> None:
     text = repr(signer) + repr(signer._description)
     assert "PRIVATE" not in text and str(key.private_numbers().d)[:20] not in text
     assert "RS256" in text
+
+
+def test_errors_name_the_key_file_as_given_in_plain_words(tmp_path: Path) -> None:
+    # issue 20: "key key file 'k.pem': ... does not fit a OKP" named only the basename.
+    path = tmp_path / "ed.pem"
+    path.write_bytes(pem_of(make_key("ed25519")))
+    with pytest.raises(ConfigurationError) as caught:
+        LocalSigner.from_pem_file(path, algorithm="ES256")
+    assert str(caught.value) == f"key file {str(path)!r}: ES256 does not fit an OKP Ed25519 key"
+    with pytest.raises(ConfigurationError) as caught:
+        LocalSigner.from_pem_file(tmp_path / "missing.pem")
+    assert repr(str(tmp_path / "missing.pem")) in str(caught.value)
+    with pytest.raises(ConfigurationError, match=r"^local key: ES256 does not fit an RSA key$"):
+        LocalSigner(make_key("rsa"), algorithm="ES256")
+
+
+@pytest.mark.parametrize("query", ["password=hunter2", "alg=ES256&x=1", "kid"])
+def test_a_file_uri_query_is_refused_without_its_values(tmp_path: Path, query: str) -> None:
+    path = tmp_path / "key.pem"
+    path.write_bytes(pem_of(make_key("p256")))
+    with pytest.raises(ConfigurationError, match="take no query") as caught:
+        signer_from_uri(f"{path.as_uri()}?{query}")
+    assert "hunter2" not in str(caught.value) and "ES256" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="fragment"):
+        signer_from_uri(f"{path.as_uri()}#frag")

@@ -440,3 +440,13 @@ async def test_aclose_closes_only_its_own_session(client: FakeClient, clean_env:
     owned._client.adapter.session.close = lambda: closed.append(True)
     await owned.aclose()
     assert closed == [True]
+
+
+@pytest.mark.parametrize("address", ["https://vault:99999", "https://vault:-1", "https://vault:port"])
+def test_an_address_with_a_bad_port_is_refused(clean_env: pytest.MonkeyPatch, address: str) -> None:
+    # issue 20: the port was only checked when the first request went out.
+    with pytest.raises(ConfigurationError, match="Vault address"):
+        VaultTransitSigner("k", url=address, token=TOKEN)
+    clean_env.setenv("VAULT_ADDR", address)
+    with pytest.raises(ConfigurationError, match="Vault address"):
+        signer_from_uri("hashivault://k")
