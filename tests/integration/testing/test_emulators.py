@@ -21,6 +21,7 @@ from keyless_m2m.testing.emulators.azure_key_vault import FakeKeyVault, KeyVault
 from keyless_m2m.testing.emulators.gcp_kms import CorruptResponse, FakeCloudKms, RpcFault
 from keyless_m2m.testing.signers import InMemorySigner
 from tests.helpers import require_module
+from tests.manager_rig import until
 
 pytestmark = pytest.mark.integration
 
@@ -257,6 +258,9 @@ async def test_each_key_vault_answer_is_one_write_with_nagle_off(recording_vault
     operations = [r.operation for r in recording_vault.requests]
     assert operations.count("sign") >= 3 and "get" in operations
     # Every answer, the 401 challenge included, went out in one write on a TCP_NODELAY socket.
+    # The server thread records an answer's writes just after sending it: the client may
+    # read the last answer before that line runs.
+    await until(lambda: len(_RecordingHandler.writes) >= len(recording_vault.requests))
     assert len(_RecordingHandler.writes) == len(recording_vault.requests)
     assert all(nodelay and writes == 1 for nodelay, writes in _RecordingHandler.writes), (
         _RecordingHandler.writes
