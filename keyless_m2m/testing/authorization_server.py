@@ -457,15 +457,10 @@ class AuthorizationServer(FaultInjection):
     ) -> RegisteredClient | str:
         """A federated credential's JWT when a client trusts its issuer (and subject), else
         a ``private_key_jwt`` assertion signed with the client's own key."""
-        try:
-            token = jws.JWS()
-            token.deserialize(assertion)
-            claims = json.loads(token.objects["payload"])
-            header = token.jose_header
-        except (JWException, ValueError, KeyError, TypeError):
-            return "the client assertion is not a compact JWS"
-        if not isinstance(claims, dict):
-            return "the client assertion's claims are not a JSON object"
+        parsed = _parse_assertion(assertion)
+        if isinstance(parsed, str):
+            return parsed
+        token, header, claims = parsed
         if form_client_id is not None:
             named = self.clients.get(form_client_id)
             candidates = [named] if named is not None else []
@@ -486,7 +481,7 @@ class AuthorizationServer(FaultInjection):
                 f"client {_shown(form_client_id)} trusts no issuer {_shown(claims.get('iss'))} with "
                 f"subject {_shown(claims.get('sub'))}"
             )
-        return self._check_assertion(assertion, form_client_id)
+        return self._check_assertion(token, header, claims, form_client_id)
 
     def _check_federated(
         self,
@@ -536,16 +531,11 @@ class AuthorizationServer(FaultInjection):
                     return f"{name} is not a number or is in the future"
         return ""
 
-    def _check_assertion(self, assertion: str, form_client_id: str | None) -> RegisteredClient | str:
-        try:
-            token = jws.JWS()
-            token.deserialize(assertion)
-            claims = json.loads(token.objects["payload"])
-            header = token.jose_header
-        except (JWException, ValueError, KeyError, TypeError):
-            return "the client assertion is not a compact JWS"
-        if not isinstance(claims, dict):
-            return "the client assertion's claims are not a JSON object"
+    def _check_assertion(
+        self, token: jws.JWS, header: Mapping[str, Any], claims: Mapping[str, Any], form_client_id: str | None
+    ) -> RegisteredClient | str:
+        """A ``private_key_jwt`` assertion (parsed once, by :func:`_parse_assertion`) signed
+        with the client's own key."""
         iss = claims.get("iss")
         client = self.clients.get(iss) if isinstance(iss, str) else None
         if client is None:
@@ -673,6 +663,20 @@ class AuthorizationServer(FaultInjection):
             self._seen_dpop_jti[jti] = iat + 2 * self.dpop_iat_window
             self.dpop_proofs_verified += 1
         return _b64_thumbprint(key)
+
+
+def _parse_assertion(assertion: str) -> tuple[jws.JWS, dict[str, Any], dict[str, Any]] | str:
+    """A client assertion's JWS, header and claims (not verified), or why it is none."""
+    try:
+        token = jws.JWS()
+        token.deserialize(assertion)
+        claims = json.loads(token.objects["payload"])
+        header = token.jose_header
+    except (JWException, ValueError, KeyError, TypeError):
+        return "the client assertion is not a compact JWS"
+    if not isinstance(claims, dict):
+        return "the client assertion's claims are not a JSON object"
+    return token, header, claims
 
 
 def _verify_signature(
