@@ -1,0 +1,120 @@
+"""Every Python block in README.md and docs/ runs, as a reader sees it (Sybil).
+
+One test per document: its blocks run in order in one namespace, in a fresh temporary
+directory, with the environment of :mod:`tests.docs_world` (``HTTPS_PROXY`` and
+``SSL_CERT_FILE`` route the example hosts to loopback doubles). A block with top-level
+``await`` / ``async with`` is compiled with ``PyCF_ALLOW_TOP_LEVEL_AWAIT`` and awaited in
+the document's one event loop (an anyio blocking portal, so what one block opens the next
+can use); the other blocks run in the test's thread, where ``anyio.run(main)`` works as
+in a script. Hidden setup is ``<!-- invisible-code-block: python -->``; a block that
+cannot run says why in ``<!-- skip: next "reason" -->`` next to it. The test counts the
+visible blocks that ran and fails if a fenced Python block was neither run nor skipped.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import unittest
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from sybil import Example, Sybil
+from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
+
+from tests.docs_world import DocsWorld
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+FENCE = re.compile(r"^```python\s*$", re.MULTILINE)
+
+pytestmark = pytest.mark.integration
+
+
+class AwaitingEvaluator:
+    """Sybil's Python evaluator, plus top-level ``await``: a block that compiles to a
+    coroutine is awaited in :attr:`portal`'s event loop."""
+
+    portal: BlockingPortal | None = None
+
+    def __call__(self, example: Example) -> None:
+        __tracebackhide__ = True
+        source = "\n" * (example.line + example.parsed.line_offset) + example.parsed
+        code = compile(source, example.path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+        if code.co_flags & inspect.CO_COROUTINE:
+            assert self.portal is not None
+
+            async def run() -> None:
+                await eval(code, example.namespace)  # noqa: S307 - the documentation's own code
+
+            self.portal.call(run)
+        else:
+            exec(code, example.namespace)  # noqa: S102 - the documentation's own code
+        example.namespace.pop("__builtins__", None)
+
+
+EVALUATOR = AwaitingEvaluator()
+
+
+class Parser(PythonCodeBlockParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.codeblock_parser._evaluator = EVALUATOR  # type: ignore[attr-defined]
+
+
+SYBIL = Sybil(parsers=[Parser(), SkipParser()], path=str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def docs_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsWorld]:
+    world = DocsWorld(tmp_path_factory.mktemp("docs-world"))
+    with world.running():
+        yield world
+
+
+def _visible(example: Example) -> bool:
+    return example.document.text.startswith("```", example.region.start)
+
+
+def run_document(path: Path, world: DocsWorld, backend: str) -> tuple[int, int]:
+    """Run ``path``'s blocks; ``(ran, skipped)`` of the visible Python blocks."""
+    document = SYBIL.parse(path)
+    document.namespace.update({"world": world, "__name__": "__docs__"})
+    ran = skipped = 0
+    with start_blocking_portal(backend) as portal:
+        EVALUATOR.portal = portal
+        try:
+            for example in document.examples():
+                counted = _is_python(example) and _visible(example)
+                try:
+                    example.evaluate()
+                except unittest.SkipTest:
+                    skipped += counted
+                    continue
+                ran += counted
+        finally:
+            EVALUATOR.portal = None
+            world.reset()
+    return ran, skipped
+
+
+def _is_python(example: Example) -> bool:
+    return example.region.evaluator is EVALUATOR
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=[p.relative_to(ROOT).as_posix() for p in DOCUMENTS])
+def test_the_documents_python_blocks_run(
+    path: Path, docs_world: DocsWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    for name, value in docs_world.environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    ran, skipped = run_document(path, docs_world, "asyncio")
+    fences = len(FENCE.findall(path.read_text()))
+    with capsys.disabled():
+        print(f"\n{path.relative_to(ROOT)}: {ran} Python blocks ran, {skipped} skipped")
+    assert ran + skipped == fences
