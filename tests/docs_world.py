@@ -25,19 +25,22 @@ import os
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from keyless_m2m.signers import KeyDescription
 from keyless_m2m.testing.mtls_server import MutualTlsAuthorizationServer
 from keyless_m2m.testing.tls import TestAuthority
 from tests.loopback_proxy import LoopbackProxy
+from tests.moto_server import MotoServer, running_moto_server
 
 __all__ = ["HOSTS", "DocsAuthority", "DocsWorld", "PublicAuthorizationServer", "ResourceServer", "RoutingProxy"]
 
@@ -177,6 +180,9 @@ class DocsWorld:
         self.api = ResourceServer(self.authority.server_context())
         self._servers: list[PublicAuthorizationServer] = []
         self.server: PublicAuthorizationServer | None = None
+        self.monkeypatch: pytest.MonkeyPatch | None = None  # the running document's
+        self._session = ExitStack()  # servers started on first use (moto_server, ...)
+        self._moto: MotoServer | None = None
 
     @property
     def environment(self) -> Mapping[str, str]:
@@ -192,10 +198,18 @@ class DocsWorld:
             self.api.start()
             self.proxy.routes["api.example"] = self.api.port
             try:
-                yield self
+                with self._session:
+                    try:
+                        yield self
+                    finally:
+                        self.reset()
             finally:
-                self.reset()
                 self.api.stop()
+
+    def setenv(self, name: str, value: str) -> None:
+        """Set an environment variable for the running document only."""
+        assert self.monkeypatch is not None
+        self.monkeypatch.setenv(name, value)
 
     def authorization_server(
         self, public: str = "https://auth.example", **options: Any
@@ -225,6 +239,42 @@ class DocsWorld:
         self.server.register_client(client_id, public_jwk=public)
         return path
 
+    def register(self, client_id: str, public_key: Any, algorithm: str) -> None:
+        """Register ``public_key`` (a cryptography public key) for ``client_id``."""
+        assert self.server is not None, "start an authorization_server() first"
+        description = KeyDescription.for_public_key(public_key, algorithm)
+        self.server.register_client(client_id, public_jwk=description.public_jwk)
+
+    def aws_kms(self, *aliases: str, key_spec: str = "ECC_NIST_P256", client_id: str | None = None) -> str:
+        """A key in moto_server (started once per session) named by ``aliases``, and the
+        environment an AWS SDK reads (``AWS_ENDPOINT_URL``, ``AWS_REGION``, dummy
+        credentials); its public key registered for ``client_id``. Returns its ARN."""
+        import boto3
+        from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+        if self._moto is None:
+            self._moto = self._session.enter_context(running_moto_server(self.directory))
+        for name, value in {
+            "AWS_ENDPOINT_URL": self._moto.endpoint,
+            "AWS_REGION": "eu-west-1",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }.items():
+            self.setenv(name, value)
+        kms = boto3.client("kms")
+        try:
+            key = kms.create_key(KeySpec=key_spec, KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+            for alias in aliases:
+                kms.create_alias(AliasName=alias, TargetKeyId=key["KeyId"])
+            if client_id is not None:
+                der = kms.get_public_key(KeyId=key["KeyId"])["PublicKey"]
+                algorithm = {"ECC_NIST_P256": "ES256", "RSA_2048": "RS256", "RSA_3072": "RS256"}[key_spec]
+                self.register(client_id, load_der_public_key(der), algorithm)
+        finally:
+            kms.close()
+        return str(key["Arn"])
+
     def reset(self) -> None:
         """Stop the document's servers and forget its routes (the API stays)."""
         for server in self._servers:
@@ -232,3 +282,9 @@ class DocsWorld:
         self._servers.clear()
         self.server = None
         self.proxy.routes = {"api.example": self.api.port}
+        if self._moto is not None:  # a fresh moto for the next document: no keys, no aliases
+            import urllib.request
+
+            urllib.request.urlopen(  # noqa: S310 - loopback moto_server
+                urllib.request.Request(self._moto.endpoint + "/moto-api/reset", method="POST"), timeout=10
+            ).close()

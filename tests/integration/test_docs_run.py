@@ -113,6 +113,7 @@ def test_the_documents_python_blocks_run(
     for name, value in docs_world.environment.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
+    docs_world.monkeypatch = monkeypatch
     ran, skipped = run_document(path, docs_world, "asyncio")
     fences = len(FENCE.findall(path.read_text()))
     with capsys.disabled():
