@@ -41,6 +41,7 @@ from keyless_m2m.testing.mtls_server import MutualTlsAuthorizationServer
 from keyless_m2m.testing.tls import TestAuthority
 from tests.loopback_proxy import LoopbackProxy
 from tests.moto_server import MotoServer, running_moto_server
+from tests.redis_server import RedisServer, require_redis_server
 
 __all__ = ["HOSTS", "DocsAuthority", "DocsWorld", "PublicAuthorizationServer", "ResourceServer", "RoutingProxy"]
 
@@ -183,6 +184,7 @@ class DocsWorld:
         self.monkeypatch: pytest.MonkeyPatch | None = None  # the running document's
         self._session = ExitStack()  # servers started on first use (moto_server, ...)
         self._moto: MotoServer | None = None
+        self._redis: RedisServer | None = None
 
     @property
     def environment(self) -> Mapping[str, str]:
@@ -275,6 +277,15 @@ class DocsWorld:
             kms.close()
         return str(key["Arn"])
 
+    def redis_url(self) -> str:
+        """A redis-server on loopback (started once per session, flushed after each
+        document), named by ``REDIS_URL`` for the running document."""
+        if self._redis is None:
+            self._redis = RedisServer(require_redis_server()).start()
+            self._session.callback(self._redis.close)
+        self.setenv("REDIS_URL", self._redis.url)
+        return self._redis.url
+
     def reset(self) -> None:
         """Stop the document's servers and forget its routes (the API stays)."""
         for server in self._servers:
@@ -282,6 +293,11 @@ class DocsWorld:
         self._servers.clear()
         self.server = None
         self.proxy.routes = {"api.example": self.api.port}
+        if self._redis is not None:
+            import redis
+
+            with redis.Redis.from_url(self._redis.url) as client:
+                client.flushall()
         if self._moto is not None:  # a fresh moto for the next document: no keys, no aliases
             import urllib.request
 
