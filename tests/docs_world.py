@@ -277,6 +277,31 @@ class DocsWorld:
             kms.close()
         return str(key["Arn"])
 
+    def platform_token(self, client_id: str, path: str, *, subject: str = "system:serviceaccount:default:app") -> str:
+        """A workload platform (issuer ``https://platform.example``) the current server
+        trusts for ``client_id``, and the JWT it gives the workload, written to ``path``."""
+        import time
+
+        import jwt
+
+        from keyless_m2m.testing.authorization_server import FederatedCredential
+
+        assert self.server is not None, "start an authorization_server() first"
+        key = ec.generate_private_key(ec.SECP256R1())
+        description = KeyDescription.for_public_key(key.public_key(), "ES256")
+        issuer = "https://platform.example"
+        self.server.register_client(
+            client_id,
+            federated=FederatedCredential(
+                issuer=issuer, jwks={"keys": [dict(description.public_jwk)]}, subject=subject,
+                audience=self.server.issuer,
+            ),
+        )
+        now = int(time.time())
+        claims = {"iss": issuer, "sub": subject, "aud": self.server.issuer, "iat": now, "exp": now + 600}
+        Path(path).write_text(jwt.encode(claims, key, algorithm="ES256", headers={"kid": description.key_id}))
+        return path
+
     def redis_url(self) -> str:
         """A redis-server on loopback (started once per session, flushed after each
         document), named by ``REDIS_URL`` for the running document."""
