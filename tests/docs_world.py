@@ -41,6 +41,8 @@ from keyless_m2m.testing.mtls_server import MutualTlsAuthorizationServer
 from keyless_m2m.testing.tls import TestAuthority
 from tests.loopback_proxy import LoopbackProxy
 from tests.moto_server import MotoServer, running_moto_server
+from tests.vault_server import VaultServer
+from tests.vault_server import running_server as running_vault
 from tests.redis_server import RedisServer, require_redis_server
 
 __all__ = ["HOSTS", "DocsAuthority", "DocsWorld", "PublicAuthorizationServer", "ResourceServer", "RoutingProxy"]
@@ -185,6 +187,8 @@ class DocsWorld:
         self._session = ExitStack()  # servers started on first use (moto_server, ...)
         self._moto: MotoServer | None = None
         self._redis: RedisServer | None = None
+        self._vault: VaultServer | None = None
+        self._vault_keys: list[str] = []
 
     @property
     def environment(self) -> Mapping[str, str]:
@@ -302,6 +306,24 @@ class DocsWorld:
         Path(path).write_text(jwt.encode(claims, key, algorithm="ES256", headers={"kid": description.key_id}))
         return path
 
+    def vault_transit(self, name: str, *, client_id: str, versions: int = 1) -> None:
+        """A transit key ``name`` (ecdsa-p256, ``versions`` versions) in an OpenBao dev
+        server (started once per session), ``VAULT_ADDR``/``VAULT_TOKEN`` naming it; the
+        latest version's public key registered for ``client_id``."""
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        if self._vault is None:
+            self._vault = self._session.enter_context(running_vault("openbao", self.directory))
+        self.setenv("VAULT_ADDR", self._vault.url)
+        self.setenv("VAULT_TOKEN", self._vault.token)
+        transit = self._vault.admin.secrets.transit
+        transit.create_key(name, key_type="ecdsa-p256")
+        for _ in range(versions - 1):
+            transit.rotate_key(name)
+        keys = transit.read_key(name)["data"]["keys"]
+        self.register(client_id, load_pem_public_key(keys[str(versions)]["public_key"].encode()), "ES256")
+        self._vault_keys.append(name)
+
     def redis_url(self) -> str:
         """A redis-server on loopback (started once per session, flushed after each
         document), named by ``REDIS_URL`` for the running document."""
@@ -318,6 +340,12 @@ class DocsWorld:
         self._servers.clear()
         self.server = None
         self.proxy.routes = {"api.example": self.api.port}
+        if self._vault is not None:
+            transit = self._vault.admin.secrets.transit
+            for name in self._vault_keys:
+                transit.update_key_configuration(name, deletion_allowed=True)
+                transit.delete_key(name)
+            self._vault_keys.clear()
         if self._redis is not None:
             import redis
 
