@@ -14,8 +14,11 @@ visible blocks that ran and fails if a fenced Python block was neither run nor s
 from __future__ import annotations
 
 import ast
+import copy
+import doctest
 import inspect
 import re
+import types
 import unittest
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +26,18 @@ from typing import Any
 
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from sybil import Example, Sybil
+from sybil import Document, Example, Sybil
+from sybil.document import PythonDocument
+from sybil.evaluators.doctest import DocTestEvaluator
+from sybil.example import NotEvaluated
+from sybil.parsers.abstract import DocTestStringParser
 from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
 
 from tests.docs_world import DocsWorld
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+MODULES = sorted(p for p in (ROOT / "keyless_m2m").rglob("*.py") if ">>>" in p.read_text())
 FENCE = re.compile(r"^```python\s*$", re.MULTILINE)
 
 pytestmark = pytest.mark.integration
@@ -60,6 +68,48 @@ class AwaitingEvaluator:
 EVALUATOR = AwaitingEvaluator()
 
 
+class AwaitingDocTestEvaluator(DocTestEvaluator):
+    """Sybil's doctest evaluator, plus top-level ``await``: an example that compiles to a
+    coroutine runs as ``__docs_await__()``, which awaits it in the document's event loop
+    (what it prints, the value of an expression included, is still compared)."""
+
+    def __call__(self, sybil_example: Example) -> str:
+        __tracebackhide__ = True
+        example = sybil_example.parsed
+        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        code = compile(example.source, sybil_example.path, "single", flags=flags, dont_inherit=True)
+        if not code.co_flags & inspect.CO_COROUTINE:
+            return super().__call__(sybil_example)
+        namespace = sybil_example.namespace
+        portal = EVALUATOR.portal
+        assert portal is not None
+
+        async def run() -> None:
+            await eval(code, namespace)  # noqa: S307 - the docstring's own example
+
+        namespace["__docs_await__"] = lambda: portal.call(run)
+        awaited = copy.copy(example)
+        awaited.source = "__docs_await__()\n"
+        proxy = types.SimpleNamespace(parsed=awaited, namespace=namespace, path=sybil_example.path)
+        try:
+            return super().__call__(proxy)  # type: ignore[arg-type]
+        finally:
+            namespace.pop("__docs_await__", None)
+
+
+DOCTEST_EVALUATOR = AwaitingDocTestEvaluator(doctest.ELLIPSIS)
+
+
+class DocstringParser:
+    """The ``>>>`` examples of a module's docstrings."""
+
+    def __init__(self) -> None:
+        self.string_parser = DocTestStringParser(DOCTEST_EVALUATOR)
+
+    def __call__(self, document: Document) -> Any:
+        return self.string_parser(document.text, document.path)
+
+
 class Parser(PythonCodeBlockParser):
     def __init__(self) -> None:
         super().__init__()
@@ -67,6 +117,11 @@ class Parser(PythonCodeBlockParser):
 
 
 SYBIL = Sybil(parsers=[Parser(), SkipParser()], path=str(ROOT))
+DOCSTRINGS = Sybil(parsers=[DocstringParser()], path=str(ROOT))
+
+#: A module's hidden setup: what its docstring examples take as given (a signer, a
+#: secret, an open manager...), run in its namespace before its first example.
+DOCSTRING_SETUP: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
@@ -81,14 +136,31 @@ def _visible(example: Example) -> bool:
 
 
 def run_document(path: Path, world: DocsWorld, backend: str) -> tuple[int, int]:
-    """Run ``path``'s blocks; ``(ran, skipped)`` of the visible Python blocks."""
-    document = SYBIL.parse(path)
-    document.namespace.update({"world": world, "__name__": "__docs__"})
+    """Run ``path``'s examples; ``(ran, skipped)`` of the visible Python blocks (of a
+    Markdown file) or of the ``>>>`` examples (of a module's docstrings)."""
+    module = path.suffix == ".py"
+    document = (DOCSTRINGS if module else SYBIL).parse(path)
     ran = skipped = 0
     with start_blocking_portal(backend) as portal:
         EVALUATOR.portal = portal
         try:
+            if isinstance(document, PythonDocument):
+                try:
+                    document.import_document(None)  # type: ignore[arg-type]  # the module's names
+                except NotEvaluated:
+                    pass
+            document.namespace.update({"world": world, "__name__": "__docs__"})
+            setup = DOCSTRING_SETUP.get(path.relative_to(ROOT).as_posix())
+            if setup:
+                _run_source(setup, document.namespace, f"{path.name} (setup)", portal)
             for example in document.examples():
+                if module:
+                    if example.parsed.options.get(doctest.SKIP):
+                        skipped += 1
+                        continue
+                    example.evaluate()
+                    ran += 1
+                    continue
                 counted = _is_python(example) and _visible(example)
                 try:
                     example.evaluate()
@@ -100,6 +172,18 @@ def run_document(path: Path, world: DocsWorld, backend: str) -> tuple[int, int]:
             EVALUATOR.portal = None
             world.reset()
     return ran, skipped
+
+
+def _run_source(source: str, namespace: dict[str, Any], name: str, portal: BlockingPortal) -> None:
+    code = compile(source, name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    if code.co_flags & inspect.CO_COROUTINE:
+
+        async def run() -> None:
+            await eval(code, namespace)  # noqa: S307 - the test's own setup
+
+        portal.call(run)
+    else:
+        exec(code, namespace)  # noqa: S102 - the test's own setup
 
 
 def _is_python(example: Example) -> bool:
@@ -119,3 +203,18 @@ def test_the_documents_python_blocks_run(
     with capsys.disabled():
         print(f"\n{path.relative_to(ROOT)}: {ran} Python blocks ran, {skipped} skipped")
     assert ran + skipped == fences
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[p.relative_to(ROOT).as_posix() for p in MODULES])
+def test_the_docstring_examples_run(
+    path: Path, docs_world: DocsWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    for name, value in docs_world.environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    docs_world.monkeypatch = monkeypatch
+    ran, skipped = run_document(path, docs_world, "asyncio")
+    examples = len(re.findall(r"^\s*>>> ", path.read_text(), re.MULTILINE))
+    with capsys.disabled():
+        print(f"\n{path.relative_to(ROOT)}: {ran} docstring examples ran, {skipped} skipped")
+    assert ran + skipped == examples
