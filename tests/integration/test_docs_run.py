@@ -120,8 +120,101 @@ SYBIL = Sybil(parsers=[Parser(), SkipParser()], path=str(ROOT))
 DOCSTRINGS = Sybil(parsers=[DocstringParser()], path=str(ROOT))
 
 #: A module's hidden setup: what its docstring examples take as given (a signer, a
-#: secret, an open manager...), run in its namespace before its first example.
-DOCSTRING_SETUP: dict[str, str] = {}
+#: secret, files, an authorization server...), run in its namespace before its first
+#: example; and its teardown, run after its last.
+_KEYS = """
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from keyless_m2m.signers import LocalSigner
+
+def _pem(key, password=None):
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+Path("private_key.pem").write_bytes(_pem(ec.generate_private_key(ec.SECP256R1())))
+Path("rsa.pem").write_bytes(_pem(rsa.generate_private_key(65537, 2048)))
+signer = LocalSigner.from_pem_file("private_key.pem")
+"""
+_CLIENT_CERTIFICATE = """
+import shutil, ssl
+from keyless_m2m.testing.tls import TestAuthority
+
+_client = TestAuthority(".").issue_client("billing")
+shutil.copy(_client.certificate, "client.pem")
+shutil.copy(_client.key, "client.key")
+pw = "a-key-password"
+_encrypted = TestAuthority(".").issue_client("billing-encrypted", password=pw)
+shutil.copy(_encrypted.certificate, "client.pem")
+shutil.copy(_encrypted.key, "client.encrypted.key")
+shutil.copy(_client.certificate, "client.pem")
+_encrypted_key = serialization.load_pem_private_key(Path("client.key").read_bytes(), None)
+Path("client.encrypted.key").write_bytes(_pem(_encrypted_key, pw.encode()))
+context = my_context = ssl.create_default_context()
+context.load_cert_chain("client.pem", "client.key")
+"""
+_SERVER = """
+world.authorization_server(token_path="/oauth2/token")
+world.client_key("my-client")
+from keyless_m2m import PrivateKeyJWT
+auth = PrivateKeyJWT("my-client", LocalSigner.from_pem_file("private_key.pem"))
+url = "https://auth.example/oauth2/token"
+"""
+DOCSTRING_SETUP: dict[str, str] = {
+    "keyless_m2m/client_auth.py": _KEYS + _CLIENT_CERTIFICATE + 'secret = "a-client-secret"',
+    "keyless_m2m/mtls.py": _KEYS + _CLIENT_CERTIFICATE,
+    "keyless_m2m/signers/local.py": _KEYS,
+    "keyless_m2m/certificates.py": _KEYS,
+    "keyless_m2m/signers/aws.py": 'world.aws_kms("alias/payments-m2m")',
+    "keyless_m2m/signers/vault.py": 'import hvac\nworld.setenv("VAULT_ADDR", "http://127.0.0.1:8200")\ntoken = "a-vault-token"',
+    "keyless_m2m/signers/gcp.py": "from google.auth.credentials import AnonymousCredentials\nmy_credentials = AnonymousCredentials()",
+    "keyless_m2m/assertions.py": """
+world.setenv("AZURE_FEDERATED_TOKEN_FILE", "token")
+world.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", "https://token.actions.example/?api-version=2.0")
+world.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "not-a-real-request-token")
+""",
+    "keyless_m2m/bearer.py": _KEYS + _SERVER + "from keyless_m2m import TokenManager\ntokens = TokenManager(url, auth)",
+    "keyless_m2m/cache/__init__.py": _KEYS + _SERVER + "from keyless_m2m import TokenManager",
+    "keyless_m2m/cache/redis.py": _KEYS + _SERVER + "from keyless_m2m import TokenManager\nkey = RedisTokenCache.generate_key()",
+    "keyless_m2m/discovery.py": _KEYS + _SERVER + "import httpx",
+    "keyless_m2m/dpop.py": _KEYS + 'world.authorization_server(token_path="/oauth2/token", dpop="optional")\n'
+    + 'world.client_key("my-client")\nimport httpx\nfrom keyless_m2m import PrivateKeyJWT\n'
+    + 'auth = PrivateKeyJWT("my-client", LocalSigner.from_pem_file("private_key.pem"))\nurl = "https://auth.example/oauth2/token"\n'
+    + "from keyless_m2m import TokenManager",
+    "keyless_m2m/endpoint.py": _KEYS + _SERVER,
+    "keyless_m2m/manager/_core.py": _KEYS + _SERVER + "signer = auth.signer",
+    "keyless_m2m/sync.py": 'world.authorization_server(token_path="/oauth2/token").register_client("id", client_secret="secret")\n'
+    + "from keyless_m2m import ClientSecretBasic",
+    "keyless_m2m/testing/clock.py": "from keyless_m2m import TokenManager\nfrom keyless_m2m.testing.endpoints import OfflineTokenEndpoint\n"
+    + "tokens = TokenManager(endpoint=OfflineTokenEndpoint())",
+    "keyless_m2m/testing/contract.py": """
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from keyless_m2m.signers import KeyDescription, LocalSigner
+
+_key = ec.generate_private_key(ec.SECP256R1())
+signer_description = KeyDescription.for_public_key(_key.public_key(), "ES256")
+assertion = jwt.encode({"iss": "svc", "sub": "svc", "aud": "https://auth.example/token"}, _key,
+                       algorithm="ES256", headers={"kid": signer_description.key_id})
+""",
+    "keyless_m2m/testing/emulators/azure_key_vault.py": "vault = FakeKeyVault().start()",
+    "keyless_m2m/testing/emulators/gcp_kms.py": "kms = FakeCloudKms().start()",
+    "keyless_m2m/signers/_base.py": """
+from cryptography.hazmat.primitives.asymmetric import ec
+
+async def load_description():
+    return KeyDescription.for_public_key(ec.generate_private_key(ec.SECP256R1()).public_key(), "ES256")
+""",
+}
+DOCSTRING_TEARDOWN: dict[str, str] = {
+    "keyless_m2m/bearer.py": "await tokens.aclose()",
+    "keyless_m2m/cache/__init__.py": "await tokens.aclose()",
+    "keyless_m2m/cache/redis.py": "await tokens.aclose()",
+    "keyless_m2m/endpoint.py": "await endpoint.aclose()",
+    "keyless_m2m/testing/clock.py": "await tokens.aclose()",
+    "keyless_m2m/testing/emulators/azure_key_vault.py": "vault.stop()",
+    "keyless_m2m/testing/emulators/gcp_kms.py": "kms.stop()",
+}
 
 
 @pytest.fixture(scope="session")
@@ -168,6 +261,9 @@ def run_document(path: Path, world: DocsWorld, backend: str) -> tuple[int, int]:
                     skipped += counted
                     continue
                 ran += counted
+            teardown = DOCSTRING_TEARDOWN.get(path.relative_to(ROOT).as_posix())
+            if teardown:
+                _run_source(teardown, document.namespace, f"{path.name} (teardown)", portal)
         finally:
             EVALUATOR.portal = None
             world.reset()
