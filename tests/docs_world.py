@@ -41,11 +41,18 @@ from keyless_m2m.testing.mtls_server import MutualTlsAuthorizationServer
 from keyless_m2m.testing.tls import TestAuthority
 from tests.loopback_proxy import LoopbackProxy
 from tests.moto_server import MotoServer, running_moto_server
+from tests.redis_server import RedisServer, require_redis_server
 from tests.vault_server import VaultServer
 from tests.vault_server import running_server as running_vault
-from tests.redis_server import RedisServer, require_redis_server
 
-__all__ = ["HOSTS", "DocsAuthority", "DocsWorld", "PublicAuthorizationServer", "ResourceServer", "RoutingProxy"]
+__all__ = [
+    "HOSTS",
+    "DocsAuthority",
+    "DocsWorld",
+    "PublicAuthorizationServer",
+    "ResourceServer",
+    "RoutingProxy",
+]
 
 #: The names the examples use; the doubles' certificate covers them all.
 HOSTS = ("auth.example", "api.example", "keycloak.example", "platform.example")
@@ -232,7 +239,9 @@ class DocsWorld:
         """Write a new private key to ``path`` (the document runs in a fresh temporary
         directory) and register its public key for ``client_id``; returns the path."""
         key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey = (
-            ed25519.Ed25519PrivateKey.generate() if curve == "Ed25519" else ec.generate_private_key(ec.SECP256R1())
+            ed25519.Ed25519PrivateKey.generate()
+            if curve == "Ed25519"
+            else ec.generate_private_key(ec.SECP256R1())
         )
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -281,7 +290,9 @@ class DocsWorld:
             kms.close()
         return str(key["Arn"])
 
-    def platform_token(self, client_id: str, path: str, *, subject: str = "system:serviceaccount:default:app") -> str:
+    def platform_token(
+        self, client_id: str, path: str, *, subject: str = "system:serviceaccount:default:app"
+    ) -> str:
         """A workload platform (issuer ``https://platform.example``) the current server
         trusts for ``client_id``, and the JWT it gives the workload, written to ``path``."""
         import time
@@ -297,7 +308,9 @@ class DocsWorld:
         self.server.register_client(
             client_id,
             federated=FederatedCredential(
-                issuer=issuer, jwks={"keys": [dict(description.public_jwk)]}, subject=subject,
+                issuer=issuer,
+                jwks={"keys": [dict(description.public_jwk)]},
+                subject=subject,
                 audience=self.server.issuer,
             ),
         )
@@ -354,6 +367,5 @@ class DocsWorld:
         if self._moto is not None:  # a fresh moto for the next document: no keys, no aliases
             import urllib.request
 
-            urllib.request.urlopen(  # noqa: S310 - loopback moto_server
-                urllib.request.Request(self._moto.endpoint + "/moto-api/reset", method="POST"), timeout=10
-            ).close()
+            reset = urllib.request.Request(self._moto.endpoint + "/moto-api/reset", method="POST")  # noqa: S310 - loopback
+            urllib.request.urlopen(reset, timeout=10).close()  # noqa: S310 - loopback moto_server

@@ -14,6 +14,7 @@ visible blocks that ran and fails if a fenced Python block was neither run nor s
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import doctest
 import inspect
@@ -153,40 +154,52 @@ Path("client.encrypted.key").write_bytes(_pem(_encrypted_key, pw.encode()))
 context = my_context = ssl.create_default_context()
 context.load_cert_chain("client.pem", "client.key")
 """
-_SERVER = """
-world.authorization_server(token_path="/oauth2/token")
+_CLIENT = """
 world.client_key("my-client")
-from keyless_m2m import PrivateKeyJWT
+import httpx
+from keyless_m2m import PrivateKeyJWT, TokenManager
 auth = PrivateKeyJWT("my-client", LocalSigner.from_pem_file("private_key.pem"))
 url = "https://auth.example/oauth2/token"
 """
+_SERVER = 'world.authorization_server(token_path="/oauth2/token")' + _CLIENT
 DOCSTRING_SETUP: dict[str, str] = {
     "keyless_m2m/client_auth.py": _KEYS + _CLIENT_CERTIFICATE + 'secret = "a-client-secret"',
     "keyless_m2m/mtls.py": _KEYS + _CLIENT_CERTIFICATE,
     "keyless_m2m/signers/local.py": _KEYS,
     "keyless_m2m/certificates.py": _KEYS,
     "keyless_m2m/signers/aws.py": 'world.aws_kms("alias/payments-m2m")',
-    "keyless_m2m/signers/vault.py": 'import hvac\nworld.setenv("VAULT_ADDR", "http://127.0.0.1:8200")\ntoken = "a-vault-token"',
-    "keyless_m2m/signers/gcp.py": "from google.auth.credentials import AnonymousCredentials\nmy_credentials = AnonymousCredentials()",
+    "keyless_m2m/signers/vault.py": """
+import hvac
+world.setenv("VAULT_ADDR", "http://127.0.0.1:8200")
+token = "a-vault-token"
+""",
+    "keyless_m2m/signers/gcp.py": """
+from google.auth.credentials import AnonymousCredentials
+my_credentials = AnonymousCredentials()
+""",
     "keyless_m2m/assertions.py": """
 world.setenv("AZURE_FEDERATED_TOKEN_FILE", "token")
 world.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", "https://token.actions.example/?api-version=2.0")
 world.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "not-a-real-request-token")
 """,
-    "keyless_m2m/bearer.py": _KEYS + _SERVER + "from keyless_m2m import TokenManager\ntokens = TokenManager(url, auth)",
-    "keyless_m2m/cache/__init__.py": _KEYS + _SERVER + "from keyless_m2m import TokenManager",
-    "keyless_m2m/cache/redis.py": _KEYS + _SERVER + "from keyless_m2m import TokenManager\nkey = RedisTokenCache.generate_key()",
-    "keyless_m2m/discovery.py": _KEYS + _SERVER + "import httpx",
-    "keyless_m2m/dpop.py": _KEYS + 'world.authorization_server(token_path="/oauth2/token", dpop="optional")\n'
-    + 'world.client_key("my-client")\nimport httpx\nfrom keyless_m2m import PrivateKeyJWT\n'
-    + 'auth = PrivateKeyJWT("my-client", LocalSigner.from_pem_file("private_key.pem"))\nurl = "https://auth.example/oauth2/token"\n'
-    + "from keyless_m2m import TokenManager",
+    "keyless_m2m/bearer.py": _KEYS + _SERVER + "tokens = TokenManager(url, auth)",
+    "keyless_m2m/cache/__init__.py": _KEYS + _SERVER,
+    "keyless_m2m/cache/redis.py": _KEYS + _SERVER + "key = RedisTokenCache.generate_key()",
+    "keyless_m2m/discovery.py": _KEYS + _SERVER,
+    "keyless_m2m/dpop.py": _KEYS
+    + 'world.authorization_server(token_path="/oauth2/token", dpop="optional")'
+    + _CLIENT,
     "keyless_m2m/endpoint.py": _KEYS + _SERVER,
     "keyless_m2m/manager/_core.py": _KEYS + _SERVER + "signer = auth.signer",
-    "keyless_m2m/sync.py": 'world.authorization_server(token_path="/oauth2/token").register_client("id", client_secret="secret")\n'
-    + "from keyless_m2m import ClientSecretBasic",
-    "keyless_m2m/testing/clock.py": "from keyless_m2m import TokenManager\nfrom keyless_m2m.testing.endpoints import OfflineTokenEndpoint\n"
-    + "tokens = TokenManager(endpoint=OfflineTokenEndpoint())",
+    "keyless_m2m/sync.py": """
+world.authorization_server(token_path="/oauth2/token").register_client("id", client_secret="secret")
+from keyless_m2m import ClientSecretBasic
+""",
+    "keyless_m2m/testing/clock.py": """
+from keyless_m2m import TokenManager
+from keyless_m2m.testing.endpoints import OfflineTokenEndpoint
+tokens = TokenManager(endpoint=OfflineTokenEndpoint())
+""",
     "keyless_m2m/testing/contract.py": """
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -238,10 +251,8 @@ def run_document(path: Path, world: DocsWorld, backend: str) -> tuple[int, int]:
         EVALUATOR.portal = portal
         try:
             if isinstance(document, PythonDocument):
-                try:
+                with contextlib.suppress(NotEvaluated):
                     document.import_document(None)  # type: ignore[arg-type]  # the module's names
-                except NotEvaluated:
-                    pass
             document.namespace.update({"world": world, "__name__": "__docs__"})
             setup = DOCSTRING_SETUP.get(path.relative_to(ROOT).as_posix())
             if setup:
