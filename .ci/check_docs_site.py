@@ -50,7 +50,7 @@ class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.fetched: list[str] = []
-        self.code: list[str] = []  # the text of each <pre> / <code> element
+        self.code: list[str] = []  # the text of each code block (<pre>)
         self._in_style = False
         self._code_depth = 0
 
@@ -67,7 +67,7 @@ class _Page(HTMLParser):
         if "style" in attr:
             self.fetched.extend(css_references(attr["style"]))
         self._in_style = tag == "style"
-        if tag in ("pre", "code"):
+        if tag == "pre":
             if self._code_depth == 0:
                 self.code.append("")
             self._code_depth += 1
@@ -75,7 +75,7 @@ class _Page(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "style":
             self._in_style = False
-        if tag in ("pre", "code") and self._code_depth:
+        if tag == "pre" and self._code_depth:
             self._code_depth -= 1
 
     def handle_data(self, data: str) -> None:
@@ -98,7 +98,8 @@ def html_references(html: str) -> list[str]:
 
 
 def shown_directives(html: str) -> list[str]:
-    """The doctest directives (``# doctest: +SKIP``, ...) that a page's code blocks show."""
+    """The doctest directives (``# doctest: +SKIP``, ...) that a page's code blocks show (inline
+    code in prose may name one)."""
     return [m.group(0) for code in _parse(html).code for m in _DIRECTIVE.finditer(code)]
 
 

@@ -82,7 +82,7 @@ def test_doctest_directives_shown_in_code_are_found(check: ModuleType) -> None:
     html = (
         '<div class="highlight"><pre><span></span><code><span class="gp">&gt;&gt;&gt; </span>'
         '<span class="n">x</span>  <span class="c1"># doctest: +SKIP</span>\n</code></pre></div>'
-        "<p>Prose may name # doctest: +SKIP without it being a finding.</p>"
+        "<p>Prose may name <code># doctest: +SKIP</code> without it being a finding.</p>"
     )
     assert check.shown_directives(html) == ["# doctest: +SKIP"]
     assert check.shown_directives("<pre><code>&gt;&gt;&gt; x  # a comment\n</code></pre>") == []
@@ -113,3 +113,38 @@ def test_the_site_check_fails_on_findings_and_passes_a_clean_site(check: ModuleT
 
 def test_an_empty_directory_is_not_a_passing_site(check: ModuleType, tmp_path: Path) -> None:
     assert check.main([str(tmp_path)]) == 2
+
+
+def test_the_griffe_extension_leaves_doctest_directives_out() -> None:
+    pytest.importorskip("griffe", reason="the docs group (mkdocstrings-python) is not installed")
+    extension = load(ROOT / "docs" / "_griffe" / "sphinx_docstrings.py")
+    docstring = "\n".join(
+        [
+            "Make one.",
+            "",
+            '>>> auth = PrivateKeyJWT("my-client", signer)                     # doctest: +SKIP',
+            ">>> async with TokenManager(token_endpoint=url,",
+            "...                         client_auth=auth) as tokens:  # doctest: +SKIP",
+            "...     token = await tokens.get_token()",
+            ">>> sorted(d)  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE",
+            "[1, ...]",
+            ">>> x = 1  # a comment the reader should see",
+            "",
+            "A paragraph with # doctest: +SKIP in it stays as written.",
+        ]
+    )
+    assert extension.fence_doctests(docstring).splitlines() == [
+        "Make one.",
+        "",
+        "```pycon",
+        '>>> auth = PrivateKeyJWT("my-client", signer)',
+        ">>> async with TokenManager(token_endpoint=url,",
+        "...                         client_auth=auth) as tokens:",
+        "...     token = await tokens.get_token()",
+        ">>> sorted(d)",
+        "[1, ...]",
+        ">>> x = 1  # a comment the reader should see",
+        "```",
+        "",
+        "A paragraph with # doctest: +SKIP in it stays as written.",
+    ]
