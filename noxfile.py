@@ -162,7 +162,7 @@ def package(session: nox.Session) -> None:
     # The unpacked sdist's tests against the library it ships (installed from that tree).
     session.install(f"{root}[all]", *_group("test"))
     session.chdir(root)
-    session.run("pytest", "--collect-only", "-q", "-p", "no:cacheprovider")
+    session.run("pytest", "--collect-only", "-qq", "-p", "no:cacheprovider")  # per-file counts
 
 
 @nox.session(python="3.13")
