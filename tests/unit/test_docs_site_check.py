@@ -116,7 +116,6 @@ def test_an_empty_directory_is_not_a_passing_site(check: ModuleType, tmp_path: P
 
 
 def test_the_griffe_extension_leaves_doctest_directives_out() -> None:
-    pytest.importorskip("griffe", reason="the docs group (mkdocstrings-python) is not installed")
     extension = load(ROOT / "docs" / "_griffe" / "sphinx_docstrings.py")
     docstring = "\n".join(
         [
