@@ -68,6 +68,7 @@ class McpTestServer:
                 required_scopes=[SCOPE],
                 validate_token_resource=True,
             ),
+            log_level="WARNING",
         )
 
         @server.tool()
