@@ -17,6 +17,7 @@ import pytest
 
 from keyless_m2m import (
     ClientSecretPost,
+    ConfigurationError,
     InvalidClientError,
     PrivateKeyJWT,
     SyncTokenManager,
@@ -31,7 +32,7 @@ from keyless_m2m.integrations.grpc import (
 )
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from keyless_m2m.testing.signers import InMemorySigner
-from tests.frame_locals import chain_of
+from tests.frame_locals import chain_of, secret_locals
 from tests.grpc_server import STREAM_UNARY, UNARY, UNARY_STREAM, CheckingGrpcServer
 
 CANARY = "canary-s3cr3t-7f1d9a"
@@ -78,6 +79,7 @@ def unsecret(error: BaseException, *secrets: str) -> None:
             texts.append(str(getattr(error, method)()))
     for secret in secrets:
         assert not any(secret in text for text in texts), texts
+    assert secret_locals(error, secrets) == []  # what an error tracker records of its frames
 
 
 # -- call credentials ---------------------------------------------------------------------
@@ -97,14 +99,19 @@ def test_call_credentials_send_the_bearer_token_and_a_call_without_them_is_refus
     assert auth_server.token_requests == 1
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_call_credentials_many_concurrent_calls_one_token_request(
-    auth_server: AuthorizationServer, signer: InMemorySigner, api: CheckingGrpcServer
+    auth_server: AuthorizationServer, signer: InMemorySigner, api: CheckingGrpcServer, backend: str
 ) -> None:
     auth_server.latency = 0.2  # the first fetch is still in flight when the others ask
     results: list[bytes] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(24)
-    with sync_tokens(auth_server, signer) as tokens, secure(api.target, call_credentials(tokens)) as channel:
+    # backend: the manager's own loop, trio as well (the blocking grpc does not care).
+    with (
+        sync_tokens(auth_server, signer, backend=backend) as tokens,
+        secure(api.target, call_credentials(tokens)) as channel,
+    ):
         call = channel.unary_unary(UNARY)
 
         def one(i: int) -> None:
@@ -172,8 +179,6 @@ def test_a_foreign_exception_is_named_by_its_type_only(api: CheckingGrpcServer) 
 
 
 def test_call_credentials_refuse_an_async_source(auth_server: AuthorizationServer) -> None:
-    from keyless_m2m import ConfigurationError
-
     tokens = TokenManager(auth_server.token_endpoint, ClientSecretPost("svc", "s"))
     with pytest.raises(ConfigurationError, match="blocking SyncTokenSource"):
         call_credentials(tokens)  # type: ignore[arg-type]
@@ -355,3 +360,29 @@ async def test_aio_token_failure_is_an_aio_rpc_error_without_the_secret(
             assert isinstance(down.value.__cause__, TransportError)
             unsecret(down.value, CANARY)
     assert api.seen == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_aio_dpop_proof_for_the_calls_url(signer: InMemorySigner) -> None:
+    with AuthorizationServer(dpop="required") as auth_server:
+        auth_server.register_client("svc", jwks=signer.jwks)
+        with CheckingGrpcServer(lambda token: token in auth_server.issued) as api:
+            auth = PrivateKeyJWT("svc", signer)
+            async with TokenManager(auth_server.token_endpoint, auth, dpop=True) as tokens:
+                async with grpc.aio.secure_channel(
+                    api.target,
+                    grpc.local_channel_credentials(),
+                    interceptors=aio_interceptors(tokens, authority=api.target),
+                ) as channel:
+                    assert await channel.unary_unary(UNARY)(b"hi", timeout=10) == b"echo:hi"
+                token = await tokens.get_token()
+                async with aio_channel(api.target, tokens) as channel:  # no authority=
+                    with pytest.raises(ConfigurationError, match="authority="):
+                        await channel.unary_unary(UNARY)(b"hi", timeout=10)
+    assert token.is_dpop and api.seen == [f"DPoP {token.value}"]
+    proof = api.dpop[0]
+    assert proof is not None
+    header = jwt.get_unverified_header(proof)
+    claims = jwt.decode(proof, jwt.PyJWK(header["jwk"]).key, algorithms=[header["alg"]])
+    assert claims["htm"] == "POST" and claims["htu"] == f"https://{api.target}{UNARY}"
