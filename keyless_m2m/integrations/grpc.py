@@ -110,6 +110,9 @@ class TokenUnavailableError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ign
         self._code = code
         self._details = details
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._code, self._details), dict(vars(self)))
+
     def __repr__(self) -> str:
         return f"TokenUnavailableError({self._code}, {self._details!r})"
 
@@ -172,7 +175,7 @@ class TokenUnavailableError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ign
 
 
 class _Args:
-    """What every adapter asks the source for, and how it turns a token into metadata."""
+    """What every adapter asks the source for: ``get_token(scope, resource=, audience=)``."""
 
     def __init__(self, scope: ScopeArg, resource: ResourceArg, audience: str | None) -> None:
         self.scope = scope
@@ -318,14 +321,17 @@ class _SyncInterceptor:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._source!r})"
 
-    def _token(self) -> AccessToken:
+    def _authorized(self, details: Any) -> tuple[AccessToken, Any]:
+        """A token and ``details`` carrying it; any failure (the token, its DPoP proof) as
+        :class:`TokenUnavailableError`."""
         try:
-            return self._source.get_token(self._args.scope, **self._args.options)
+            token = self._source.get_token(self._args.scope, **self._args.options)
+            return token, self._with_token(details, token)
         except Exception as exc:
             error, cause = TokenUnavailableError(_failure_code(exc), _failure_text(exc)), _cause(exc)
         _raise_without_context(error, cause)
 
-    def _details(self, details: Any, token: AccessToken) -> Any:
+    def _with_token(self, details: Any, token: AccessToken) -> Any:
         proof = None
         if token.is_dpop:
             make = getattr(self._source, "dpop_proof", None)
@@ -337,31 +343,31 @@ class _SyncInterceptor:
 
 class _SyncUnaryUnary(_SyncInterceptor, grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        token = self._token()
-        call = continuation(self._details(client_call_details, token), request)
+        token, details = self._authorized(client_call_details)
+        call = continuation(details, request)
         if call.code() != grpc.StatusCode.UNAUTHENTICATED:
             return call
         self._source.invalidate(token)
-        return continuation(self._details(client_call_details, self._token()), request)
+        return continuation(self._authorized(client_call_details)[1], request)
 
 
 class _SyncUnaryStream(_SyncInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
     def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return continuation(self._details(client_call_details, self._token()), request)
+        return continuation(self._authorized(client_call_details)[1], request)
 
 
 class _SyncStreamUnary(_SyncInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[misc]
     def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        return continuation(self._details(client_call_details, self._token()), request_iterator)
+        return continuation(self._authorized(client_call_details)[1], request_iterator)
 
 
 class _SyncStreamStream(_SyncInterceptor, grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
     def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        return continuation(self._details(client_call_details, self._token()), request_iterator)
+        return continuation(self._authorized(client_call_details)[1], request_iterator)
 
 
 def interceptors(
@@ -377,7 +383,9 @@ def interceptors(
     ``authorization`` metadata; a unary-unary call answered ``UNAUTHENTICATED`` is sent
     once more with a fresh token. ``authority``: the ``host:port`` the channel connects
     to, needed only for DPoP-bound tokens (the proof's URL). A token that cannot be had
-    raises :class:`TokenUnavailableError` (a ``grpc.RpcError``)."""
+    raises :class:`TokenUnavailableError` (a ``grpc.RpcError``). The unary-unary
+    interceptor waits for the answer before it returns (to see its status), so a
+    ``.future()`` call through it completes before the future is handed back."""
     _check_source(source, blocking=True)
     args = _Args(scope, resource, audience)
     kinds = (_SyncUnaryUnary, _SyncUnaryStream, _SyncStreamUnary, _SyncStreamStream)
@@ -396,15 +404,19 @@ class _AioInterceptor:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._source!r})"
 
-    async def _token(self) -> AccessToken:
+    async def _authorized(self, details: Any) -> tuple[AccessToken, Any]:
+        """A token and ``details`` carrying it; any failure (the token, its DPoP proof) as
+        ``grpc.aio.AioRpcError``, the one kind of error ``grpc.aio`` expects of an
+        interceptor (grpcio 1.62, the lowest supported, breaks the call's cleanup on any other)."""
         try:
-            return await self._source.get_token(self._args.scope, **self._args.options)
+            token = await self._source.get_token(self._args.scope, **self._args.options)
+            return token, await self._with_token(details, token)
         except Exception as exc:
             text, code, cause = _failure_text(exc), _failure_code(exc), _cause(exc)
         error = grpc_aio.AioRpcError(code, grpc_aio.Metadata(), grpc_aio.Metadata(), text, text)
         _raise_without_context(error, cause)
 
-    async def _details(self, details: Any, token: AccessToken) -> Any:
+    async def _with_token(self, details: Any, token: AccessToken) -> Any:
         proof = None
         if token.is_dpop:
             make = getattr(self._source, "dpop_proof", None)
@@ -416,33 +428,31 @@ class _AioInterceptor:
 
 class _AioUnaryUnary(_AioInterceptor, grpc_aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        token = await self._token()
-        call = await continuation(await self._details(client_call_details, token), request)
+        token, details = await self._authorized(client_call_details)
+        call = await continuation(details, request)
         if await call.code() != grpc.StatusCode.UNAUTHENTICATED:
             return call
         await self._source.invalidate(token)
-        return await continuation(await self._details(client_call_details, await self._token()), request)
+        return await continuation((await self._authorized(client_call_details))[1], request)
 
 
 class _AioUnaryStream(_AioInterceptor, grpc_aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(await self._details(client_call_details, await self._token()), request)
+        return await continuation((await self._authorized(client_call_details))[1], request)
 
 
 class _AioStreamUnary(_AioInterceptor, grpc_aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        details = await self._details(client_call_details, await self._token())
-        return await continuation(details, request_iterator)
+        return await continuation((await self._authorized(client_call_details))[1], request_iterator)
 
 
 class _AioStreamStream(_AioInterceptor, grpc_aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        details = await self._details(client_call_details, await self._token())
-        return await continuation(details, request_iterator)
+        return await continuation((await self._authorized(client_call_details))[1], request_iterator)
 
 
 def aio_interceptors(

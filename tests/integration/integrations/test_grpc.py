@@ -5,6 +5,7 @@ trio."""
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -267,6 +268,8 @@ def test_interceptor_token_failure_codes_and_no_secret(
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # refused: not retryable
         assert isinstance(refused.value.__cause__, InvalidClientError)
         unsecret(refused.value, CANARY)
+        copy = pickle.loads(pickle.dumps(refused.value))  # noqa: S301 - our own bytes: errors survive pickling
+        assert (copy.code(), copy.details()) == (refused.value.code(), refused.value.details())
     auth_server.stop()  # now the authorization server is down: retryable
     with SyncTokenManager(auth_server.token_endpoint, ClientSecretPost("svc", CANARY), **FAST) as tokens:
         channel = grpc.intercept_channel(secure(api.target), *interceptors(tokens))
@@ -378,8 +381,10 @@ async def test_aio_dpop_proof_for_the_calls_url(signer: InMemorySigner) -> None:
                     assert await channel.unary_unary(UNARY)(b"hi", timeout=10) == b"echo:hi"
                 token = await tokens.get_token()
                 async with aio_channel(api.target, tokens) as channel:  # no authority=
-                    with pytest.raises(ConfigurationError, match="authority="):
+                    with pytest.raises(grpc.aio.AioRpcError, match="authority=") as refused:
                         await channel.unary_unary(UNARY)(b"hi", timeout=10)
+                    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                    assert isinstance(refused.value.__cause__, ConfigurationError)
     assert token.is_dpop and api.seen == [f"DPoP {token.value}"]
     proof = api.dpop[0]
     assert proof is not None
