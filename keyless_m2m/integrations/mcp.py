@@ -20,7 +20,8 @@ makes that callback:
 - from a :class:`~keyless_m2m.PrivateKeyJWT`: a fresh assertion per call, signed by its
   signer, ``aud`` = the issuer the SDK passes (or the ``audience=`` you configured), with
   ``typ: client-authentication+jwt``; a ``PrivateKeyJWT(issuer=...)`` that names another
-  issuer is refused (the assertion would be made for a server it was not meant for);
+  issuer is refused (the assertion would be made for a server it was not meant for), and so
+  is ``audience_policy="token_endpoint"`` (the SDK does not pass the token endpoint URL);
 - from a :class:`~keyless_m2m.assertions.WorkloadIdentity` or an
   :class:`~keyless_m2m.assertions.AssertionSource` (GitHub Actions, GCP metadata, a
   projected Kubernetes token): the platform's JWT of that moment, whose audience the
@@ -82,6 +83,13 @@ def assertion_provider(credentials: Credentials, *, min_validity: float = 5.0) -
 
 
 def _signed(auth: PrivateKeyJWT) -> AssertionCallback:
+    if auth.audience is None and auth.audience_policy == "token_endpoint":
+        raise ConfigurationError(
+            "the MCP SDK gives the assertion callback the issuer identifier only, not the token "
+            "endpoint URL: use audience_policy='auto' or 'issuer', or audience='<the aud your "
+            "server wants>'"
+        )
+
     async def provide(audience: str) -> str:
         if not isinstance(audience, str) or not audience:
             raise ConfigurationError("the MCP SDK passed no audience for the client assertion")
@@ -90,8 +98,7 @@ def _signed(auth: PrivateKeyJWT) -> AssertionCallback:
                 f"the MCP SDK asks for an assertion for the issuer {audience!r}, but the "
                 f"PrivateKeyJWT is for {auth.issuer!r}: pass the same issuer to both"
             )
-        # token_endpoint= is the audience too: an audience_policy="token_endpoint" client
-        # gets the one audience the SDK knows rather than no assertion at all.
+        # aud = the issuer (audience_policy "auto" or "issuer"), or the audience= configured.
         return await auth.assertion(audience, issuer=audience)
 
     return provide

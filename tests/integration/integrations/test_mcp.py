@@ -156,6 +156,8 @@ async def test_assertion_provider_audience_checks(signer: InMemorySigner, verifi
         await configured("https://as.example"), signer.public_jwk, audience="https://as.example/token"
     )
     assert claims["aud"] == "https://as.example/token"  # audience= you configured wins
+    with pytest.raises(ConfigurationError, match="issuer identifier only"):
+        assertion_provider(PrivateKeyJWT("agent", signer, audience_policy="token_endpoint"))
 
 
 async def test_what_the_sdk_cannot_send_is_refused_up_front(tmp_path: Path) -> None:
