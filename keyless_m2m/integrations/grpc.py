@@ -1,11 +1,11 @@
 """gRPC authentication from a token source: call credentials for ``grpc`` and client
 interceptors for ``grpc`` and ``grpc.aio``.
 
->>> channel = grpc.secure_channel(                                    # doctest: +SKIP
+>>> channel = grpc.secure_channel(                                    # sync_tokens: a SyncTokenManager
 ...     "api.example:443",
-...     grpc.composite_channel_credentials(grpc.ssl_channel_credentials(), call_credentials(tokens)),
+...     grpc.composite_channel_credentials(grpc.ssl_channel_credentials(), call_credentials(sync_tokens)),
 ... )
->>> channel = grpc.aio.secure_channel(                                # doctest: +SKIP
+>>> aio_channel = grpc.aio.secure_channel(                            # tokens: a TokenManager
 ...     "api.example:443", grpc.ssl_channel_credentials(), interceptors=aio_interceptors(tokens)
 ... )
 
