@@ -5,9 +5,10 @@ interceptors for ``grpc`` and ``grpc.aio``.
 ...     "api.example:443",
 ...     grpc.composite_channel_credentials(grpc.ssl_channel_credentials(), call_credentials(sync_tokens)),
 ... )
->>> aio_channel = grpc.aio.secure_channel(                            # tokens: a TokenManager
+>>> async with grpc.aio.secure_channel(                               # tokens: a TokenManager
 ...     "api.example:443", grpc.ssl_channel_credentials(), interceptors=aio_interceptors(tokens)
-... )
+... ) as aio_channel:
+...     say = aio_channel.unary_unary("/demo.Echo/Say")
 
 Three ways, over one :class:`~keyless_m2m.source.TokenSource` (async) or
 :class:`~keyless_m2m.source.SyncTokenSource` (blocking):

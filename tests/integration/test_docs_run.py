@@ -250,7 +250,6 @@ tokens, sync_tokens = TokenManager(url, auth), SyncTokenManager(url, auth)
 DOCSTRING_TEARDOWN: dict[str, str] = {
     "keyless_m2m/integrations/grpc.py": """
 channel.close()
-await aio_channel.close()
 await tokens.aclose()
 sync_tokens.close()
 """,
