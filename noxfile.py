@@ -188,6 +188,9 @@ def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks against Authlib and httpx-auth (not part of CI)."""
     session.install("-e", ".[all]", *_group("bench"), "trio")
     session.run("python", "-m", "benchmarks", *session.posargs)
+    # What the OpenTelemetry integration costs the hot path: absent, installed but
+    # unconfigured, configured (docs/integrations/opentelemetry.md).
+    session.run("python", "-m", "benchmarks.otel")
 
 
 @nox.session(python="3.11")

@@ -433,11 +433,11 @@ def _counting_async(counter: _HitCounter) -> Callable[..., Any]:
     def get_token(
         self: TokenManager, scope: Any = None, *, resource: Any = None, audience: Any = None
     ) -> Any:
-        entry: Any
         if scope is None and resource is None and audience is None:
-            entry = self._default_entry
-        else:
-            entry = self._peek(scope, resource, audience)
+            if monotonic() < self._default_entry.current.refresh_at:
+                counter.value += 1
+            return original(self)
+        entry = self._peek(scope, resource, audience)
         if entry is not None and monotonic() < entry.current.refresh_at:
             counter.value += 1
         return original(self, scope, resource=resource, audience=audience)
