@@ -509,4 +509,5 @@ def uninstrument() -> None:
 
 
 def is_instrumented() -> bool:
+    """Whether :func:`instrument` is in effect."""
     return isinstance(installed(), _Hooks)

@@ -381,3 +381,43 @@ async def test_the_library_never_imports_opentelemetry() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+async def test_an_sdk_set_globally_after_instrument_starts_the_hit_count_at_its_first_collection() -> None:
+    # In a subprocess: the global providers can be set once per process.
+    code = (
+        "import anyio\n"
+        "from opentelemetry import metrics\n"
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "from opentelemetry.sdk.metrics.export import InMemoryMetricReader\n"
+        "from keyless_m2m import ClientSecretBasic, TokenManager\n"
+        "from keyless_m2m.integrations import opentelemetry as kotel\n"
+        "from keyless_m2m.testing.authorization_server import AuthorizationServer\n"
+        "original = TokenManager.get_token\n"
+        "kotel.instrument()\n"
+        "assert TokenManager.get_token is original\n"
+        "reader = InMemoryMetricReader()\n"
+        "metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))\n"
+        "def hits():\n"
+        "    data = reader.get_metrics_data()\n"
+        "    return [p.value for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics\n"
+        "            if m.name == kotel.METRIC_CACHE_HITS for p in m.data.data_points]\n"
+        "assert hits() == [0], hits()\n"
+        "assert TokenManager.get_token is not original\n"
+        "async def main():\n"
+        "    with AuthorizationServer() as server:\n"
+        "        server.register_client('svc', client_secret='s3')\n"
+        "        async with TokenManager(server.token_endpoint, ClientSecretBasic('svc', 's3')) as tokens:\n"
+        "            for _ in range(11):\n"
+        "                await tokens.get_token()\n"
+        "anyio.run(main)\n"
+        "print(hits())\n"
+        "kotel.uninstrument()\n"
+        "assert TokenManager.get_token is original\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[10]"
