@@ -117,7 +117,8 @@ async def observe_fetch(
     if hooks is None:
         return await fetch()
     before = requests()
-    with hooks.token_fetch(info()) as observation:
+    started = info()
+    with hooks.token_fetch(started) as observation:
         try:
             result = await fetch()
         except KeylessM2MError as exc:
@@ -133,7 +134,9 @@ async def observe_fetch(
             )
             observation.failed(error, attempts=requests() - before, cause=type(exc).__name__)
             raise
-        observation.succeeded(attempts=requests() - before, from_shared_cache=requests() == before)
+        sent = requests() - before
+        # No request sent and a shared cache consulted: the token came from there.
+        observation.succeeded(attempts=sent, from_shared_cache=started.shared_cache and sent == 0)
         return result
 
 
