@@ -1,0 +1,152 @@
+"""A loopback resource server for Bearer tokens (RFC 6750), for the HTTP-client
+integrations' tests (requests, aiohttp): it records every request and refuses the tokens
+it is told to with ``401 WWW-Authenticate: Bearer error="invalid_token"``::
+
+    with BearerResourceServer(known=lambda: server.issued, reject=1) as api:
+        api.url + "/pockets"     # http://127.0.0.1:PORT/pockets
+        api.records              # one ApiRecord per request: authorization, body, status
+
+``known()`` returns the tokens the authorization server issued: any other token is
+refused. ``reject``: the first ``reject`` distinct known tokens are refused too (and stay
+refused), as an API does that revoked them; ``reject_all`` refuses every token. A request
+without ``Authorization`` gets the bare challenge ``Bearer realm="api"``. Bodies are read
+whole, ``Content-Length`` or chunked (a generator's or an async iterator's body).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, BinaryIO, Self
+
+__all__ = ["ApiRecord", "BearerResourceServer"]
+
+MAX_BODY = 1 << 20
+
+
+@dataclass(frozen=True)
+class ApiRecord:
+    method: str
+    path: str
+    authorization: str | None
+    body: bytes
+    status: int
+
+
+def read_chunked(stream: BinaryIO) -> bytes:
+    """A chunked body (RFC 9112 section 7.1), bounded by :data:`MAX_BODY`."""
+    body = b""
+    while len(body) <= MAX_BODY:
+        size = int(stream.readline(64).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            stream.readline(64)  # the last CRLF (no trailers here)
+            return body
+        body += stream.read(size)
+        stream.readline(64)
+    raise ValueError("chunked body too large")
+
+
+class BearerResourceServer:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        known: Callable[[], Collection[str]],
+        reject: int = 0,
+        reject_all: bool = False,
+        timeout: float = 5.0,
+    ) -> None:
+        self.known = known
+        self.reject = reject
+        self.reject_all = reject_all
+        self.rejected: set[str] = set()
+        self.records: list[ApiRecord] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self, timeout))
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def authorizations(self) -> list[str | None]:
+        with self._lock:
+            return [r.authorization for r in self.records]
+
+    def decide(self, authorization: str | None) -> tuple[int, str | None]:
+        """(status, WWW-Authenticate) for one request."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return 401, 'Bearer realm="api"'
+        with self._lock:
+            refused = self.reject_all or token in self.rejected or token not in self.known()
+            if not refused and len(self.rejected) < self.reject:
+                self.rejected.add(token)
+                refused = True
+        if refused:
+            return 401, 'Bearer realm="api", error="invalid_token", error_description="token refused"'
+        return 200, None
+
+    def start(self) -> Self:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._httpd.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _handler_for(server: BearerResourceServer, read_timeout: float) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        timeout = read_timeout
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def _answer(self) -> None:
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                body = read_chunked(self.rfile)
+            else:
+                body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), MAX_BODY))
+            authorization = self.headers.get("Authorization")
+            status, challenge = server.decide(authorization)
+            with server._lock:
+                server.records.append(ApiRecord(self.command, self.path, authorization, body, status))
+            payload = json.dumps({"ok": status == 200, "path": self.path}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            if challenge is not None:
+                self.send_header("WWW-Authenticate", challenge)
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
+
+    return Handler
