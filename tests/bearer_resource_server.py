@@ -21,8 +21,9 @@ import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BufferedIOBase
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, Self
 
 __all__ = ["ApiRecord", "BearerResourceServer"]
 
@@ -38,7 +39,7 @@ class ApiRecord:
     status: int
 
 
-def read_chunked(stream: BinaryIO) -> bytes:
+def read_chunked(stream: BufferedIOBase) -> bytes:
     """A chunked body (RFC 9112 section 7.1), bounded by :data:`MAX_BODY`."""
     body = b""
     while len(body) <= MAX_BODY:
@@ -49,6 +50,10 @@ def read_chunked(stream: BinaryIO) -> bytes:
         body += stream.read(size)
         stream.readline(64)
     raise ValueError("chunked body too large")
+
+
+class _Listener(ThreadingHTTPServer):
+    request_queue_size = 128  # a burst of concurrent clients is queued, not reset (default 5)
 
 
 class BearerResourceServer:
@@ -68,7 +73,7 @@ class BearerResourceServer:
         self.rejected: set[str] = set()
         self.records: list[ApiRecord] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self, timeout))
+        self._httpd = _Listener(("127.0.0.1", 0), _handler_for(self, timeout))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -20,6 +20,7 @@ request for all of them.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..bearer import BearerFlow, is_async_source
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from collections.abc import Generator
 
     from requests import PreparedRequest, Response
-    from requests.structures import CaseInsensitiveDict
 
     from ..source import ResourceArg, ScopeArg, SyncTokenSource
 
@@ -47,9 +47,10 @@ class _NotReplayableError(Exception):
 
 
 class _Request:
-    """A ``PreparedRequest`` as the flow reads an httpx request. Once a response came
-    back, the next request the flow authorizes is a copy, so that the response keeps the
-    request it answered (``response.request``) and requests' own copies stay untouched."""
+    """A ``PreparedRequest`` as the flow reads an httpx request; it is its own ``headers``
+    too (what the flow writes: ``[name] = value`` and ``pop``). Once a response came back,
+    the next request the flow authorizes is a copy, so that the response keeps the request
+    it answered (``response.request``) and requests' own copies stay untouched."""
 
     __slots__ = ("answered", "prepared")
 
@@ -66,11 +67,11 @@ class _Request:
         return self.prepared.url or ""
 
     @property
-    def headers(self) -> CaseInsensitiveDict[str]:
+    def headers(self) -> _Request:
         if self.answered:
             self.prepared = self.prepared.copy()
             self.answered = False
-        return self.prepared.headers
+        return self
 
     @property
     def content(self) -> bytes | str | None:
@@ -79,15 +80,39 @@ class _Request:
             return body
         raise _NotReplayableError
 
+    def __setitem__(self, name: str, value: str) -> None:
+        self.prepared.headers[name] = value
 
-class _Headers:
-    """A response's headers as the flow reads httpx's: ``get_list`` gives each header line
-    apart (urllib3 keeps them; requests' own mapping joins them with commas)."""
+    def pop(self, name: str, default: str | None = None) -> str | None:
+        # MutableMapping.pop of an absent header (the DPoP header a Bearer request lacks)
+        # raises and catches a KeyError: a quarter of the auth step. The dict behind
+        # requests' CaseInsensitiveDict (``_store``: lowercased name -> (name, value), as
+        # since requests 1.x) pops without one; anything else takes the slow path.
+        headers = self.prepared.headers
+        store = vars(headers).get("_store")
+        if not isinstance(store, dict):
+            return headers.pop(name, default)
+        item = store.pop(name.lower(), None)
+        return default if item is None else item[1]
+
+
+class _Response:
+    """A ``Response`` as the flow reads an httpx response; its own ``headers`` view, whose
+    ``get_list`` gives each header line apart (urllib3 keeps them; requests' mapping joins
+    them with commas)."""
 
     __slots__ = ("response",)
 
     def __init__(self, response: Response) -> None:
         self.response = response
+
+    @property
+    def status_code(self) -> int:
+        return self.response.status_code
+
+    @property
+    def headers(self) -> _Response:
+        return self
 
     def get(self, name: str) -> str | None:
         return self.response.headers.get(name)
@@ -98,18 +123,6 @@ class _Headers:
             return list(getlist(name))
         value = self.response.headers.get(name)
         return [] if value is None else [value]
-
-
-class _Response:
-    __slots__ = ("headers", "response")
-
-    def __init__(self, response: Response) -> None:
-        self.response = response
-        self.headers = _Headers(response)
-
-    @property
-    def status_code(self) -> int:
-        return self.response.status_code
 
     def read(self) -> None:
         # The 401 is answered again: read it to the end so its connection goes back to the pool.
@@ -144,17 +157,14 @@ class BearerAuth(AuthBase):
         request = _Request(r)
         flow = self._flow.sync_auth_flow(request)
         next(flow)  # the token (and proof) on the request, as the flow's first step
-
-        def on_response(response: Response, **send: Any) -> Response:
-            return _answer(flow, request, response, send)
-
-        r.register_hook("response", on_response)  # type: ignore[no-untyped-call]
+        on_response = partial(_answer, flow, request)
+        # Copies of a prepared request share its hook lists (PreparedRequest.copy): this
+        # request's hook goes on a list of its own, not on those of the copies.
+        r.hooks = {**r.hooks, "response": [*r.hooks.get("response", ()), on_response]}
         return r
 
 
-def _answer(
-    flow: Generator[Any, Any, None], request: _Request, response: Response, send: dict[str, Any]
-) -> Response:
+def _answer(flow: Generator[Any, Any, None], request: _Request, response: Response, **send: Any) -> Response:
     """Hand ``response`` to the flow; send each request it authorizes again (at most two:
     a DPoP nonce, then an ``invalid_token``) and return the last answer. A redirect's
     response arrives here too, after the flow has ended: it passes through."""

@@ -113,6 +113,20 @@ def test_a_body_that_cannot_be_sent_again_is_not_replayed(
     assert server.token_requests == 1 and tokens.stats.refreshes == 1
 
 
+def test_copies_of_a_prepared_request_do_not_collect_the_hooks_of_others(
+    tokens: SyncTokenManager, api: BearerResourceServer
+) -> None:
+    # PreparedRequest.copy() shares the hook lists: registering on them made every later
+    # copy run the hook of every earlier request (found by benchmarks/integrations.py).
+    auth = BearerAuth(tokens)
+    template = requests.Request("GET", f"{api.url}/pockets").prepare()
+    prepared = [auth(template.copy()) for _ in range(3)]
+    assert template.hooks["response"] == []
+    assert [len(p.hooks["response"]) for p in prepared] == [1, 1, 1]
+    with requests.Session() as session:
+        assert session.send(prepared[2], timeout=10).status_code == 200
+
+
 def test_dpop_a_proof_per_request_and_one_nonce_replay(
     dpop_server: AuthorizationServer, client_auth: ClientSecretBasic
 ) -> None:
