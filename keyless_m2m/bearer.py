@@ -46,6 +46,7 @@ __all__ = [
     "BearerAuth",
     "BearerFlow",
     "BearerSource",
+    "NotReplayableError",
     "bearer_auth_class",
     "is_async_source",
     "is_dpop_nonce_challenge",
@@ -77,10 +78,15 @@ def is_dpop_nonce_challenge(response: Any) -> bool:
     return _challenged(response, ("dpop",), _USE_DPOP_NONCE)
 
 
+class NotReplayableError(Exception):
+    """What the ``content`` of an integration's request view raises when the body cannot
+    be sent a second time (a stream, a file), as httpx raises ``RequestNotRead``."""
+
+
 def _replayable(request: Any) -> bool:
     try:
         request.content  # noqa: B018 - raises when the body is an unread stream
-    except Exception:  # httpx.RequestNotRead, or the same class of a fork
+    except Exception:  # httpx.RequestNotRead (or a fork's), NotReplayableError
         return False
     return True
 

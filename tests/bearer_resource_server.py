@@ -10,22 +10,22 @@ it is told to with ``401 WWW-Authenticate: Bearer error="invalid_token"``::
 refused. ``reject``: the first ``reject`` distinct known tokens are refused too (and stay
 refused), as an API does that revoked them; ``reject_all`` refuses every token. A request
 without ``Authorization`` gets the bare challenge ``Bearer realm="api"``. Bodies are read
-whole, ``Content-Length`` or chunked (a generator's or an async iterator's body).
+whole, ``Content-Length`` or chunked (a generator's or an async iterator's body). Its
+lifecycle is the test kit's (``LoopbackServer``: ``start()``, ``stop()``, ``with``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from io import BufferedIOBase
-from types import TracebackType
-from typing import Any, Self
 
-__all__ = ["ApiRecord", "BearerResourceServer"]
+from keyless_m2m.testing.emulators._base import LoopbackHTTPHandler, LoopbackServer
+
+__all__ = ["ApiRecord", "BearerResourceServer", "read_chunked"]
 
 MAX_BODY = 1 << 20
 
@@ -53,10 +53,11 @@ def read_chunked(stream: BufferedIOBase) -> bytes:
 
 
 class _Listener(ThreadingHTTPServer):
+    daemon_threads = True
     request_queue_size = 128  # a burst of concurrent clients is queued, not reset (default 5)
 
 
-class BearerResourceServer:
+class BearerResourceServer(LoopbackServer):
     """See the module docstring."""
 
     def __init__(
@@ -67,20 +68,16 @@ class BearerResourceServer:
         reject_all: bool = False,
         timeout: float = 5.0,
     ) -> None:
+        super().__init__()
         self.known = known
         self.reject = reject
         self.reject_all = reject_all
+        self.timeout = timeout
         self.rejected: set[str] = set()
         self.records: list[ApiRecord] = []
         self._lock = threading.Lock()
-        self._httpd = _Listener(("127.0.0.1", 0), _handler_for(self, timeout))
-        self._httpd.daemon_threads = True
+        self._httpd: _Listener | None = None
         self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     def authorizations(self) -> list[str | None]:
         with self._lock:
@@ -100,38 +97,31 @@ class BearerResourceServer:
             return 401, 'Bearer realm="api", error="invalid_token", error_description="token refused"'
         return 200, None
 
-    def start(self) -> Self:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-            )
-            self._thread.start()
-        return self
+    def record(self, record: ApiRecord) -> None:
+        with self._lock:
+            self.records.append(record)
 
-    def stop(self) -> None:
+    def _serve(self) -> int:
+        self._httpd = _Listener((self.host, 0), _handler_for(self))
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return int(self._httpd.server_address[1])
+
+    def _shutdown(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
         if self._thread is not None:
-            self._httpd.shutdown()
             self._thread.join(timeout=5)
             self._thread = None
-        self._httpd.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
-def _handler_for(server: BearerResourceServer, read_timeout: float) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-        timeout = read_timeout
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
+def _handler_for(server: BearerResourceServer) -> type[LoopbackHTTPHandler]:
+    class Handler(LoopbackHTTPHandler):
+        timeout = server.timeout  # bounded reads: a stalled client cannot hold a thread
 
         def _answer(self) -> None:
             if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -140,17 +130,11 @@ def _handler_for(server: BearerResourceServer, read_timeout: float) -> type[Base
                 body = self.rfile.read(min(int(self.headers.get("Content-Length") or 0), MAX_BODY))
             authorization = self.headers.get("Authorization")
             status, challenge = server.decide(authorization)
-            with server._lock:
-                server.records.append(ApiRecord(self.command, self.path, authorization, body, status))
-            payload = json.dumps({"ok": status == 200, "path": self.path}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
+            server.record(ApiRecord(self.command, self.path, authorization, body, status))
+            headers = {"Content-Type": "application/json"}
             if challenge is not None:
-                self.send_header("WWW-Authenticate", challenge)
-            self.end_headers()
-            with contextlib.suppress(OSError):
-                self.wfile.write(payload)
+                headers["WWW-Authenticate"] = challenge
+            self.respond(status, headers, json.dumps({"ok": status == 200, "path": self.path}).encode())
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
 

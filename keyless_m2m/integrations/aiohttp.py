@@ -23,55 +23,42 @@ runs on asyncio and trio).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..bearer import BearerFlow, is_async_source
-from ..errors import MissingExtraError
+from .._runtime import import_extra
+from ..bearer import NotReplayableError
+from ..source import TokenSource
+from ._base import FlowHolder
 
-try:
-    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
-    from aiohttp.payload import BytesPayload
-except ImportError:
-    raise MissingExtraError("aiohttp", "aiohttp") from None
+_aiohttp = import_extra("aiohttp", "aiohttp")  # MissingExtraError without it
 
 if TYPE_CHECKING:
-    from multidict import CIMultiDict
-
-    from ..source import ResourceArg, ScopeArg, TokenSource
+    from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 __all__ = ["BearerMiddleware"]
 
 
-class _NotReplayableError(Exception):
-    """The body is a stream, a file or multipart: it may not be sent twice."""
-
-
 class _Request:
-    """A ``ClientRequest`` as the flow reads an httpx request."""
+    """A ``ClientRequest`` as the flow reads an httpx request: its ``method``, ``url`` and
+    ``headers`` (a ``CIMultiDict``) are the request's own; ``content`` says whether the
+    body may be sent again."""
 
     __slots__ = ("request",)
 
     def __init__(self, request: ClientRequest) -> None:
         self.request = request
 
-    @property
-    def method(self) -> str:
-        return self.request.method
-
-    @property
-    def url(self) -> str:
-        return str(self.request.url)
-
-    @property
-    def headers(self) -> CIMultiDict[str]:
-        return self.request.headers
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.request, name)
 
     @property
     def content(self) -> bytes:
         body = self.request.body
-        if body == b"" or isinstance(body, BytesPayload):  # bytes, str, JSON, urlencoded forms
+        if body == b"" or isinstance(
+            body, _aiohttp.payload.BytesPayload
+        ):  # bytes, str, JSON, urlencoded forms
             return b""
-        raise _NotReplayableError
+        raise NotReplayableError  # a stream, a file, multipart
 
 
 class _Headers:
@@ -104,28 +91,13 @@ class _Response:
         self.response.release()
 
 
-class BearerMiddleware:
+class BearerMiddleware(FlowHolder[TokenSource]):
     """An aiohttp client middleware (``ClientSession(middlewares=(BearerMiddleware(tokens),))``,
     or per request: ``session.get(url, middlewares=(...))``) adding tokens from a
     :class:`~keyless_m2m.TokenManager` (or any other :class:`~keyless_m2m.source.TokenSource`)
     for ``scope`` (``resource``, ``audience``); see the module docstring."""
 
-    def __init__(
-        self,
-        source: TokenSource,
-        *,
-        scope: ScopeArg = None,
-        resource: ResourceArg = None,
-        audience: str | None = None,
-    ) -> None:
-        if not is_async_source(source):
-            raise TypeError(
-                "aiohttp is async: give BearerMiddleware a TokenSource (TokenManager), not a SyncTokenManager"
-            )
-        self._flow = BearerFlow(source, scope=scope, resource=resource, audience=audience)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._flow!r})"
+    asynchronous = True
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         flow = self._flow.async_auth_flow(_Request(request))

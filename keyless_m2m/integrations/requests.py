@@ -23,8 +23,10 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ..bearer import BearerFlow, is_async_source
+from ..bearer import NotReplayableError
 from ..errors import MissingExtraError
+from ..source import SyncTokenSource
+from ._base import FlowHolder
 
 try:
     from requests.auth import AuthBase
@@ -37,13 +39,8 @@ if TYPE_CHECKING:
 
     from requests import PreparedRequest, Response
 
-    from ..source import ResourceArg, ScopeArg, SyncTokenSource
 
 __all__ = ["BearerAuth"]
-
-
-class _NotReplayableError(Exception):
-    """The body is a file or a generator: read once, it cannot be sent again."""
 
 
 class _Request:
@@ -78,7 +75,7 @@ class _Request:
         body = self.prepared.body
         if body is None or isinstance(body, bytes | str):
             return body
-        raise _NotReplayableError
+        raise NotReplayableError  # a file or a generator: read once
 
     def __setitem__(self, name: str, value: str) -> None:
         self.prepared.headers[name] = value
@@ -130,28 +127,12 @@ class _Response:
         self.response.close()
 
 
-class BearerAuth(AuthBase):
+class BearerAuth(FlowHolder[SyncTokenSource], AuthBase):
     """Authenticates requests with tokens from a :class:`~keyless_m2m.SyncTokenManager`
     (or any other :class:`~keyless_m2m.source.SyncTokenSource`) for ``scope``
     (``resource``, ``audience``); see the module docstring. Thread-safe."""
 
-    def __init__(
-        self,
-        source: SyncTokenSource,
-        *,
-        scope: ScopeArg = None,
-        resource: ResourceArg = None,
-        audience: str | None = None,
-    ) -> None:
-        if is_async_source(source):
-            raise TypeError(
-                "requests is blocking: give BearerAuth a SyncTokenSource (SyncTokenManager), "
-                "not a TokenManager"
-            )
-        self._flow = BearerFlow(source, scope=scope, resource=resource, audience=audience)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._flow!r})"
+    asynchronous = False
 
     def __call__(self, r: PreparedRequest) -> PreparedRequest:
         request = _Request(r)

@@ -6,9 +6,7 @@ asyncio only, so these tests do. Counts, never times."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +18,6 @@ from keyless_m2m import (
     ClientSecretBasic,
     ClientSecretPost,
     KeylessM2MError,
-    MissingExtraError,
     SyncTokenManager,
     TokenManager,
 )
@@ -30,6 +27,7 @@ from tests.bearer_resource_server import BearerResourceServer
 from tests.dpop_resource_server import DPoPResourceServer
 from tests.echo_server import EchoServer
 from tests.helpers import exception_texts
+from tests.missing_extras import import_without
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -146,10 +144,6 @@ def test_a_blocking_source_is_refused(server: AuthorizationServer, client_auth: 
 
 
 def test_without_aiohttp_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [n for n in sys.modules if n == "aiohttp" or n.startswith("aiohttp.")]:
-        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
-    monkeypatch.delitem(sys.modules, "keyless_m2m.integrations.aiohttp")
-    with pytest.raises(MissingExtraError) as info:
-        importlib.import_module("keyless_m2m.integrations.aiohttp")
-    assert info.value.extra == "aiohttp"
-    assert "pip install 'keyless-m2m[aiohttp]'" in str(info.value)
+    error = import_without(monkeypatch, "aiohttp", "keyless_m2m.integrations.aiohttp")
+    assert error.extra == "aiohttp" and isinstance(error, ImportError)
+    assert "pip install 'keyless-m2m[aiohttp]'" in str(error)

@@ -5,8 +5,8 @@ resource server verifying every proof with PyJWT. Counts, never times."""
 
 from __future__ import annotations
 
-import importlib
 import json
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,7 +18,6 @@ from keyless_m2m import (
     ClientSecretBasic,
     ClientSecretPost,
     KeylessM2MError,
-    MissingExtraError,
     SyncTokenManager,
     TokenManager,
 )
@@ -28,6 +27,7 @@ from tests.bearer_resource_server import BearerResourceServer
 from tests.dpop_resource_server import DPoPResourceServer
 from tests.echo_server import EchoServer
 from tests.helpers import exception_texts
+from tests.missing_extras import import_without
 
 pytestmark = pytest.mark.integration
 
@@ -167,12 +167,15 @@ def test_an_async_source_is_refused(server: AuthorizationServer, client_auth: Cl
     assert server.token_requests == 0
 
 
+def test_the_library_loads_neither_requests_nor_aiohttp() -> None:
+    code = (
+        "import sys, keyless_m2m, keyless_m2m.integrations, keyless_m2m.integrations.httpx; "
+        "assert 'requests' not in sys.modules and 'aiohttp' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_without_requests_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [n for n in sys.modules if n == "requests" or n.startswith("requests.")]:
-        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
-    monkeypatch.delitem(sys.modules, "keyless_m2m.integrations.requests")
-    with pytest.raises(MissingExtraError) as info:
-        importlib.import_module("keyless_m2m.integrations.requests")
-    assert info.value.extra == "requests"
-    assert "pip install 'keyless-m2m[requests]'" in str(info.value)
-    assert isinstance(info.value, ImportError)
+    error = import_without(monkeypatch, "requests", "keyless_m2m.integrations.requests")
+    assert error.extra == "requests" and isinstance(error, ImportError)
+    assert "pip install 'keyless-m2m[requests]'" in str(error)
