@@ -26,6 +26,7 @@ from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.bearer_resource_server import BearerResourceServer
 from tests.dpop_resource_server import DPoPResourceServer
 from tests.echo_server import EchoServer
+from tests.frame_locals import secret_locals
 from tests.helpers import exception_texts
 from tests.missing_extras import import_without
 
@@ -159,6 +160,7 @@ def test_a_token_fetch_failure_is_typed_and_keeps_the_secret() -> None:
         forbidden = echo.forbidden() | {canary}
     assert not info.value.retryable
     assert not [value for value in forbidden for text in texts if value in text]
+    assert secret_locals(info.value, forbidden) == []  # what an error tracker records
 
 
 def test_an_async_source_is_refused(server: AuthorizationServer, client_auth: ClientSecretBasic) -> None:
