@@ -28,7 +28,6 @@ import argparse
 import json
 import statistics
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ from keyless_m2m import ClientSecretBasic, SyncTokenManager
 from keyless_m2m.integrations.requests import BearerAuth
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from tests.bearer_resource_server import BearerResourceServer
+from tests.threads import at_once
 
 from .report import environment, ns, progress, ratio, table, versions
 
@@ -145,23 +145,11 @@ def cold_start(
 ) -> tuple[int, int]:
     """(token requests, failed calls) when :data:`THREADS` threads share one new auth on one Session."""
     before = authorization.token_requests
-    barrier = threading.Barrier(THREADS)
-    errors: list[BaseException] = []
     with requests.Session() as session:
         session.auth = make()
-
-        def call() -> None:
-            try:
-                barrier.wait(timeout=10)
-                session.get(f"{api.url}/pockets", timeout=10).raise_for_status()
-            except Exception as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=call) for _ in range(THREADS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        _, errors = at_once(
+            lambda _: session.get(f"{api.url}/pockets", timeout=10).raise_for_status(), THREADS
+        )
     return authorization.token_requests - before, len(errors)
 
 

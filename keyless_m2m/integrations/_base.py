@@ -3,14 +3,22 @@ kind their client runs (async or blocking), refused at once when it is the other
 
 from __future__ import annotations
 
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypedDict, TypeVar, Unpack
 
 from ..bearer import BearerFlow, is_async_source
 from ..source import ResourceArg, ScopeArg, SyncTokenSource, TokenSource
 
-__all__ = ["FlowHolder"]
+__all__ = ["FlowHolder", "TokenOptions"]
 
 SourceT = TypeVar("SourceT", TokenSource, SyncTokenSource)
+
+
+class TokenOptions(TypedDict, total=False):
+    """Which token an integration asks its source for (``get_token``'s arguments)."""
+
+    scope: ScopeArg
+    resource: ResourceArg
+    audience: str | None
 
 
 class FlowHolder(Generic[SourceT]):
@@ -19,14 +27,7 @@ class FlowHolder(Generic[SourceT]):
 
     asynchronous: ClassVar[bool]
 
-    def __init__(
-        self,
-        source: SourceT,
-        *,
-        scope: ScopeArg = None,
-        resource: ResourceArg = None,
-        audience: str | None = None,
-    ) -> None:
+    def __init__(self, source: SourceT, **token: Unpack[TokenOptions]) -> None:
         if is_async_source(source) != self.asynchronous:
             wanted, other = (
                 ("a TokenSource (TokenManager)", "SyncTokenManager")
@@ -35,7 +36,7 @@ class FlowHolder(Generic[SourceT]):
             )
             kind = "an async" if self.asynchronous else "a blocking"
             raise TypeError(f"{type(self).__name__} runs on {kind} client: give it {wanted}, not a {other}")
-        self._flow = BearerFlow(source, scope=scope, resource=resource, audience=audience)
+        self._flow = BearerFlow(source, **token)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._flow!r})"

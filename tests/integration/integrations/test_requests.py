@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -29,6 +28,7 @@ from tests.echo_server import EchoServer
 from tests.frame_locals import secret_locals
 from tests.helpers import exception_texts
 from tests.missing_extras import import_without
+from tests.threads import at_once
 
 pytestmark = pytest.mark.integration
 
@@ -42,24 +42,11 @@ def tokens(server: AuthorizationServer, client_auth: ClientSecretBasic) -> Itera
 def test_one_session_many_threads_one_token_request(
     tokens: SyncTokenManager, server: AuthorizationServer, api: BearerResourceServer
 ) -> None:
-    statuses: list[int] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(16)
     with requests.Session() as session:
         session.auth = BearerAuth(tokens)
-
-        def worker(n: int) -> None:
-            try:
-                barrier.wait(timeout=10)
-                statuses.append(session.get(f"{api.url}/pockets/{n}", timeout=10).status_code)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        statuses, errors = at_once(
+            lambda n: session.get(f"{api.url}/pockets/{n}", timeout=10).status_code, 16
+        )
     assert not errors and statuses == [200] * 16
     assert server.token_requests == 1
     assert set(api.authorizations()) == {f"Bearer {server.issued[0]}"} and len(api.records) == 16
