@@ -1,4 +1,4 @@
-"""``python -m benchmarks.otel [--rounds N] [--calls N] [--no-trio]``
+"""``python -m benchmarks.otel [--rounds N] [--calls N] [--no-trio] [--quick]``
 
 What the OpenTelemetry integration costs ``get_token()`` on the hot path (a fresh cached
 token), in one process, the three cases interleaved round by round so that they share
@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--no-trio", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="50 rounds instead of --rounds")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds = 50
     backends = ["asyncio"] if args.no_trio else ["asyncio", "trio"]
     out = ["## OpenTelemetry on the hot path", ""]
     python = sys.version.split()[0]
