@@ -8,8 +8,9 @@ behind a corporate proxy does, so that nothing in the examples' code is patched:
 - ``HTTPS_PROXY`` names :class:`RoutingProxy`, a forward proxy on 127.0.0.1 that tunnels
   ``CONNECT auth.example:443`` to the loopback port serving that name (``NO_PROXY`` keeps
   127.0.0.1 direct, for the test doubles the hidden setup talks to);
-- ``SSL_CERT_FILE`` names the CA of :class:`DocsAuthority`, which issued the doubles'
-  certificates for those names, so TLS is verified end to end as in production.
+- ``SSL_CERT_FILE`` (and ``REQUESTS_CA_BUNDLE``, which requests reads instead) names the CA
+  of :class:`DocsAuthority`, which issued the doubles' certificates for those names, so TLS
+  is verified end to end as in production.
 
 Behind them: :class:`PublicAuthorizationServer` (the embedded test-kit server over TLS,
 whose issuer is the public name the example uses) and :class:`ResourceServer` (an API
@@ -203,6 +204,7 @@ class DocsWorld:
             "HTTPS_PROXY": self.proxy.url,
             "NO_PROXY": "127.0.0.1,localhost",
             "SSL_CERT_FILE": self.authority.ca_file,
+            "REQUESTS_CA_BUNDLE": self.authority.ca_file,  # requests reads this one, not SSL_CERT_FILE
         }
 
     @contextmanager
