@@ -52,8 +52,12 @@ def _cases(paths: list[Path]) -> list[Any]:
     return cases
 
 
-#: Files whose examples use asyncio's own API (grpc.aio).
-ASYNCIO_ONLY = {"keyless_m2m/integrations/grpc.py"}
+#: Files whose examples need asyncio itself (grpc.aio, aiohttp).
+ASYNCIO_ONLY = {
+    "keyless_m2m/integrations/grpc.py",
+    "keyless_m2m/integrations/aiohttp.py",
+    "docs/integrations/aiohttp.md",
+}
 
 
 FENCE = re.compile(r"^```python\s*$", re.MULTILINE)
@@ -247,7 +251,13 @@ from keyless_m2m import SyncTokenManager
 tokens, sync_tokens = TokenManager(url, auth), SyncTokenManager(url, auth)
 """
 )
+_INTEGRATION = _KEYS + _SERVER + "token_endpoint, client_auth = url, auth\n"
+DOCSTRING_SETUP["keyless_m2m/integrations/requests.py"] = (
+    _INTEGRATION + "import requests\nfrom keyless_m2m import SyncTokenManager"
+)
+DOCSTRING_SETUP["keyless_m2m/integrations/aiohttp.py"] = _INTEGRATION + "import aiohttp"
 DOCSTRING_TEARDOWN: dict[str, str] = {
+    "keyless_m2m/integrations/opentelemetry.py": "kotel.uninstrument()",
     "keyless_m2m/integrations/grpc.py": """
 channel.close()
 await tokens.aclose()
