@@ -185,9 +185,12 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Side-by-side benchmarks against Authlib and httpx-auth (not part of CI)."""
+    """Side-by-side benchmarks against Authlib and httpx-auth, and many AWS KMS signers at
+    once against moto_server (not part of CI)."""
     session.install("-e", ".[all]", *_group("bench"), "trio")
     session.run("python", "-m", "benchmarks", *session.posargs)
+    quick = ["--quick"] if "--quick" in session.posargs else []
+    session.run("python", "-m", "benchmarks.goals_signers", *quick)
 
 
 @nox.session(python="3.11")
