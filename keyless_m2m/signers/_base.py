@@ -190,12 +190,17 @@ async def call_provider(
     raise error from None
 
 
-#: Worker threads that blocking SDK calls (boto3, hvac, PyKCS11, the synchronous Azure
-#: and Cloud KMS clients) use at once per event loop, across every signer: a bound on GIL
-#: contention with the event loop, taken from a limiter of the library's own so that the
-#: application's ``anyio.to_thread.run_sync`` calls (anyio's default limiter, 40 threads)
-#: never wait behind signers. Each signer's ``max_concurrency`` applies within it.
-SDK_THREADS = 16
+#: Worker threads that blocking SDK calls (boto3, hvac, python-pkcs11, the synchronous Azure
+#: and Cloud KMS clients) use at once per event loop, across every signer, from a limiter of
+#: the library's own, so that the application's ``anyio.to_thread.run_sync`` calls (anyio's
+#: default limiter, 40 threads) never wait behind signers. Each signer's ``max_concurrency``
+#: applies within it. Small on purpose: an SDK thread in its CPU phase (serializing, signing
+#: the request, parsing the answer) holds the GIL for up to a switch interval (5 ms) before
+#: the event loop gets it back, so the loop's longest wait grows with the number of such
+#: threads. Measured with 50 signers against moto_server (benchmarks.goals_signers, client
+#: prebuilt): the loop's longest stall was 13, 12, 21 and 44 ms with 2, 4, 8 and 16 threads,
+#: all 50 signed within about the same time from 4 threads on, and 1.6x slower with 2.
+SDK_THREADS = 4
 
 _SDK_CALLS: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("keyless_m2m_sdk_calls")
 _SDK_BUILDS: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("keyless_m2m_sdk_builds")
