@@ -51,6 +51,7 @@ from ._http import (
     check_proxies,
     is_loopback_host,
     read_body,
+    shared_verification,
     tls_verification,
     transport_failure,
 )
@@ -437,7 +438,11 @@ class TokenEndpoint:
         self.accept_token_types = _token_types(accept_token_types)
         self.max_response_bytes = _count("max_response_bytes", max_response_bytes)
         self.timeout = _number("timeout", timeout)
-        self.verify = tls_verification(verify)
+        # True/False stay as they are (the CA bundle is loaded at the first https request,
+        # in a worker thread); a CA path or "system" is loaded now, so that a bad one is an
+        # error at once, into the context the whole process shares for it.
+        self.verify = verify if verify is True or verify is False else shared_verification(verify)
+        self._verify_option = verify
         self.client_certificate = _client_certificate_for(client_auth, client_certificate, verify)
         if (
             getattr(client_auth, "profile", None) == "fapi2"
@@ -485,7 +490,7 @@ class TokenEndpoint:
             # http never through a proxy; see docs/security.md, "Proxies").
             self._http, self._trust_key = build_client(
                 timeout=self.timeout,
-                verify=self.verify,
+                verify=self._verify_option,
                 trust=self._trust,
                 client_certificate=self.client_certificate,
             )
