@@ -40,6 +40,7 @@ __all__ = [
     "check_proxies",
     "default_ssl_context",
     "default_trust",
+    "prepare_client",
     "read_body",
     "shared_verification",
     "tls_verification",
@@ -461,6 +462,11 @@ class _Routes(httpx.AsyncBaseTransport):
                     self._built[route] = transport
         return transport
 
+    def route(self, url: httpx.URL) -> tuple[str, str] | str:
+        if url.scheme != "https":
+            return "plain"
+        return self.proxies.proxy_for(url) or "direct"
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "https":
             return await (await self._transport("plain")).handle_async_request(request)
@@ -482,6 +488,16 @@ class _Routes(httpx.AsyncBaseTransport):
         transports, self._built = list(self._built.values()), {}
         for transport in transports:
             await transport.aclose()
+
+
+async def prepare_client(client: httpx.AsyncClient, url: str) -> None:
+    """Build, in a worker thread, what a request to ``url`` with ``client`` (one
+    :func:`build_client` made) needs: its transport and TLS context. A client built
+    elsewhere is left alone. The errors of a context that cannot be made (an unloadable
+    ``SSL_CERT_FILE``, a client certificate that no longer loads) are raised as they are."""
+    routes = getattr(client, "_transport", None)
+    if isinstance(routes, _Routes):
+        await routes._transport(routes.route(httpx.URL(url)))
 
 
 # -- TLS contexts shared by the whole process ---------------------------------------------------

@@ -50,6 +50,7 @@ from ._http import (
     build_client,
     check_proxies,
     is_loopback_host,
+    prepare_client,
     read_body,
     shared_verification,
     tls_verification,
@@ -496,6 +497,16 @@ class TokenEndpoint:
             )
         return self._http
 
+    async def prepare(self) -> None:
+        """Build the HTTP client this endpoint owns and what its requests to :attr:`url`
+        need (the transport; for ``https://`` the TLS context, shared by the process per
+        trust configuration), in a worker thread, now rather than at the first request.
+        ``TokenManager.__aenter__`` calls it; requests do it anyway. Nothing for an
+        ``http_client`` you passed. Raises :class:`~keyless_m2m.ConfigurationError` when the
+        TLS context cannot be made (a CA file that no longer loads, a client certificate)."""
+        if self._owns_http:
+            await prepare_client(self._client(), self.url)
+
     async def aclose(self) -> None:
         if self._owns_http and self._http is not None:
             http, self._http = self._http, None
@@ -656,6 +667,7 @@ class TokenEndpoint:
         started_wall = utc_now()
         logger.debug("token request to %s (%s)", self.url, self.client_auth.method)
         failure: tuple[str, str, bool] | None = None
+        await self.prepare()  # the transport and TLS context, off the loop (once)
         with anyio.move_on_after(self.timeout) as exchange:
             try:
                 status, response_headers, body = await self._post(form, headers, redactor, progress)
