@@ -207,15 +207,14 @@ def test_keyless_m2m_token_imports_no_sdk_and_no_unused_library(tmp_path: Path) 
     modules it imported, from ``sys.modules`` at exit."""
     with AuthorizationServer() as plain:
         plain.register_client("svc", client_secret=SECRET)
-        probe = (
+        # The real command (python -m keyless_m2m); a sitecustomize prints its modules at exit.
+        (tmp_path / "sitecustomize.py").write_text(
             "import atexit, json, sys\n"
             "atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))\n"
-            "from keyless_m2m.cli import main\n"
-            "sys.exit(main())\n"
         )
         env = {
             **os.environ,
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
             "KEYLESS_M2M_CLIENT_SECRET": SECRET,
         }
         for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
@@ -223,8 +222,8 @@ def test_keyless_m2m_token_imports_no_sdk_and_no_unused_library(tmp_path: Path) 
         done = subprocess.run(
             [
                 sys.executable,
-                "-c",
-                probe,
+                "-m",
+                "keyless_m2m",
                 "token",
                 "--token-endpoint",
                 plain.url + "/token",
