@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
@@ -27,6 +28,7 @@ from typing import Any, Final, Protocol
 
 import anyio
 import anyio.to_thread
+import httpcore  # noqa: F401 - httpx imports it at its first client: here, at import, not then
 import httpx
 
 from ._text import printable
@@ -428,9 +430,15 @@ class _Routes(httpx.AsyncBaseTransport):
     client certificate) at the first ``https://`` request, so a plain ``http://`` endpoint
     never loads a CA bundle; one transport (connection pool) per route, per client."""
 
-    def __init__(self, make_context: Callable[[], ssl.SSLContext], proxies: ProxyEnvironment) -> None:
+    def __init__(
+        self,
+        make_context: Callable[[], ssl.SSLContext],
+        proxies: ProxyEnvironment,
+        built_context: Callable[[], ssl.SSLContext | None] = lambda: None,
+    ) -> None:
         self.proxies = proxies
         self._make_context = make_context
+        self._built_context = built_context
         self._context: ssl.SSLContext | None = None
         self._built: dict[tuple[str, str] | str, httpx.AsyncHTTPTransport] = {}
         self._lock: anyio.Lock | None = None
@@ -458,9 +466,23 @@ class _Routes(httpx.AsyncBaseTransport):
             async with self._lock:  # one build per route, however many requests wait
                 transport = self._built.get(route)
                 if transport is None:
-                    transport = await anyio.to_thread.run_sync(self._build, route)
+                    if self._ready(route):  # nothing expensive left: no thread hop
+                        transport = self._build(route)
+                    else:
+                        transport = await anyio.to_thread.run_sync(self._build, route)
                     self._built[route] = transport
         return transport
+
+    def _ready(self, route: tuple[str, str] | str) -> bool:
+        """Whether building ``route`` is cheap now: httpcore imported (httpx imports it at
+        the first transport) and the context it needs already made by the process."""
+        if "httpcore" not in sys.modules:
+            return False
+        if route == "plain":
+            return ("plain",) in _SHARED_CONTEXTS
+        if self._context is None:
+            self._context = self._built_context()
+        return self._context is not None
 
     def route(self, url: httpx.URL) -> tuple[str, str] | str:
         if url.scheme != "https":
@@ -546,6 +568,25 @@ def _insecure_context() -> ssl.SSLContext:
     return context
 
 
+def _shared_entry(
+    verify: Any, default: tuple[str, str] | None
+) -> tuple[Hashable, Callable[[], ssl.SSLContext]]:
+    """The cache key of ``verify=`` (True, False, "system", a path) and how to build it."""
+    if verify is True:
+        source = default or default_trust()
+        return ("default", *source, _version(source[1])), lambda: _load_default(source)
+    if verify is False:
+        return ("insecure",), _insecure_context
+    if verify == "system":
+        try:
+            import truststore  # noqa: F401 - without it, the MissingExtraError, cached or not
+        except ImportError:
+            raise MissingExtraError("truststore", "truststore") from None
+        return ("system",), lambda: _context_of(tls_verification("system"))
+    path = os.path.realpath(os.fspath(verify))
+    return ("ca", path, _version(path)), lambda: _context_of(tls_verification(verify))
+
+
 def shared_verification(verify: Any, default: tuple[str, str] | None = None) -> ssl.SSLContext:
     """The process-wide context for ``verify=`` (as :func:`tls_verification` takes it), built
     on first use and cached per configuration; an ``ssl.SSLContext`` is returned as it is.
@@ -553,21 +594,19 @@ def shared_verification(verify: Any, default: tuple[str, str] | None = None) -> 
     caller. Blocking (it may load a CA bundle): call it in a worker thread."""
     if isinstance(verify, ssl.SSLContext):
         return verify
-    if verify is True:
-        source = default or default_trust()
-        return _shared(("default", *source, _version(source[1])), lambda: _load_default(source))
-    if verify is False:
-        return _shared(("insecure",), _insecure_context)
-    if verify == "system":
-        try:
-            import truststore  # noqa: F401 - without it, the MissingExtraError, cached or not
-        except ImportError:
-            raise MissingExtraError("truststore", "truststore") from None
-        return _shared(("system",), lambda: _context_of(tls_verification("system")))
-    if isinstance(verify, str | os.PathLike):
-        path = os.path.realpath(os.fspath(verify))
-        return _shared(("ca", path, _version(path)), lambda: _context_of(tls_verification(verify)))
+    if verify is True or verify is False or verify == "system" or isinstance(verify, str | os.PathLike):
+        return _shared(*_shared_entry(verify, default))
     return _context_of(tls_verification(verify))  # the ConfigurationError of a bad value
+
+
+def cached_verification(verify: Any, default: tuple[str, str] | None = None) -> ssl.SSLContext | None:
+    """The shared context of ``verify=`` if the process has built it already, else ``None``
+    (nothing is built: cheap, for the event loop)."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if verify is True or verify is False or verify == "system" or isinstance(verify, str | os.PathLike):
+        return _SHARED_CONTEXTS.get(_shared_entry(verify, default)[0])
+    return None
 
 
 def _context_of(verification: ssl.SSLContext | bool) -> ssl.SSLContext:
@@ -688,8 +727,11 @@ def build_client(
         def make_context() -> ssl.SSLContext:
             return shared_verification(verify, default)
 
+        def built_context() -> ssl.SSLContext | None:
+            return cached_verification(verify, default)
+
     proxies = ProxyEnvironment.read()
     check_proxies(proxies)  # an unusable proxy setting: refused now, not at the first request
-    routes = _Routes(make_context, proxies)
+    routes = _Routes(make_context, proxies, built_context if client_certificate is None else lambda: None)
     client = httpx.AsyncClient(timeout=timeout, transport=routes, follow_redirects=False, trust_env=False)
     return client, (key, proxies)

@@ -2,9 +2,12 @@
 
 httpx imports its own command line when it is imported (``httpx._main``: rich, click and
 pygments when they are installed, 100-300 ms of a cold start), which this command never
-runs. In the command's process only (its console script, or ``python -m keyless_m2m``),
-and only when httpx is not imported yet, httpx is imported with that module skipped
-(``httpx.main`` is then httpx's stub). Any other process imports httpx as it is.
+runs; httpcore imports trio, when it is installed, only to know whether it is (~100-200 ms),
+and the command runs on asyncio. In the command's process only (its console script, or
+``python -m keyless_m2m``), and only when httpx is not imported yet, httpcore and httpx
+are imported with those skipped (``httpx.main`` is then httpx's stub; httpcore in that
+process cannot run on trio, which the command never does). Any other process imports
+them as they are.
 Imported first by the package; only the standard library.
 """
 
@@ -27,14 +30,20 @@ def is_command_line() -> bool:
     return any(a == "-m" and b in ("keyless_m2m", "keyless_m2m.cli") for a, b in itertools.pairwise(argv))
 
 
-def _import_httpx_without_its_command_line() -> None:
-    sys.modules["httpx._main"] = None  # type: ignore[assignment]
+def _import_httpx_for_the_command() -> None:
+    skipped = ["httpx._main"]
+    if "trio" not in sys.modules and "httpcore" not in sys.modules:
+        skipped.append("trio")
+    for name in skipped:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
+        import httpcore  # noqa: F401
         import httpx  # noqa: F401
     finally:
-        if sys.modules.get("httpx._main", 0) is None:
-            del sys.modules["httpx._main"]
+        for name in skipped:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 if "httpx" not in sys.modules and is_command_line():
-    _import_httpx_without_its_command_line()
+    _import_httpx_for_the_command()

@@ -153,24 +153,9 @@ async def run(argv: Sequence[str] | None = None, environ: Mapping[str, str] | No
         undo_logging()
 
 
-def _import_httpcore_for_asyncio() -> None:
-    """httpcore (which httpx imports at its first transport) imports trio, when installed,
-    only to know whether it is (~100-200 ms); the command runs on asyncio, so it is told
-    that trio is not there. Only when neither is imported yet (not in a test process)."""
-    if "httpcore" in sys.modules or "trio" in sys.modules:
-        return
-    sys.modules["trio"] = None  # type: ignore[assignment]
-    try:
-        import httpcore  # noqa: F401
-    finally:
-        if sys.modules.get("trio", 0) is None:
-            del sys.modules["trio"]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``keyless-m2m`` console script: runs :func:`run` on asyncio. A closed stdout
     (``| head``) ends it quietly with 141, as a writer killed by SIGPIPE."""
-    _import_httpcore_for_asyncio()
     try:
         code = anyio.run(run, argv)
     except KeyboardInterrupt:
