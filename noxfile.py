@@ -188,6 +188,8 @@ def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks against Authlib and httpx-auth (not part of CI)."""
     session.install("-e", ".[all]", *_group("bench"), "trio")
     session.run("python", "-m", "benchmarks", *session.posargs)
+    # Cold start and fleets of managers (issue 21): fresh processes, the endpoint in another.
+    session.run("python", "-m", "benchmarks.goals_cold", *[a for a in session.posargs if a == "--quick"])
 
 
 @nox.session(python="3.11")
