@@ -21,7 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from keyless_m2m import ClientSecretPost, TlsClientAuth, TokenManager, TransportError, _http
+from keyless_m2m import (
+    ClientSecretPost,
+    ConfigurationError,
+    TlsClientAuth,
+    TokenManager,
+    TransportError,
+    _http,
+)
+from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from keyless_m2m.testing.mtls_server import MutualTlsAuthorizationServer
 from keyless_m2m.testing.tls import ClientFiles, TestAuthority
@@ -245,3 +253,20 @@ def test_keyless_m2m_token_imports_no_sdk_and_no_unused_library(tmp_path: Path) 
     # The CLI runs on asyncio only: httpcore's probe for trio, and httpx's own command line
     # (rich, click), are skipped; certifi's bundle is never read for an http endpoint.
     assert not {"trio", "rich", "click", "pygments"} & {name.split(".")[0] for name in modules}
+
+
+async def test_an_unloadable_default_ca_file_is_a_configuration_error_at_async_with(
+    server: MutualTlsAuthorizationServer, loads: Loads, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "bad.pem"))
+    manager = TokenManager(server.token_endpoint, ClientSecretPost("svc", SECRET))  # nothing loaded yet
+    with pytest.raises(ConfigurationError, match="SSL_CERT_FILE") as info:
+        async with manager:
+            pass
+    assert SECRET not in str(info.value)
+    endpoint = TokenEndpoint(server.token_endpoint, ClientSecretPost("svc", SECRET))
+    with pytest.raises(ConfigurationError, match="SSL_CERT_FILE"):
+        await endpoint.request()  # without async with: the request says it, as itself
+    await endpoint.aclose()
+    assert server.token_requests == 0 and _http._SHARED_CONTEXTS == {}  # nothing half-built cached
