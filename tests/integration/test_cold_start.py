@@ -253,6 +253,12 @@ def test_keyless_m2m_token_imports_no_sdk_and_no_unused_library(tmp_path: Path) 
     # The CLI runs on asyncio only: httpcore's probe for trio, and httpx's own command line
     # (rich, click), are skipped; certifi's bundle is never read for an http endpoint.
     assert not {"trio", "rich", "click", "pygments"} & {name.split(".")[0] for name in modules}
+    # Each command's module is imported when it runs: not the others, nor what only they need.
+    others = {
+        f"keyless_m2m.cli._{c}" for c in ("demo", "doctor", "certificate", "jwks", "proof", "assertion")
+    }
+    assert not others & modules
+    assert "keyless_m2m.certificates" not in modules and "cryptography.x509" not in modules
 
 
 async def test_an_unloadable_default_ca_file_is_a_configuration_error_at_async_with(
