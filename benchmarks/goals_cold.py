@@ -260,8 +260,16 @@ def _command_rows(endpoint: Endpoint, runs: int) -> dict[str, float]:
         f"import httpx; httpx.post({endpoint.url!r}, data={{'grant_type': 'client_credentials', "
         f"'client_id': {CLIENT_ID!r}, 'client_secret': {SECRET!r}}}).raise_for_status()"
     )
+    # The floor of any command built on the same libraries: importing them (trio and httpx's
+    # own command line skipped, as the command does) and nothing else.
+    deps = (
+        "import sys; sys.modules['trio'] = None; sys.modules['httpx._main'] = None; "
+        "import anyio, httpcore, httpx, cryptography.hazmat.primitives.serialization, "
+        "cryptography.hazmat.primitives.asymmetric.ec"
+    )
     argvs = {
         "ours": command,
+        "deps": [sys.executable, "-c", deps],
         "pass": [sys.executable, "-c", "pass"],
         "httpx": [sys.executable, "-c", httpx_post],
     }
