@@ -252,6 +252,9 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.integrations", *[a for a in session.posargs if a == "--quick"])
     # Cold start and fleets of managers (issue 21): fresh processes, the endpoint in another.
     session.run("python", "-m", "benchmarks.goals_cold", *[a for a in session.posargs if a == "--quick"])
+    # What the OpenTelemetry integration costs the hot path: absent, installed but
+    # unconfigured, configured (docs/integrations/opentelemetry.md).
+    session.run("python", "-m", "benchmarks.otel", *[a for a in session.posargs if a == "--quick"])
 
 
 @nox.session(python="3.11")

@@ -17,6 +17,7 @@ from keyless_m2m import MissingExtraError
     [
         ("keyless_m2m.integrations.grpc", "grpc", "grpc"),
         ("keyless_m2m.integrations.mcp", "mcp", "mcp"),
+        ("keyless_m2m.integrations.opentelemetry", "opentelemetry", "opentelemetry"),
     ],
 )
 def test_a_missing_library_names_its_extra(
