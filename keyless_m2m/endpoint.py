@@ -651,6 +651,10 @@ class TokenEndpoint:
     async def _attempt(
         self, base_form: list[tuple[str, str]], scope: str | None, progress: _Progress
     ) -> AccessToken:
+        # The transport and TLS context, off the loop (once), before any credential exists
+        # in this frame: a ConfigurationError raised here holds none.
+        progress.step = "building the HTTP client (TLS context, in a worker thread)"
+        await self.prepare()
         progress.step = "waiting for client authentication (the signer)"
         prepared = await self._credentials()
         if prepared.signed:
@@ -669,7 +673,6 @@ class TokenEndpoint:
         started_wall = utc_now()
         logger.debug("token request to %s (%s)", self.url, self.client_auth.method)
         failure: tuple[str, str, bool] | None = None
-        await self.prepare()  # the transport and TLS context, off the loop (once)
         with anyio.move_on_after(self.timeout) as exchange:
             try:
                 status, response_headers, body = await self._post(form, headers, redactor, progress)

@@ -33,6 +33,7 @@ from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from keyless_m2m.testing.mtls_server import MutualTlsAuthorizationServer
 from keyless_m2m.testing.tls import ClientFiles, TestAuthority
+from tests.frame_locals import secret_locals
 
 SECRET = "a-secret-for-the-cold-start-tests"
 ROOT = Path(__file__).resolve().parents[2]
@@ -272,7 +273,8 @@ async def test_an_unloadable_default_ca_file_is_a_configuration_error_at_async_w
             pass
     assert SECRET not in str(info.value)
     endpoint = TokenEndpoint(server.token_endpoint, ClientSecretPost("svc", SECRET))
-    with pytest.raises(ConfigurationError, match="SSL_CERT_FILE"):
+    with pytest.raises(ConfigurationError, match="SSL_CERT_FILE") as at_request:
         await endpoint.request()  # without async with: the request says it, as itself
     await endpoint.aclose()
+    assert secret_locals(at_request.value, [SECRET]) == []  # no frame of it holds the secret
     assert server.token_requests == 0 and _http._SHARED_CONTEXTS == {}  # nothing half-built cached
