@@ -251,6 +251,8 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[all]", *_group("bench"), "trio")
     session.run("python", "-m", "benchmarks", *session.posargs)
     session.run("python", "-m", "benchmarks.integrations", *[a for a in session.posargs if a == "--quick"])
+    # Cold start and fleets of managers (issue 21): fresh processes, the endpoint in another.
+    session.run("python", "-m", "benchmarks.goals_cold", *[a for a in session.posargs if a == "--quick"])
     # What the OpenTelemetry integration costs the hot path: absent, installed but
     # unconfigured, configured (docs/integrations/opentelemetry.md).
     session.run("python", "-m", "benchmarks.otel", *[a for a in session.posargs if a == "--quick"])
