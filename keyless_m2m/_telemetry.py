@@ -30,6 +30,7 @@ __all__ = [
     "Hooks",
     "install",
     "installed",
+    "monotonic",  # the manager's clock, re-exported for the hit counter (a ManualClock moves it)
     "observe_fetch",
     "retrying",
     "shared_wait",

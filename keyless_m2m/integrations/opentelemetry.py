@@ -39,11 +39,12 @@ import contextlib
 import functools
 import weakref
 from collections.abc import Callable, Iterable
-from time import monotonic, perf_counter
+from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from .. import _telemetry
 from .._runtime import import_extra
 from .._telemetry import FetchInfo, Signer, install, installed, uninstall
 from ..errors import KeylessM2MError
@@ -426,6 +427,8 @@ _ORIGINAL_SYNC: Final = SyncTokenManager.get_token
 def _counting_async(counter: _HitCounter) -> Callable[..., Any]:
     original = _ORIGINAL_ASYNC
 
+    # The freshness check reads the clock the manager reads (_telemetry is in the manual
+    # clock's registry, so a test's ManualClock moves both).
     # Not a coroutine function: it returns the library's own coroutine, so a hit costs a
     # function call and an increment, not a second coroutine. Nothing is awaited between
     # the check and the call, so the check sees what get_token() will see.
@@ -434,11 +437,11 @@ def _counting_async(counter: _HitCounter) -> Callable[..., Any]:
         self: TokenManager, scope: Any = None, *, resource: Any = None, audience: Any = None
     ) -> Any:
         if scope is None and resource is None and audience is None:
-            if monotonic() < self._default_entry.current.refresh_at:
+            if _telemetry.monotonic() < self._default_entry.current.refresh_at:
                 counter.value += 1
             return original(self)
         entry = self._peek(scope, resource, audience)
-        if entry is not None and monotonic() < entry.current.refresh_at:
+        if entry is not None and _telemetry.monotonic() < entry.current.refresh_at:
             counter.value += 1
         return original(self, scope, resource=resource, audience=audience)
 
@@ -453,7 +456,7 @@ def _counting_sync(counter: _HitCounter) -> Callable[..., Any]:
         self: SyncTokenManager, scope: Any = None, *, resource: Any = None, audience: Any = None
     ) -> Any:
         entry = self._manager._peek(scope, resource, audience)
-        if entry is not None and monotonic() < entry.current.refresh_at:
+        if entry is not None and _telemetry.monotonic() < entry.current.refresh_at:
             # From many threads an increment may rarely be lost (no lock on this path).
             counter.value += 1
         return original(self, scope, resource=resource, audience=audience)

@@ -59,6 +59,7 @@ CLOCK_READERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("keyless_m2m.discovery", ("monotonic",)),  # metadata max_age
     ("keyless_m2m.endpoint", ("monotonic",)),  # attempt timings
     ("keyless_m2m.token", ("time",)),  # utc_now(): expires_at of parsed tokens, expires_within
+    ("keyless_m2m._telemetry", ("monotonic",)),  # shared-cache wait durations; hit counting's freshness
 )
 
 _lock = threading.Lock()

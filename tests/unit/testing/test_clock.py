@@ -316,6 +316,7 @@ REAL_TIME = {
     ("keyless_m2m.endpoint", "datetime.now"): "a Retry-After date; local time against the Date",
     ("keyless_m2m.certificates", "datetime.now"): "certificate validity, checked by the server on its clock",
     ("keyless_m2m.cli._demo", "from time import perf_counter"): "the demo prints real durations",
+    ("keyless_m2m.integrations.opentelemetry", "from time import perf_counter"): "span and metric durations",
     ("keyless_m2m.testing.authorization_server", "time.time"): "the server's own clock",
     ("keyless_m2m.testing.emulators.azure_key_vault", "time.time"): "the emulated vendor's own clock",
     ("keyless_m2m.testing.contract", "datetime.now"): "sample tokens for a user's cache under test",
