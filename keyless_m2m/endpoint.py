@@ -244,10 +244,14 @@ def _encode_form(pairs: Sequence[tuple[str, str | Secret[str]]]) -> bytes:
     return urlencode([(name, reveal(value)) for name, value in pairs]).encode("ascii")
 
 
-class _FormBody:
+class _FormBody(httpx.AsyncByteStream):
     """The form body, encoded when httpx writes it: until then the credentials in it stay
-    :class:`~keyless_m2m._secret.Secret`. ``length`` goes in ``Content-Length`` (an async
-    iterable without it would be sent chunked)."""
+    :class:`~keyless_m2m._secret.Secret`. ``length`` goes in ``Content-Length``.
+
+    The request's stream itself (``request.stream``), not ``content=``: httpx would wrap
+    an async iterable in an async generator of its own, and an async generator that a
+    failed send leaves unfinished is finalized by the garbage collector (trio then warns,
+    in whatever code runs at that moment). Its iterator is a plain object."""
 
     __slots__ = ("_pairs", "length")
 
@@ -258,8 +262,26 @@ class _FormBody:
     def __repr__(self) -> str:
         return f"<form body, {self.length} bytes>"
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield _encode_form(self._pairs)
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _OneChunk(self._pairs)
+
+
+class _OneChunk:
+    """The encoded form, once; not an async generator (see :class:`_FormBody`)."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: tuple[tuple[str, str | Secret[str]], ...] | None) -> None:
+        self._pairs = pairs
+
+    def __aiter__(self) -> _OneChunk:
+        return self
+
+    async def __anext__(self) -> bytes:
+        pairs, self._pairs = self._pairs, None
+        if pairs is None:
+            raise StopAsyncIteration
+        return _encode_form(pairs)
 
 
 class _CredentialHeaders(httpx.Auth):
@@ -753,15 +775,20 @@ class TokenEndpoint:
         # follow_redirects=False per request: a client given by the user may follow them,
         # and a redirected POST would carry the credentials to wherever Location points.
         with scrubbing_http_logs(redactor):  # httpx logs the reason phrase, httpcore the headers
-            async with client.stream(
-                "POST", self.url, content=content, headers=headers, auth=auth, follow_redirects=False
-            ) as response:
+            # content= for the request's headers and its unread state; then the stream
+            # itself in place of httpx's generator wrapper (see _FormBody).
+            request = client.build_request("POST", self.url, content=content, headers=headers)
+            request.stream = content
+            response = await client.send(request, auth=auth, follow_redirects=False, stream=True)
+            try:
                 progress.step = f"reading the response body (HTTP {response.status_code})"
                 try:
                     body: bytes | BodyError = await read_body(response, self.max_response_bytes)
                 except BodyError as exc:
                     body = exc
                 return response.status_code, response.headers, body
+            finally:
+                await response.aclose()
 
     def _parse(
         self,

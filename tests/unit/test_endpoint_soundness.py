@@ -9,7 +9,9 @@ manager's label for "the signer raised something of its own"), and the CLI exits
 
 from __future__ import annotations
 
+import gc
 import gzip
+import warnings
 import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -334,3 +336,38 @@ def test_a_retry_after_of_thousands_of_digits_is_the_cap() -> None:
     """int() refuses more than 4300 digits; a huge delta-seconds is just "very long"."""
     assert parse_retry_after("9" * 5000) == 24 * 3600
     assert parse_retry_after("0" * 5000 + "7") == 7
+
+
+# -- a send that breaks while writing the body ----------------------------------------------
+
+
+class _BreaksMidBody(httpx.AsyncBaseTransport):
+    """Writes the body's first chunk, then the connection drops (as httpcore would raise)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        chunks = aiter(request.stream)
+        await anext(chunks)
+        raise httpx.WriteError("connection reset while sending the body")
+
+
+async def test_a_send_that_breaks_mid_body_leaves_nothing_to_the_garbage_collector() -> None:
+    # An unfinished async generator (httpx wraps an async-iterable content= in one) is
+    # finalized by the collector later; on trio that is a ResourceWarning in whatever code
+    # runs then (the full suite saw it fail an unrelated test).
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    ep = TokenEndpoint(
+        URL,
+        ClientSecretPost("c", SECRET),
+        http_client=httpx.AsyncClient(transport=_BreaksMidBody()),
+        sleep=no_sleep,
+        max_attempts=2,
+    )
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(TransportError):
+            await ep.request()
+        gc.collect()
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
