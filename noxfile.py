@@ -188,6 +188,8 @@ def bench(session: nox.Session) -> None:
     """Side-by-side benchmarks against Authlib and httpx-auth (not part of CI)."""
     session.install("-e", ".[all]", *_group("bench"), "trio")
     session.run("python", "-m", "benchmarks", *session.posargs)
+    # The hot-path and stampede goals (docs/benchmarks.md, "Hot path and stampedes").
+    session.run("python", "-m", "benchmarks.goals_hot", *[a for a in session.posargs if a == "--quick"])
 
 
 @nox.session(python="3.11")
