@@ -1,5 +1,5 @@
 """Sessions: tests (3.11-3.13), lowest, package, lint, typecheck, docs, soak_ci, localstack,
-demo, bench, bench_dpop, fuzz, soak, faults.
+demo, bench, bench_dpop, fuzz, soak, faults, docs_zensical.
 
 ``python3 -m nox`` runs the default sessions (what CI runs): tests on every Python, the unit
 tests on the lowest versions the bounds allow, the built packages, lint, typecheck (the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -19,7 +20,6 @@ import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["tests", "lowest", "package", "lint", "typecheck", "docs", "soak_ci", "localstack"]
-nox.options.error_on_missing_interpreters = True
 
 ROOT = Path(__file__).parent
 PYPROJECT = nox.project.load_toml("pyproject.toml")
@@ -33,6 +33,52 @@ LOCALSTACK = [
     "cryptography<44",
     "service_identity<24.2",
 ]
+
+
+def _select_pyenv_pythons() -> None:
+    """Make pyenv's ``python3.12`` / ``python3.13`` shims answer, as nox and uv need them to.
+
+    pyenv's shims answer only for the versions selected (``PYENV_VERSION``, ``.python-version``,
+    the global version): an installed 3.12 that is not selected looks absent, and uv then tries
+    to download CPython (which fails offline). Add the newest installed patch release of each
+    Python in ``PYTHONS`` that is not selected yet, after the versions already selected (so
+    ``python3`` stays what it was). pyenv's own shim sets ``PYENV_VERSION`` for the process
+    it starts, so a set variable is extended, not taken as the user's final word.
+    """
+    if shutil.which("pyenv") is None:
+        return
+    try:
+        current = (
+            os.environ.get("PYENV_VERSION")
+            or subprocess.run(
+                ["pyenv", "version-name"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+        )
+        installed = subprocess.run(
+            ["pyenv", "versions", "--bare", "--skip-aliases"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return
+    chosen = current.split(":") if current else []
+    for minor in PYTHONS:
+        patches = [v for v in installed if v.startswith(minor + ".") and v[len(minor) + 1 :].isdigit()]
+        newest = max(patches, key=lambda v: int(v.rsplit(".", 1)[1]), default=None)
+        if newest and newest not in chosen:
+            chosen.append(newest)
+    if chosen:
+        os.environ["PYENV_VERSION"] = ":".join(chosen)
+
+
+_select_pyenv_pythons()
+# A Python that is not installed is not downloaded (offline machines would fail on the
+# attempt): CI fails on it (error_on_missing_interpreters), a local run skips it and says so.
+# NOX_DOWNLOAD_PYTHON=auto (or --download-python auto) downloads it where the network allows.
+nox.options.download_python = os.environ.get("NOX_DOWNLOAD_PYTHON", "never")
+nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 
 
 def _group(name: str) -> list[str]:
@@ -116,7 +162,7 @@ def package(session: nox.Session) -> None:
     # The unpacked sdist's tests against the library it ships (installed from that tree).
     session.install(f"{root}[all]", *_group("test"))
     session.chdir(root)
-    session.run("pytest", "--collect-only", "-q", "-p", "no:cacheprovider")
+    session.run("pytest", "--collect-only", "-qq", "-p", "no:cacheprovider")  # per-file counts
 
 
 @nox.session(python="3.13")
@@ -153,7 +199,7 @@ def localstack(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff", "import-linter")
-    session.run("ruff", "check", "keyless_m2m", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "keyless_m2m", "tests", "benchmarks", "noxfile.py", ".ci", "docs/_griffe")
     session.run("ruff", "format", "--check", "keyless_m2m")
     # The layering of docs/concepts.md: every import points down (pyproject.toml's contract).
     session.run("lint-imports")
@@ -172,8 +218,22 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def docs(session: nox.Session) -> None:
+    """Build the docs site (strict: broken links and anchors fail) and check what the build
+    does not: every script, stylesheet and font is in the site, no example shows a doctest
+    directive (.ci/check_docs_site.py)."""
     session.install(*_group("docs"))
-    session.run("mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site"))
+    site = Path(session.create_tmp()) / "site"
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(site))
+    session.run("python", ".ci/check_docs_site.py", str(site))
+
+
+@nox.session(python="3.11")
+def docs_zensical(session: nox.Session) -> None:
+    """The same site built by Zensical from the same mkdocs.yml, and checked the same way: the
+    way off Material for MkDocs kept open (docs/contributing.md). Not in CI."""
+    session.install(*_group("docs-zensical"))
+    session.run("zensical", "build", "--strict", "--clean", "--config-file", "mkdocs.yml")
+    session.run("python", ".ci/check_docs_site.py", "site")
 
 
 @nox.session(python="3.11")
@@ -185,9 +245,14 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Side-by-side benchmarks against Authlib and httpx-auth (not part of CI)."""
+    """Side-by-side benchmarks against Authlib and httpx-auth, and the requests integration
+    against requests-oauth2client (not part of CI)."""
     session.install("-e", ".[all]", *_group("bench"), "trio")
     session.run("python", "-m", "benchmarks", *session.posargs)
+    session.run("python", "-m", "benchmarks.integrations", *[a for a in session.posargs if a == "--quick"])
+    # What the OpenTelemetry integration costs the hot path: absent, installed but
+    # unconfigured, configured (docs/integrations/opentelemetry.md).
+    session.run("python", "-m", "benchmarks.otel", *[a for a in session.posargs if a == "--quick"])
     # The hot-path and stampede goals (docs/benchmarks.md, "Hot path and stampedes").
     session.run("python", "-m", "benchmarks.goals_hot", *[a for a in session.posargs if a == "--quick"])
 

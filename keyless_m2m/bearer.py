@@ -18,7 +18,12 @@ nonce (RFC 9449 section 9).
 The flow is written once (:class:`BearerFlow`) against the request/response interface
 that httpx and its fork ``httpx2`` share; :class:`BearerAuth` binds it to ``httpx.Auth``
 and :func:`bearer_auth_class` to the ``Auth`` base of any such module
-(``tokens.auth(library="httpx2")``).
+(``tokens.auth(library="httpx2")``). The other HTTP clients' integrations
+(:mod:`keyless_m2m.integrations.requests`, :mod:`keyless_m2m.integrations.aiohttp`) drive
+the same generators over thin views of their messages in that interface: the request's
+``method``, ``url``, mutable ``headers`` and ``content`` (raising when the body cannot be
+sent twice), the response's ``status_code``, ``headers.get`` / ``headers.get_list`` and
+``read()`` / ``aread()``. The challenge parsing and every replay decision stay here.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ __all__ = [
     "BearerAuth",
     "BearerFlow",
     "BearerSource",
+    "NotReplayableError",
     "bearer_auth_class",
+    "is_async_source",
     "is_dpop_nonce_challenge",
     "is_invalid_token_challenge",
 ]
@@ -73,10 +80,15 @@ def is_dpop_nonce_challenge(response: Any) -> bool:
     return _challenged(response, ("dpop",), _USE_DPOP_NONCE)
 
 
+class NotReplayableError(Exception):
+    """What the ``content`` of an integration's request view raises when the body cannot
+    be sent a second time (a stream, a file), as httpx raises ``RequestNotRead``."""
+
+
 def _replayable(request: Any) -> bool:
     try:
         request.content  # noqa: B018 - raises when the body is an unread stream
-    except Exception:  # httpx.RequestNotRead, or the same class of a fork
+    except Exception:  # httpx.RequestNotRead (or a fork's), NotReplayableError
         return False
     return True
 
@@ -98,6 +110,12 @@ def _nonce_of(response: Any) -> str | None:
     return nonce if isinstance(nonce, str) else None
 
 
+def is_async_source(source: object) -> bool:
+    """Whether ``source`` hands out tokens to async code (a :class:`TokenSource`, whose
+    ``get_token`` is a coroutine function) rather than to blocking code."""
+    return inspect.iscoroutinefunction(getattr(source, "get_token", None))
+
+
 class BearerFlow:
     """The auth flow, independent of which httpx-compatible library runs it."""
 
@@ -112,7 +130,7 @@ class BearerFlow:
         self._manager = manager
         # Decided once here, not per request: whether get_token() is a coroutine function
         # tells an async source (TokenManager) from a blocking one (SyncTokenManager).
-        is_async = inspect.iscoroutinefunction(getattr(manager, "get_token", None))
+        is_async = is_async_source(manager)
         self._async: TokenSource | None = manager if is_async else None  # type: ignore[assignment]
         self._sync: SyncTokenSource | None = None if is_async else manager  # type: ignore[assignment]
         self._args: dict[str, Any] = {"resource": resource, "audience": audience}

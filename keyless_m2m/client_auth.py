@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args, runtime_checkable
 from urllib.parse import quote_plus
 
+from . import _telemetry
 from ._jose import b64url, b64url_decode, encode_segment, jwk_thumbprint, public_jwk
 from ._secret import Secret
 from .errors import ConfigurationError
@@ -401,7 +402,11 @@ class PrivateKeyJWT:
         }
         signing_input = f"{header}.{encode_segment(claims)}".encode("ascii")
         # No local ever holds the signature or the assertion: nothing below can raise.
-        return Secret(f"{signing_input.decode('ascii')}.{b64url(await self.signer.sign(signing_input))}")
+        return Secret(f"{signing_input.decode('ascii')}.{b64url(await self._sign(signing_input))}")
+
+    async def _sign(self, signing_input: bytes) -> bytes:
+        # Through the telemetry hooks (a signature span when an integration is installed).
+        return await _telemetry.sign(self.signer, signing_input, "client_assertion")
 
     async def prepare(
         self,

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from . import _telemetry
 from ._jose import b64url, encode_segment, jwk_thumbprint, public_key_members
 from ._secret import Secret
 from .errors import ConfigurationError
@@ -144,7 +145,7 @@ class DPoPKey:
         if access_token is not None:
             claims["ath"] = access_token_hash(access_token)
         signing_input = f"{self._header}.{encode_segment(claims)}".encode("ascii")
-        signature = await self.signer.sign(signing_input)
+        signature = await _telemetry.sign(self.signer, signing_input, "dpop_proof")
         self.proofs += 1
         return Secret(f"{signing_input.decode('ascii')}.{b64url(signature)}")
 

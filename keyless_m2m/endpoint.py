@@ -43,6 +43,7 @@ from urllib.parse import urlencode, urlsplit
 import anyio
 import httpx
 
+from . import _telemetry
 from ._http import (
     ACCEPT_ENCODING,
     BodyError,
@@ -627,6 +628,7 @@ class TokenEndpoint:
                 self.max_attempts - 1,
                 delay,
             )
+            _telemetry.retrying(attempt, error, delay)
             progress.step = f"pausing {delay:.2f}s before the next attempt"
             await self._sleep(delay)
 

@@ -43,6 +43,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from .. import _telemetry
 from ..bearer import BearerSource
 from ..client_auth import ClientAuth
 from ..dpop import is_valid_nonce
@@ -483,6 +484,27 @@ class TokenManager(BearerSource):
         return token, started
 
     async def _obtain(self, entry: Entry) -> tuple[AccessToken, float]:
+        # Observed by the telemetry hooks when an integration installed them (a no-op
+        # otherwise); the cache-hit path above never reaches here.
+        return await _telemetry.observe_fetch(
+            lambda: self._fetch_info(entry), lambda: self._obtain_within_deadline(entry), self._sent
+        )
+
+    def _fetch_info(self, entry: Entry) -> _telemetry.FetchInfo:
+        current = entry.current
+        return _telemetry.FetchInfo(
+            url=self.endpoint.url,
+            auth_method=self.endpoint.client_auth.method,
+            scope=entry.scope,
+            background=self._task_group is not None,
+            refresh_lag=monotonic() - current.refresh_at if current is not EMPTY else None,
+            shared_cache=self._shared is not None,
+        )
+
+    def _sent(self) -> int:
+        return self.endpoint.stats.requests
+
+    async def _obtain_within_deadline(self, entry: Entry) -> tuple[AccessToken, float]:
         """The whole fetch (shared-cache read and wait, discovery, signing, every attempt
         and backoff) inside one cancel scope: the endpoint's ``deadline`` is a bound."""
         deadline = float(self.endpoint.deadline)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from .. import _telemetry
 from ..errors import CacheError
 from ..token import AccessToken, token_problem
 from ._timing import Timing
@@ -96,7 +97,9 @@ class SharedTier:
                     monotonic() - now,
                 )
                 return await fetch(entry)
+            waited = monotonic()
             await cache.wait(key, max_wait=remaining)
+            _telemetry.shared_wait(waited)
         try:
             # Someone may have written between our read and our lease.
             adopted = self.adopt(entry, await read_shared(cache, key))

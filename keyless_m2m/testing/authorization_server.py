@@ -150,7 +150,9 @@ class AuthorizationServer(FaultInjection):
     :meth:`register_client`): a :data:`GrantPolicy` ``(client_id, requested) -> granted`` or a
     collection of scopes as a cap; by default every requested scope is granted;
     :meth:`fail_next` queues :class:`Fault` answers (the test kit's one fault API);
-    ``token_requests``, ``issued`` and ``refusals`` record what happened.
+    ``token_requests``, ``issued`` and ``refusals`` record what happened, and
+    :meth:`introspect` tells a resource server what a token is for; ``extra_metadata``
+    adds members to the metadata document.
     """
 
     fault_types = (Fault,)
@@ -200,6 +202,10 @@ class AuthorizationServer(FaultInjection):
         self.token_requests = 0
         self.federated_assertions_verified = 0
         self.issued: list[str] = []
+        self._grants: dict[str, dict[str, Any]] = {}  # token -> what introspect() tells of it
+        #: Members added to (or replacing those of) the metadata document, e.g. an
+        #: ``authorization_endpoint`` for a client that requires one (the MCP SDK's).
+        self.extra_metadata: dict[str, Any] = {}
         self.refusals: list[str] = []  # "error: error_description" of each refused request
         self.on_request: Callable[[dict[str, list[str]]], None] | None = None
         self.fault_policy: Callable[[int], Fault | None] | None = None
@@ -239,7 +245,20 @@ class AuthorizationServer(FaultInjection):
             ],
             "token_endpoint_auth_signing_alg_values_supported": sorted(ALGORITHMS),
             **({"dpop_signing_alg_values_supported": sorted(ALGORITHMS)} if self.dpop != "off" else {}),
+            **self.extra_metadata,
         }
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """What the server knows of ``token``, in RFC 7662's terms: ``{"active": False}``
+        for a token it did not issue or that has expired, else ``active``, ``client_id``,
+        ``scope`` (granted), ``token_type``, ``exp``, ``iss`` and, when the request named
+        resources (RFC 8707), ``aud``. For a resource server in a test (an in-process call,
+        not an HTTP endpoint)."""
+        with self._lock:
+            grant = self._grants.get(token)
+        if grant is None or grant["exp"] <= time.time():
+            return {"active": False}
+        return dict(grant)
 
     # -- configuration ------------------------------------------------------------------
 
@@ -395,8 +414,21 @@ class AuthorizationServer(FaultInjection):
                 return checked_proof
             jkt = checked_proof
         token = "at_" + secrets.token_urlsafe(24)
+        policy = client.grant or self.grant
+        granted = requested if policy is None else frozenset(policy(client.client_id, requested))
+        grant: dict[str, Any] = {
+            "active": True,
+            "client_id": client.client_id,
+            "scope": " ".join(sorted(granted)),
+            "token_type": "DPoP" if jkt is not None else self.token_type,
+            "exp": int(time.time() + self.expires_in),
+            "iss": self.issuer,
+        }
+        if form.get("resource"):
+            grant["aud"] = list(form["resource"])  # RFC 8707: the resources it is for
         with self._lock:
             self.issued.append(token)
+            self._grants[token] = grant
             if jkt is not None:
                 self.dpop_bindings[token] = jkt
         body: dict[str, Any] = {
@@ -404,8 +436,6 @@ class AuthorizationServer(FaultInjection):
             "token_type": "DPoP" if jkt is not None else self.token_type,
             "expires_in": self.expires_in,
         }
-        policy = client.grant or self.grant
-        granted = requested if policy is None else frozenset(policy(client.client_id, requested))
         if requested or granted != requested:
             # Said even when empty: an absent scope means "all requested" (RFC 6749 5.1).
             body["scope"] = " ".join(sorted(granted))

@@ -80,3 +80,37 @@ async def test_a_refused_client_is_still_refused_with_a_policy() -> None:
         ) as tokens:
             with pytest.raises(InvalidClientError):
                 await tokens.get_token()
+
+
+def test_introspect_tells_what_a_token_is_for() -> None:
+    with AuthorizationServer(expires_in=60, grant=["pockets.read"]) as server:
+        server.register_client("svc", client_secret=SECRET)
+        form = {**_form("pockets.read pockets.write"), "resource": ["https://api.example/"]}
+        status, body = server.handle_token_request(form, None)
+        assert status == 200
+        facts = server.introspect(body["access_token"])
+        assert facts.pop("exp") > 0
+        assert facts == {
+            "active": True,
+            "client_id": "svc",
+            "scope": "pockets.read",  # what was granted, not what was asked
+            "token_type": "Bearer",
+            "iss": server.issuer,
+            "aud": ["https://api.example/"],
+        }
+        assert "aud" not in server.introspect(
+            server.handle_token_request(_form(None), None)[1]["access_token"]
+        )
+        assert server.introspect("at_never-issued") == {"active": False}
+    with AuthorizationServer(expires_in=0) as expired:
+        expired.register_client("svc", client_secret=SECRET)
+        token = expired.handle_token_request(_form(None), None)[1]["access_token"]
+        assert expired.introspect(token) == {"active": False}
+
+
+def test_extra_metadata_adds_members_to_the_metadata_document() -> None:
+    with AuthorizationServer() as server:
+        server.extra_metadata = {"authorization_endpoint": server.issuer + "/authorize"}
+        metadata = server.metadata()
+        assert metadata["authorization_endpoint"] == server.issuer + "/authorize"
+        assert metadata["token_endpoint"] == server.token_endpoint
