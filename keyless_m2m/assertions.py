@@ -174,8 +174,8 @@ class FileAssertion:
     """A JWT in a file the platform writes and rotates: a Kubernetes projected
     service-account token, Azure workload identity's ``AZURE_FEDERATED_TOKEN_FILE``.
 
-    >>> source = FileAssertion("/var/run/secrets/tokens/oauth")     # doctest: +SKIP
-    >>> source = FileAssertion.from_env()   # AZURE_FEDERATED_TOKEN_FILE  # doctest: +SKIP
+    >>> source = FileAssertion("/var/run/secrets/tokens/oauth")
+    >>> source = FileAssertion.from_env()   # AZURE_FEDERATED_TOKEN_FILE
 
     The file is read again for every token request, in a worker thread, at most 64 KiB
     (surrounding whitespace removed). A file that is missing is retryable (the kubelet
@@ -235,7 +235,7 @@ class SpiffeJwtSvidAssertion(FileAssertion):
     """A SPIFFE JWT-SVID, sent with the ``jwt-spiffe`` assertion type
     (draft-ietf-oauth-spiffe-client-auth).
 
-    >>> source = SpiffeJwtSvidAssertion("/run/spiffe/jwt_svid.token")   # doctest: +SKIP
+    >>> source = SpiffeJwtSvidAssertion("/run/spiffe/jwt_svid.token")
 
     The SPIFFE Workload API is gRPC over a unix socket (``SPIFFE_ENDPOINT_SOCKET``);
     keyless-m2m has no gRPC dependency, so this source reads the file that
@@ -353,7 +353,7 @@ def _json_object(body: Secret[bytes]) -> dict[str, Any] | None:
 class GitHubActionsAssertion(_EndpointAssertion):
     """The GitHub Actions OIDC token of the running job.
 
-    >>> source = GitHubActionsAssertion(audience="api://AzureADTokenExchange")   # doctest: +SKIP
+    >>> source = GitHubActionsAssertion(audience="api://AzureADTokenExchange")
 
     Reads ``ACTIONS_ID_TOKEN_REQUEST_URL`` and ``ACTIONS_ID_TOKEN_REQUEST_TOKEN`` (set in
     jobs with ``permissions: id-token: write``; a
@@ -416,7 +416,7 @@ class GcpMetadataAssertion(_EndpointAssertion):
     """A Google-signed identity token of the VM's (or Cloud Run's, GKE's) service account,
     from the metadata server.
 
-    >>> source = GcpMetadataAssertion("https://login.example/realms/prod")      # doctest: +SKIP
+    >>> source = GcpMetadataAssertion("https://login.example/realms/prod")
 
     ``GET http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/
     {service_account}/identity?audience=...&format=full`` with ``Metadata-Flavor: Google``.
@@ -480,8 +480,8 @@ class WorkloadIdentity:
     """Client authentication with a platform-issued JWT as ``client_assertion``
     (RFC 7523 section 2.2): federated credentials, no secret and no key of the client's.
 
-    >>> auth = WorkloadIdentity("my-client", FileAssertion.from_env())          # doctest: +SKIP
-    >>> auth = WorkloadIdentity("ci", GitHubActionsAssertion("api://AzureADTokenExchange"))  # doctest: +SKIP
+    >>> auth = WorkloadIdentity("my-client", FileAssertion.from_env())
+    >>> auth = WorkloadIdentity("ci", GitHubActionsAssertion("api://AzureADTokenExchange"))
 
     For every HTTP attempt it takes the source's JWT of that moment (:func:`fresh_assertion`:
     never one that expires within ``min_validity`` seconds) and sends it with

@@ -1,8 +1,9 @@
 """``httpx.Auth`` for a token manager: bearer header, one retry after ``invalid_token``;
 for DPoP-bound tokens (RFC 9449) the ``DPoP`` scheme and a fresh proof per request.
 
->>> async with httpx.AsyncClient(auth=tokens.auth()) as http:    # doctest: +SKIP
+>>> async with httpx.AsyncClient(auth=tokens.auth()) as http:
 ...     await http.get("https://api.example/v2/pockets/")
+<Response [200 OK]>
 
 When the API answers 401 with ``WWW-Authenticate: Bearer error="invalid_token"``, the
 token that was sent is invalidated (only if it is still the cached one, so a burst of 401s

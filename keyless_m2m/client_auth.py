@@ -160,8 +160,8 @@ def _load_certificates(certificate: object) -> list[x509.Certificate]:
 class PrivateKeyJWT:
     """``private_key_jwt`` client authentication (RFC 7523).
 
-    >>> auth = PrivateKeyJWT("my-client", signer)                     # doctest: +SKIP
-    >>> auth = PrivateKeyJWT("my-client", signer, issuer="https://auth.example")  # doctest: +SKIP
+    >>> auth = PrivateKeyJWT("my-client", signer)
+    >>> auth = PrivateKeyJWT("my-client", signer, issuer="https://auth.example")
 
     Claims: ``iss = sub = client_id``; ``aud`` (below); ``iat``; ``exp = iat + lifetime``
     (at most 300 s); a 192-bit random ``jti``. ``extra_claims`` may not override those.
@@ -534,8 +534,8 @@ def _basic_hint(id_changed: bool, secret_changed: bool) -> str | None:
 class ClientSecretBasic(_ClientSecret):
     """``client_secret_basic``: HTTP Basic with the client id and secret.
 
-    >>> auth = ClientSecretBasic("billing", secret)                    # doctest: +SKIP
-    >>> auth = ClientSecretBasic("billing", secret, encoding="raw")    # doctest: +SKIP
+    >>> auth = ClientSecretBasic("billing", secret)
+    >>> auth = ClientSecretBasic("billing", secret, encoding="raw")
 
     ``encoding="form"`` (the default) form-encodes both first, as RFC 6749 section 2.3.1
     requires, so ``:`` or ``%`` in a secret survive the trip to a server that decodes them.
@@ -593,8 +593,8 @@ class TlsClientAuth:
     and registered by its subject (``tls_client_auth_subject_dn``) or a subject alternative
     name (``tls_client_auth_san_dns``...). The form carries only ``client_id``.
 
-    >>> auth = TlsClientAuth("billing", certificate="client.pem", key="client.key")   # doctest: +SKIP
-    >>> auth = TlsClientAuth("billing", ssl_context=context)                          # doctest: +SKIP
+    >>> auth = TlsClientAuth("billing", certificate="client.pem", key="client.key")
+    >>> auth = TlsClientAuth("billing", ssl_context=context)
 
     ``certificate``/``key``/``password``/``ssl_context`` as
     :class:`~keyless_m2m.mtls.ClientCertificate` (or ``certificate=`` one already made).
@@ -652,7 +652,7 @@ class SelfSignedTlsClientAuth(TlsClientAuth):
     :attr:`ClientCertificate.thumbprint <keyless_m2m.mtls.ClientCertificate.thumbprint>`),
     not by a CA.
 
-    >>> auth = SelfSignedTlsClientAuth("billing", "client.pem", "client.key")     # doctest: +SKIP
+    >>> auth = SelfSignedTlsClientAuth("billing", "client.pem", "client.key")
     """
 
     method = "self_signed_tls_client_auth"

@@ -1,8 +1,9 @@
 """DPoP proofs (RFC 9449): sender-constrained tokens whose proof key can live in a KMS/HSM.
 
->>> async with TokenManager(url, auth, dpop=True) as tokens:          # doctest: +SKIP
+>>> async with TokenManager(url, auth, dpop=True) as tokens:
 ...     async with httpx.AsyncClient(auth=tokens.auth()) as http:
 ...         await http.get("https://api.example/v2/pockets/")
+<Response [200 OK]>
 
 ``dpop=True`` makes an ephemeral P-256 key for the manager (it lives in memory and dies
 with the process); ``dpop=<any Signer>`` keeps the proof key where the signer keeps it

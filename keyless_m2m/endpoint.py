@@ -355,8 +355,8 @@ def _count(name: str, value: Any) -> int:
 class TokenEndpoint:
     """The token endpoint of one authorization server, for one client.
 
-    >>> endpoint = TokenEndpoint("https://auth.example/oauth2/token", auth)   # doctest: +SKIP
-    >>> token = await endpoint.request(scope="pockets.read")                  # doctest: +SKIP
+    >>> endpoint = TokenEndpoint("https://auth.example/oauth2/token", auth)
+    >>> token = await endpoint.request(scope="pockets.read")
 
     Options: ``http_client`` (an ``httpx.AsyncClient`` you own; otherwise one is created
     with ``timeout`` and ``verify`` and closed by :meth:`aclose`), ``timeout`` (10 s for

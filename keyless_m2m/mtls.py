@@ -96,9 +96,9 @@ def _ssl_reason(exc: ssl.SSLError | OSError) -> str:
 class ClientCertificate:
     """A TLS client certificate and its private key (RFC 8705).
 
-    >>> cert = ClientCertificate("client.pem", "client.key")                  # doctest: +SKIP
-    >>> cert = ClientCertificate("client.pem", "client.key", password=pw)     # doctest: +SKIP
-    >>> cert = ClientCertificate(ssl_context=my_context)                      # doctest: +SKIP
+    >>> cert = ClientCertificate("client.pem", "client.key")
+    >>> cert = ClientCertificate("client.pem", "client.encrypted.key", password=pw)
+    >>> cert = ClientCertificate(ssl_context=my_context)
 
     ``certificate``: a PEM file holding the certificate (its chain may follow, leaf first;
     the key too, then ``key`` may be left out). ``key``: a PEM file of the private key

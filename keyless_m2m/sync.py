@@ -35,7 +35,7 @@ class SyncTokenManager(BearerSource):
     """Blocking, thread-safe token manager with the semantics of :class:`TokenManager`.
 
     >>> with SyncTokenManager(token_endpoint="https://auth.example/oauth2/token",
-    ...                       client_auth=ClientSecretBasic("id", "secret")) as tokens:  # doctest: +SKIP
+    ...                       client_auth=ClientSecretBasic("id", "secret")) as tokens:
     ...     token = tokens.get_token()
 
     Takes the same arguments as :class:`TokenManager`. ``close()`` stops the background

@@ -176,6 +176,9 @@ async def connection_refused_warm() -> Outcome:
     # refresh_window = the lifetime: every call after the first starts a background refresh.
     async with rig(refresh_window=3600) as r:
         first = await r.tokens.get_token()
+        # The cold fetch may have been retried (a read timeout on a loaded machine): the
+        # outage's own requests are counted from here.
+        before = r.tokens.stats.requests
         r.server.stop()
         errors: Counter[str] = Counter()
         served = 0
@@ -185,6 +188,12 @@ async def connection_refused_warm() -> Outcome:
                 errors.update(batch)
                 served += sum(t.value == first.value for t in got)
                 await anyio.sleep(0.01)
+            # The last batch may have started one more background refresh after the third
+            # failure: let it fail too before the listener is back, so that every failed
+            # flight made all its attempts (flights started = the first one + failures).
+            while r.tokens.stats.refreshes > r.tokens.stats.failures + 1:
+                await anyio.sleep(0.01)
+        during = {"requests": r.tokens.stats.requests - before, "failures": r.tokens.stats.failures}
         r.server.start()
         recovery = await until_served(r.tokens, unlike=first)
         return r.outcome(
@@ -194,6 +203,7 @@ async def connection_refused_warm() -> Outcome:
             errors,
             recovery=recovery,
             notes=f"{served} calls served the cached token",
+            extra={"outage_requests": during["requests"], "outage_failures": during["failures"]},
         )
 
 

@@ -10,8 +10,8 @@ request per refresh:
 - :class:`RedisTokenCache`: processes and hosts sharing a Redis (extra ``redis``).
 
 >>> from keyless_m2m.cache import RedisTokenCache
->>> tokens = TokenManager(token_endpoint=..., client_auth=auth,
-...                       cache=RedisTokenCache("redis://cache:6379/0"))  # doctest: +SKIP
+>>> tokens = TokenManager(token_endpoint="https://auth.example/oauth2/token", client_auth=auth,
+...                       cache=RedisTokenCache("redis://cache:6379/0"))
 
 The protocol is small so that other stores (memcached, a database) can implement it; the
 manager drives the algorithm (read, lock with a fencing token, fetch, write, release),

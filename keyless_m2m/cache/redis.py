@@ -245,8 +245,9 @@ class RedisTokenCache:
     """Tokens shared through Redis, with a cross-process lease and fencing tokens.
 
     >>> cache = RedisTokenCache("redis://cache:6379/0", namespace="payments",
-    ...                         encryption_key=key)                 # doctest: +SKIP
-    >>> TokenManager(token_endpoint=..., client_auth=auth, cache=cache)  # doctest: +SKIP
+    ...                         encryption_key=key)
+    >>> tokens = TokenManager(token_endpoint="https://auth.example/oauth2/token",
+    ...                       client_auth=auth, cache=cache)
 
     - ``redis``: a URL (``redis://``, ``rediss://``, ``unix://``) or a client: a
       ``redis.asyncio.Redis`` (asyncio only) or a blocking ``redis.Redis`` (run in worker

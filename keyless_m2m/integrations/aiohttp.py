@@ -2,9 +2,9 @@
 (``pip install 'keyless-m2m[aiohttp]'``; aiohttp 3.12 or newer, which has client
 middlewares).
 
->>> async with TokenManager(token_endpoint, client_auth) as tokens:    # doctest: +SKIP
+>>> async with TokenManager(token_endpoint, client_auth) as tokens:
 ...     bearer = BearerMiddleware(tokens, scope="pockets.read")
-...     async with aiohttp.ClientSession(middlewares=(bearer,)) as session:
+...     async with aiohttp.ClientSession(middlewares=(bearer,), trust_env=True) as session:
 ...         async with session.get("https://api.example/v2/pockets/") as response:
 ...             pockets = await response.json()
 

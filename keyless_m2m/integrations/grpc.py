@@ -1,13 +1,14 @@
 """gRPC authentication from a token source: call credentials for ``grpc`` and client
 interceptors for ``grpc`` and ``grpc.aio``.
 
->>> channel = grpc.secure_channel(                                    # doctest: +SKIP
+>>> channel = grpc.secure_channel(                                    # sync_tokens: a SyncTokenManager
 ...     "api.example:443",
-...     grpc.composite_channel_credentials(grpc.ssl_channel_credentials(), call_credentials(tokens)),
+...     grpc.composite_channel_credentials(grpc.ssl_channel_credentials(), call_credentials(sync_tokens)),
 ... )
->>> channel = grpc.aio.secure_channel(                                # doctest: +SKIP
+>>> async with grpc.aio.secure_channel(                               # tokens: a TokenManager
 ...     "api.example:443", grpc.ssl_channel_credentials(), interceptors=aio_interceptors(tokens)
-... )
+... ) as aio_channel:
+...     say = aio_channel.unary_unary("/demo.Echo/Say")
 
 Three ways, over one :class:`~keyless_m2m.source.TokenSource` (async) or
 :class:`~keyless_m2m.source.SyncTokenSource` (blocking):

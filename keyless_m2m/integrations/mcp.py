@@ -2,6 +2,9 @@
 ``private_key_jwt``, with the client assertion signed by any of this library's signers
 (KMS, HSM, local key) or taken from a workload-identity source.
 
+(Skipped when the documentation's examples run, as they need an MCP server and a KMS key;
+the MCP integration page's examples run the same calls against the embedded servers.)
+
 >>> provider = oauth_provider(                                        # doctest: +SKIP
 ...     "https://mcp.example/mcp",
 ...     PrivateKeyJWT("my-agent", AwsKmsSigner("alias/agent")),

@@ -1,7 +1,7 @@
 """OpenTelemetry traces and metrics for token fetches and signatures.
 
->>> from keyless_m2m.integrations import opentelemetry as kotel     # doctest: +SKIP
->>> kotel.instrument()          # the global tracer and meter providers    # doctest: +SKIP
+>>> from keyless_m2m.integrations import opentelemetry as kotel
+>>> kotel.instrument()          # the global tracer and meter providers
 
 One process-wide switch, as OpenTelemetry's own instrumentations: :func:`instrument`
 installs the library's telemetry hooks (:mod:`keyless_m2m._telemetry`), so every

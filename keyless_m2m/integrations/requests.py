@@ -1,9 +1,10 @@
 """``requests`` auth for a blocking token source (``pip install 'keyless-m2m[requests]'``).
 
->>> with SyncTokenManager(token_endpoint, client_auth) as tokens:       # doctest: +SKIP
+>>> with SyncTokenManager(token_endpoint, client_auth) as tokens:
 ...     with requests.Session() as session:
 ...         session.auth = BearerAuth(tokens, scope="pockets.read")
 ...         session.get("https://api.example/v2/pockets/")
+<Response [200]>
 
 The same flow as ``tokens.auth()`` for httpx (:class:`keyless_m2m.bearer.BearerFlow`,
 driven here through requests' ``response`` hook): ``Authorization: Bearer``; a 401 whose

@@ -140,7 +140,7 @@ class TokenManager(BearerSource):
 
     >>> async with TokenManager(token_endpoint="https://auth.example/oauth2/token",
     ...                         client_auth=PrivateKeyJWT("my-client", signer),
-    ...                         scope="pockets.read") as tokens:          # doctest: +SKIP
+    ...                         scope="pockets.read") as tokens:
     ...     token = await tokens.get_token()
 
     Use it as ``async with`` so refreshes run in the background; outside a context it
@@ -252,7 +252,7 @@ class TokenManager(BearerSource):
         OpenID Connect Discovery; see :mod:`keyless_m2m.discovery`).
 
         >>> async with TokenManager.from_issuer("https://auth.example", auth,
-        ...                                     scope="pockets.read") as tokens:  # doctest: +SKIP
+        ...                                     scope="pockets.read") as tokens:
         ...     token = await tokens.get_token()
 
         Synchronous and offline, like the constructor, so it reads the same way. Before

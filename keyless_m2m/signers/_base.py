@@ -69,7 +69,7 @@ class OnceCell(Generic[_T]):
     """A value made at most once by an async call, however many tasks ask for it at once.
 
     >>> cell: OnceCell[KeyDescription] = OnceCell()
-    >>> description = await cell.get_or_init(load_description)         # doctest: +SKIP
+    >>> description = await cell.get_or_init(load_description)
 
     The first caller runs ``init``; callers arriving meanwhile wait and get the same value
     (1,000 concurrent callers make one provider call). A failed ``init`` leaves the cell

@@ -200,11 +200,11 @@ def _valid_host_and_port(url: str) -> bool:
 class AwsKmsSigner(CachedDescriptionSigner):
     """Signs client assertions with an asymmetric AWS KMS key.
 
-    >>> signer = AwsKmsSigner("alias/payments-m2m")                          # doctest: +SKIP
+    >>> signer = AwsKmsSigner("alias/payments-m2m")
     >>> signer = AwsKmsSigner("arn:aws:kms:eu-west-1:111122223333:key/1234abcd-...",
-    ...                       algorithm="PS256")                               # doctest: +SKIP
+    ...                       algorithm="PS256")
     >>> signer = AwsKmsSigner("alias/x", endpoint_url="http://127.0.0.1:5000",
-    ...                       region="us-east-1")                             # doctest: +SKIP
+    ...                       region="us-east-1")
 
     The first argument names the KMS key: a key id, key ARN, alias name (``alias/NAME``)
     or alias ARN. The key spec

@@ -450,10 +450,11 @@ def _with_defaults(options: dict[str, Any]) -> dict[str, Any]:
 class AzureKeyVaultSigner(CachedDescriptionSigner):
     """Signs with an RSA or EC key held in Azure Key Vault or Managed HSM.
 
-    >>> signer = AzureKeyVaultSigner("https://myvault.vault.azure.net/keys/m2m")   # doctest: +SKIP
+    >>> from keyless_m2m.signers import AzureKeyVaultSigner, signer_from_uri
+    >>> signer = AzureKeyVaultSigner("https://myvault.vault.azure.net/keys/m2m")
     >>> signer = AzureKeyVaultSigner(vault_url="https://myvault.vault.azure.net",
-    ...                              key_name="m2m", algorithm="PS256")             # doctest: +SKIP
-    >>> signer = signer_from_uri("azurekms://myvault/m2m")                          # doctest: +SKIP
+    ...                              key_name="m2m", algorithm="PS256")
+    >>> signer = signer_from_uri("azurekms://myvault/m2m")
 
     - The key: a key id URL ``https://NAME.vault.azure.net/keys/KEY[/VERSION]``, or
       ``vault_url`` + ``key_name`` (+ ``key_version``). Without a version the latest one

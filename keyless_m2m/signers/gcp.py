@@ -1,10 +1,11 @@
 """A signer whose private key stays in Google Cloud KMS (software, HSM or external keys).
 
+    >>> from keyless_m2m.signers import GcpKmsSigner, signer_from_uri
     >>> signer = GcpKmsSigner(
     ...     "projects/p/locations/europe-west1/keyRings/m2m/cryptoKeys/assertions/cryptoKeyVersions/1"
-    ... )                                                                  # doctest: +SKIP
+    ... )
     >>> signer = signer_from_uri("gcpkms://projects/p/locations/global/keyRings/r/cryptoKeys/k"
-    ...                          "/cryptoKeyVersions/1")                    # doctest: +SKIP
+    ...                          "/cryptoKeyVersions/1")
 
 Cloud KMS fixes the algorithm per key, so the JWS ``alg`` is read from ``GetPublicKey``:
 RSA_SIGN_PKCS1_*_SHA256 -> RS256, RSA_SIGN_PKCS1_4096_SHA512 -> RS512,
@@ -202,7 +203,7 @@ class GcpKmsSigner(CachedDescriptionSigner):
     """Signs inside Google Cloud KMS with one CryptoKeyVersion.
 
     >>> signer = GcpKmsSigner("projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1",
-    ...                       credentials=my_credentials)             # doctest: +SKIP
+    ...                       credentials=my_credentials)
 
     Clients, least surprising first:
 

@@ -29,8 +29,8 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519Pri
 class LocalSigner(CachedDescriptionSigner):
     """Signs with a private key loaded into memory.
 
-    >>> signer = LocalSigner.from_pem_file("private_key.pem")            # doctest: +SKIP
-    >>> signer = LocalSigner.from_pem_file("rsa.pem", algorithm="PS256")  # doctest: +SKIP
+    >>> signer = LocalSigner.from_pem_file("private_key.pem")
+    >>> signer = LocalSigner.from_pem_file("rsa.pem", algorithm="PS256")
 
     RSA keys default to RS256 (PS256/384/512 and RS384/512 on request); EC P-256/384/521
     keys use ES256/384/512; Ed25519 uses EdDSA. A requested algorithm that does not fit

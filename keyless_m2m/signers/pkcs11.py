@@ -413,6 +413,9 @@ def _der_octet_string(data: bytes) -> bytes:
 class Pkcs11Signer(CachedDescriptionSigner):
     """Signs with a private key held in a PKCS#11 token.
 
+    (These two examples are skipped when the documentation's examples run: the module and
+    the PIN file they name must exist; the signer's own tests run it against SoftHSM2.)
+
     >>> signer = Pkcs11Signer("/usr/lib/softhsm/libsofthsm2.so", token_label="ci",  # doctest: +SKIP
     ...                       label="m2m", pin_source="/run/secrets/pkcs11-pin")
     >>> signer = signer_from_uri(                                                   # doctest: +SKIP

@@ -138,9 +138,9 @@ def _one_line(errors: Any, limit: int = 300) -> str:
 class VaultTransitSigner(CachedDescriptionSigner):
     """Signs with a transit key in HashiCorp Vault or OpenBao.
 
-    >>> signer = VaultTransitSigner("payments-m2m")                      # doctest: +SKIP
-    >>> signer = VaultTransitSigner("payments-m2m", algorithm="PS256",   # doctest: +SKIP
-    ...                             client=hvac.Client(url=..., token=...))
+    >>> signer = VaultTransitSigner("payments-m2m")
+    >>> signer = VaultTransitSigner("payments-m2m", algorithm="PS256",
+    ...                             client=hvac.Client(url="https://vault.internal:8200", token=token))
 
     Without ``client`` the address, token and namespace come from ``url``/``token``/
     ``namespace`` or, as the Vault CLI does, from ``VAULT_ADDR``, ``VAULT_TOKEN`` (then

@@ -2,7 +2,7 @@
 token's refresh window, its expiry, a failure backoff or a lease with ``advance(seconds)``
 instead of sleeping.
 
->>> with ManualClock() as clock:                                   # doctest: +SKIP
+>>> with ManualClock() as clock:
 ...     first = await tokens.get_token()
 ...     clock.advance(3600)            # the token has expired: no sleep
 ...     assert await tokens.get_token() != first

@@ -189,7 +189,7 @@ def verify_jws(token: str, public_jwk: Mapping[str, Any], *, audience: str | Non
     JWK's ``kid`` (when both have one). With ``audience``, the ``aud`` claim must be or
     contain it. Expiry is not checked: that is the authorization server's business.
 
-    >>> verify_jws(assertion, signer_description.public_jwk)  # doctest: +SKIP
+    >>> verify_jws(assertion, signer_description.public_jwk)
     {'iss': 'svc', ...}
     """
     parts = token.split(".")
@@ -384,7 +384,7 @@ async def check_signer(
     of its signatures (:func:`verify_jws`, or a JOSE library of your choice). Raises
     ``AssertionError`` naming the first broken rule. The signer is not closed.
 
-    >>> await check_signer(LocalSigner(ec.generate_private_key(ec.SECP256R1())))  # doctest: +SKIP
+    >>> await check_signer(LocalSigner(ec.generate_private_key(ec.SECP256R1())))
     """
     await check_describe(signer, algorithm=algorithm)
     await check_describe_is_cached(signer)

@@ -150,7 +150,7 @@ class KeyVaultFault:
     then retries even POSTs); ``drop_connection=True`` closes the connection without an
     answer instead.
 
-    >>> vault.fail_next(KeyVaultFault(429, operation="sign", retry_after=0.01, count=2))  # doctest: +SKIP
+    >>> vault.fail_next(KeyVaultFault(429, operation="sign", retry_after=0.01, count=2))
     """
 
     status: int = 429

@@ -133,7 +133,7 @@ class RpcFault:
     with gRPC status ``code``, a ``grpc.StatusCode`` or its name (``"RESOURCE_EXHAUSTED"``),
     and ``details`` (default ``"injected CODE"``).
 
-    >>> kms.fail_next(RpcFault("UNAVAILABLE", method="GetPublicKey", count=5))  # doctest: +SKIP
+    >>> kms.fail_next(RpcFault("UNAVAILABLE", method="GetPublicKey", count=5))
     """
 
     code: Any
