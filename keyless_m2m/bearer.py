@@ -197,9 +197,14 @@ class BearerFlow:
             raise TypeError("use SyncTokenManager.auth() (a blocking token source) with a blocking client")
         replayable = _replayable(request)
         token = manager.get_token(self._scope, **self._args)
-        dpop = token.is_dpop
-        url = str(request.url) if dpop else ""  # only a proof needs it: not on the Bearer path
-        response = yield _authorize(request, token, self._proof_sync(request, url, token) if dpop else None)
+        dpop = token.token_type == DPOP
+        if dpop:
+            url = str(request.url)  # only a proof needs it: not on the Bearer path
+            response = yield _authorize(request, token, self._proof_sync(request, url, token))
+        else:
+            url = ""  # the first attempt of a Bearer request: one header set, as in async
+            request.headers["Authorization"] = f"Bearer {token.value}"
+            response = yield request
         if dpop and (nonce := _nonce_of(response)) is not None:
             kept = manager.remember_dpop_nonce(url, nonce)  # type: ignore[attr-defined]
             if kept and replayable and is_dpop_nonce_challenge(response):
