@@ -245,14 +245,18 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Side-by-side benchmarks against Authlib and httpx-auth, and the requests integration
-    against requests-oauth2client (not part of CI)."""
+    """Side-by-side benchmarks against Authlib and httpx-auth, the requests integration
+    against requests-oauth2client, and many AWS KMS signers at once against moto_server
+    (not part of CI)."""
     session.install("-e", ".[all]", *_group("bench"), "trio")
     session.run("python", "-m", "benchmarks", *session.posargs)
     session.run("python", "-m", "benchmarks.integrations", *[a for a in session.posargs if a == "--quick"])
+    # Cold start and fleets of managers (issue 21): fresh processes, the endpoint in another.
+    session.run("python", "-m", "benchmarks.goals_cold", *[a for a in session.posargs if a == "--quick"])
     # What the OpenTelemetry integration costs the hot path: absent, installed but
     # unconfigured, configured (docs/integrations/opentelemetry.md).
     session.run("python", "-m", "benchmarks.otel", *[a for a in session.posargs if a == "--quick"])
+    session.run("python", "-m", "benchmarks.goals_signers", *[a for a in session.posargs if a == "--quick"])
     # The hot-path and stampede goals (docs/benchmarks.md, "Hot path and stampedes").
     session.run("python", "-m", "benchmarks.goals_hot", *[a for a in session.posargs if a == "--quick"])
 

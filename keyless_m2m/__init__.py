@@ -7,6 +7,8 @@ signed inside a KMS/HSM (or by a local key), cached and refreshed by an anyio to
 
 from __future__ import annotations
 
+# First: in the keyless-m2m command's process, skip what it never uses (see _startup).
+from . import _startup  # noqa: F401  # isort: skip
 from .assertions import WorkloadIdentity
 from .client_auth import (
     ClientAuth,

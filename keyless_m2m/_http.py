@@ -19,11 +19,16 @@ import logging
 import os
 import socket
 import ssl
+import sys
+import threading
 import zlib
-from collections.abc import AsyncIterator, Hashable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+import anyio
+import anyio.to_thread
+import httpcore  # noqa: F401 - httpx imports it at its first client: here, at import, not then
 import httpx
 
 from ._text import printable
@@ -36,7 +41,10 @@ __all__ = [
     "build_client",
     "check_proxies",
     "default_ssl_context",
+    "default_trust",
+    "prepare_client",
     "read_body",
+    "shared_verification",
     "tls_verification",
     "transport_failure",
 ]
@@ -415,25 +423,78 @@ class MissingSocksError(MissingExtraError):
 
 
 class _Routes(httpx.AsyncBaseTransport):
-    """Sends each request directly or through the proxy :class:`ProxyEnvironment` names."""
+    """Sends each request directly or through the proxy :class:`ProxyEnvironment` names.
 
-    def __init__(self, verify: ssl.SSLContext | bool, proxies: ProxyEnvironment) -> None:
+    Nothing is built until a request needs it, and then in a worker thread: the TLS context
+    (``make_context``: a process-wide shared one, or this client's own when it presents a
+    client certificate) at the first ``https://`` request, so a plain ``http://`` endpoint
+    never loads a CA bundle; one transport (connection pool) per route, per client."""
+
+    def __init__(
+        self,
+        make_context: Callable[[], ssl.SSLContext],
+        proxies: ProxyEnvironment,
+        built_context: Callable[[], ssl.SSLContext | None] = lambda: None,
+    ) -> None:
         self.proxies = proxies
-        self._direct = httpx.AsyncHTTPTransport(verify=verify)
-        self._through: dict[tuple[str, str], httpx.AsyncHTTPTransport] = {}
-        try:
-            for setting in (proxies.https, proxies.all):
-                if setting is not None and setting not in self._through:
-                    self._through[setting] = _proxy_transport(*setting, verify)
-        except BaseException:
-            self._through.clear()
-            raise
+        self._make_context = make_context
+        self._built_context = built_context
+        self._context: ssl.SSLContext | None = None
+        self._built: dict[tuple[str, str] | str, httpx.AsyncHTTPTransport] = {}
+        self._lock: anyio.Lock | None = None
         self._logged: set[tuple[str, str, int]] = set()
 
+    def _build(self, route: tuple[str, str] | str) -> httpx.AsyncHTTPTransport:
+        """In a worker thread: the transport of ``route`` (``"plain"``, ``"direct"`` or a
+        proxy setting)."""
+        if route == "plain":
+            # Plain http never runs TLS on this transport (never proxied either): a context
+            # that trusts no CA, so that a TLS use of it, were there one, would fail closed.
+            return httpx.AsyncHTTPTransport(verify=_plain_context())
+        if self._context is None:
+            self._context = self._make_context()
+        if route == "direct":
+            return httpx.AsyncHTTPTransport(verify=self._context)
+        assert isinstance(route, tuple)
+        return _proxy_transport(*route, self._context)
+
+    async def _transport(self, route: tuple[str, str] | str) -> httpx.AsyncHTTPTransport:
+        transport = self._built.get(route)
+        if transport is None:
+            if self._lock is None:
+                self._lock = anyio.Lock()
+            async with self._lock:  # one build per route, however many requests wait
+                transport = self._built.get(route)
+                if transport is None:
+                    if self._ready(route):  # nothing expensive left: no thread hop
+                        transport = self._build(route)
+                    else:
+                        transport = await anyio.to_thread.run_sync(self._build, route)
+                    self._built[route] = transport
+        return transport
+
+    def _ready(self, route: tuple[str, str] | str) -> bool:
+        """Whether building ``route`` is cheap now: httpcore imported (httpx imports it at
+        the first transport) and the context it needs already made by the process."""
+        if "httpcore" not in sys.modules:
+            return False
+        if route == "plain":
+            return ("plain",) in _SHARED_CONTEXTS
+        if self._context is None:
+            self._context = self._built_context()
+        return self._context is not None
+
+    def route(self, url: httpx.URL) -> tuple[str, str] | str:
+        if url.scheme != "https":
+            return "plain"
+        return self.proxies.proxy_for(url) or "direct"
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "https":
+            return await (await self._transport("plain")).handle_async_request(request)
         setting = self.proxies.proxy_for(request.url)
         if setting is None:
-            return await self._direct.handle_async_request(request)
+            return await (await self._transport("direct")).handle_async_request(request)
         origin = (request.url.scheme, request.url.host, request.url.port or 443)
         if origin not in self._logged:
             self._logged.add(origin)
@@ -443,32 +504,150 @@ class _Routes(httpx.AsyncBaseTransport):
                 shown_proxy(setting[1]),
                 setting[0],
             )
-        return await self._through[setting].handle_async_request(request)
+        return await (await self._transport(setting)).handle_async_request(request)
 
     async def aclose(self) -> None:
-        for transport in [self._direct, *self._through.values()]:
+        transports, self._built = list(self._built.values()), {}
+        for transport in transports:
             await transport.aclose()
 
 
-def default_ssl_context() -> tuple[ssl.SSLContext, tuple[str, ...]]:
-    """What ``verify=True`` trusts, and a key naming it: the CA file in ``SSL_CERT_FILE`` if
-    set, else the CA directory in ``SSL_CERT_DIR`` if set, else certifi's bundle (what
-    httpx does; the variables *replace* certifi, they do not add to it)."""
-    from .errors import ConfigurationError
+async def prepare_client(client: httpx.AsyncClient, url: str) -> None:
+    """Build, in a worker thread, what a request to ``url`` with ``client`` (one
+    :func:`build_client` made) needs: its transport and TLS context. A client built
+    elsewhere is left alone. The errors of a context that cannot be made (an unloadable
+    ``SSL_CERT_FILE``, a client certificate that no longer loads) are raised as they are."""
+    routes = getattr(client, "_transport", None)
+    if isinstance(routes, _Routes):
+        await routes._transport(routes.route(httpx.URL(url)))
 
-    cafile = os.environ.get("SSL_CERT_FILE", "")
-    capath = os.environ.get("SSL_CERT_DIR", "")
+
+# -- TLS contexts shared by the whole process ---------------------------------------------------
+#
+# Building an SSLContext and loading a CA bundle costs ~20 ms warm and ~100 ms cold: once per
+# process per trust configuration, in a worker thread, not once per manager on the event loop.
+# The key is the whole configuration (verify=True and the CA source it resolved to, "system",
+# a CA file or directory with its version, False), so different configurations never share a
+# context. A context that presents a client certificate is never cached nor shared: it is
+# built for its client (mtls.ClientCertificate._context_for), from a fresh verification context.
+# Only contexts the library made and never hands out for modification are shared; the
+# connection pools are not (each client has its own: its proxies, limits and trust).
+
+_SHARED_CONTEXTS: dict[Hashable, ssl.SSLContext] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _version(path: str) -> tuple[int, int]:
+    """A CA file's (or directory's) version: a rotated bundle is another configuration."""
     try:
-        if cafile:
-            return ssl.create_default_context(cafile=cafile), ("SSL_CERT_FILE", os.path.realpath(cafile))
-        if capath:
-            return ssl.create_default_context(capath=capath), ("SSL_CERT_DIR", os.path.realpath(capath))
-    except (OSError, ssl.SSLError) as exc:
-        variable = "SSL_CERT_FILE" if cafile else "SSL_CERT_DIR"
-        raise ConfigurationError(f"cannot load the CA certificates named by {variable}: {exc}") from None
+        status = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return (status.st_mtime_ns, status.st_size)
+
+
+def _plain_context() -> ssl.SSLContext:
+    return _shared(("plain",), lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
+
+
+def _shared(key: Hashable, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    context = _SHARED_CONTEXTS.get(key)
+    if context is None:
+        with _SHARED_LOCK:  # held in a worker thread (or at construction), never awaited
+            context = _SHARED_CONTEXTS.get(key)
+            if context is None:
+                context = build()
+                _SHARED_CONTEXTS[key] = context
+    return context
+
+
+def _insecure_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _shared_entry(
+    verify: Any, default: tuple[str, str] | None
+) -> tuple[Hashable, Callable[[], ssl.SSLContext]]:
+    """The cache key of ``verify=`` (True, False, "system", a path) and how to build it."""
+    if verify is True:
+        source = default or default_trust()
+        return ("default", *source, _version(source[1])), lambda: _load_default(source)
+    if verify is False:
+        return ("insecure",), _insecure_context
+    if verify == "system":
+        try:
+            import truststore  # noqa: F401 - without it, the MissingExtraError, cached or not
+        except ImportError:
+            raise MissingExtraError("truststore", "truststore") from None
+        return ("system",), lambda: _context_of(tls_verification("system"))
+    path = os.path.realpath(os.fspath(verify))
+    return ("ca", path, _version(path)), lambda: _context_of(tls_verification(verify))
+
+
+def shared_verification(verify: Any, default: tuple[str, str] | None = None) -> ssl.SSLContext:
+    """The process-wide context for ``verify=`` (as :func:`tls_verification` takes it), built
+    on first use and cached per configuration; an ``ssl.SSLContext`` is returned as it is.
+    ``default``: what ``verify=True`` resolved to (:func:`default_trust`), read once by the
+    caller. Blocking (it may load a CA bundle): call it in a worker thread."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if verify is True or verify is False or verify == "system" or isinstance(verify, str | os.PathLike):
+        return _shared(*_shared_entry(verify, default))
+    return _context_of(tls_verification(verify))  # the ConfigurationError of a bad value
+
+
+def cached_verification(verify: Any, default: tuple[str, str] | None = None) -> ssl.SSLContext | None:
+    """The shared context of ``verify=`` if the process has built it already, else ``None``
+    (nothing is built: cheap, for the event loop)."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if verify is True or verify is False or verify == "system" or isinstance(verify, str | os.PathLike):
+        return _SHARED_CONTEXTS.get(_shared_entry(verify, default)[0])
+    return None
+
+
+def _context_of(verification: ssl.SSLContext | bool) -> ssl.SSLContext:
+    assert isinstance(verification, ssl.SSLContext)
+    return verification
+
+
+def default_trust() -> tuple[str, str]:
+    """Which CAs ``verify=True`` trusts, as ``(source, path)``, read from the environment now:
+    ``SSL_CERT_FILE`` if set, else ``SSL_CERT_DIR`` if set, else certifi's bundle (what httpx
+    does; the variables *replace* certifi, they do not add to it). Nothing is loaded."""
+    cafile = os.environ.get("SSL_CERT_FILE", "")
+    if cafile:
+        return "SSL_CERT_FILE", os.path.realpath(cafile)
+    capath = os.environ.get("SSL_CERT_DIR", "")
+    if capath:
+        return "SSL_CERT_DIR", os.path.realpath(capath)
     import certifi
 
-    return ssl.create_default_context(cafile=certifi.where()), ("certifi", certifi.where())
+    return "certifi", certifi.where()
+
+
+def _load_default(source: tuple[str, str]) -> ssl.SSLContext:
+    from .errors import ConfigurationError
+
+    variable, path = source
+    try:
+        if variable == "SSL_CERT_DIR":
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        if variable == "certifi":
+            raise
+        raise ConfigurationError(f"cannot load the CA certificates named by {variable}: {exc}") from None
+
+
+def default_ssl_context() -> tuple[ssl.SSLContext, tuple[str, ...]]:
+    """A new context of what ``verify=True`` trusts (:func:`default_trust`), and a key
+    naming it. Blocking: it loads the CA bundle."""
+    source = default_trust()
+    return _load_default(source), source
 
 
 def tls_verification(verify: Any) -> ssl.SSLContext | bool:
@@ -514,22 +693,45 @@ class _PresentsCertificate(Protocol):
 def build_client(
     *,
     timeout: float,
-    verify: ssl.SSLContext | bool,
+    verify: Any,
     trust: Hashable,
     client_certificate: _PresentsCertificate | None = None,
 ) -> tuple[httpx.AsyncClient, Hashable]:
     """The client the token endpoint and discovery use, and the key of everything that
     decides whom it believes (``trust``: the configured ``verify=``; the CAs ``verify=True``
     resolved to; the proxy settings). No redirects; httpx's environment reading is off.
-    ``client_certificate`` (a :class:`~keyless_m2m.mtls.ClientCertificate`): every TLS
-    connection presents it (RFC 8705); ``verify`` is then a context made for this client."""
+
+    ``verify`` is the option as given (``True``, ``False``, ``"system"``, a CA path, an
+    ``ssl.SSLContext``). Cheap, and safe on the event loop: the TLS context is made at the
+    first ``https://`` request, in a worker thread, and shared by the process per trust
+    configuration (:func:`shared_verification`). ``client_certificate`` (a
+    :class:`~keyless_m2m.mtls.ClientCertificate`): every TLS connection presents it
+    (RFC 8705), from a context made for this client only, never a shared one."""
     key: Hashable = trust
+    default: tuple[str, str] | None = None
     if verify is True:
-        verify, default = default_ssl_context()
+        default = default_trust()  # the environment is read now, as the trust key says
         key = ("default", default)
+    make_context: Callable[[], ssl.SSLContext]
     if client_certificate is not None:
-        verify = client_certificate._context_for(verify)
+        certificate = client_certificate
+
+        def make_context() -> ssl.SSLContext:
+            # A fresh verification context (tls_verification builds a new one for a path or
+            # "system"; True/False are built by _context_for): the certificate is loaded into
+            # it, so it must never be a shared one.
+            return certificate._context_for(tls_verification(verify))
+
+    else:
+
+        def make_context() -> ssl.SSLContext:
+            return shared_verification(verify, default)
+
+        def built_context() -> ssl.SSLContext | None:
+            return cached_verification(verify, default)
+
     proxies = ProxyEnvironment.read()
-    routes = _Routes(verify, proxies)
+    check_proxies(proxies)  # an unusable proxy setting: refused now, not at the first request
+    routes = _Routes(make_context, proxies, built_context if client_certificate is None else lambda: None)
     client = httpx.AsyncClient(timeout=timeout, transport=routes, follow_redirects=False, trust_env=False)
     return client, (key, proxies)

@@ -34,8 +34,9 @@ from .signers import Signer
 
 __all__ = ["certificate_pem", "certificate_thumbprint", "self_signed_certificate"]
 
-DEFAULT_SUBJECT = "CN=keyless-m2m"
-MAX_DAYS = 3650
+from ._certificate_limits import DEFAULT_SUBJECT as DEFAULT_SUBJECT
+from ._certificate_limits import MAX_DAYS as MAX_DAYS
+
 # notBefore is this far in the past, so that a server whose clock runs a little behind
 # accepts a certificate made a moment ago.
 CLOCK_LEEWAY = timedelta(minutes=5)

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from ._http import ACCEPT_ENCODING, BodyError, build_client, read_body, transport_failure
+from ._http import ACCEPT_ENCODING, BodyError, build_client, read_body, shared_verification, transport_failure
 from ._text import printable
 from .client_auth import ClientAuth
 from .endpoint import (
@@ -54,7 +54,6 @@ from .endpoint import (
     check_endpoint_url,
     clock_skew_of,
     shown_url,
-    tls_verification,
 )
 from .errors import ConfigurationError, DiscoveryError, TransportError
 from .signers import Signer
@@ -323,9 +322,14 @@ async def discover(
     deadline = _number("deadline", deadline)
     if http_client is not None:
         return await _discover_with(http_client, None, issuer, allow_insecure_http, max_age, deadline)
-    verification = tls_verification(verify)
+    # A CA path or "system": loaded in a worker thread, once per process (the shared context).
+    verification = (
+        verify
+        if verify is True or verify is False
+        else await anyio.to_thread.run_sync(shared_verification, verify)
+    )
     client, trust_key = build_client(
-        timeout=_number("timeout", timeout), verify=verification, trust=_trust_of(verify, verification)
+        timeout=_number("timeout", timeout), verify=verify, trust=_trust_of(verify, verification)
     )
     try:
         return await _discover_with(client, trust_key, issuer, allow_insecure_http, max_age, deadline)

@@ -51,7 +51,9 @@ from ._http import (
     build_client,
     check_proxies,
     is_loopback_host,
+    prepare_client,
     read_body,
+    shared_verification,
     tls_verification,
     transport_failure,
 )
@@ -438,7 +440,11 @@ class TokenEndpoint:
         self.accept_token_types = _token_types(accept_token_types)
         self.max_response_bytes = _count("max_response_bytes", max_response_bytes)
         self.timeout = _number("timeout", timeout)
-        self.verify = tls_verification(verify)
+        # True/False stay as they are (the CA bundle is loaded at the first https request,
+        # in a worker thread); a CA path or "system" is loaded now, so that a bad one is an
+        # error at once, into the context the whole process shares for it.
+        self.verify = verify if verify is True or verify is False else shared_verification(verify)
+        self._verify_option = verify
         self.client_certificate = _client_certificate_for(client_auth, client_certificate, verify)
         if (
             getattr(client_auth, "profile", None) == "fapi2"
@@ -486,11 +492,21 @@ class TokenEndpoint:
             # http never through a proxy; see docs/security.md, "Proxies").
             self._http, self._trust_key = build_client(
                 timeout=self.timeout,
-                verify=self.verify,
+                verify=self._verify_option,
                 trust=self._trust,
                 client_certificate=self.client_certificate,
             )
         return self._http
+
+    async def prepare(self) -> None:
+        """Build the HTTP client this endpoint owns and what its requests to :attr:`url`
+        need (the transport; for ``https://`` the TLS context, shared by the process per
+        trust configuration), in a worker thread, now rather than at the first request.
+        ``TokenManager.__aenter__`` calls it; requests do it anyway. Nothing for an
+        ``http_client`` you passed. Raises :class:`~keyless_m2m.ConfigurationError` when the
+        TLS context cannot be made (a CA file that no longer loads, a client certificate)."""
+        if self._owns_http:
+            await prepare_client(self._client(), self.url)
 
     async def aclose(self) -> None:
         if self._owns_http and self._http is not None:
@@ -635,6 +651,10 @@ class TokenEndpoint:
     async def _attempt(
         self, base_form: list[tuple[str, str]], scope: str | None, progress: _Progress
     ) -> AccessToken:
+        # The transport and TLS context, off the loop (once), before any credential exists
+        # in this frame: a ConfigurationError raised here holds none.
+        progress.step = "building the HTTP client (TLS context, in a worker thread)"
+        await self.prepare()
         progress.step = "waiting for client authentication (the signer)"
         prepared = await self._credentials()
         if prepared.signed:

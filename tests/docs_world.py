@@ -221,6 +221,19 @@ class DocsWorld:
             finally:
                 self.api.stop()
 
+    def enter(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Give the running document the environment (undone with ``monkeypatch``)."""
+        for name, value in self.environment.items():
+            monkeypatch.setenv(name, value)
+        self.monkeypatch = monkeypatch
+        # aiohttp builds its default verifying SSL context once, when it is first imported,
+        # from the environment of that moment (an earlier test in this worker may have
+        # imported it): a document's aiohttp session gets one built under the CA above.
+        import aiohttp.connector
+
+        fresh = aiohttp.connector._make_ssl_context(True)
+        monkeypatch.setattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", fresh)
+
     def setenv(self, name: str, value: str) -> None:
         """Set an environment variable for the running document only."""
         assert self.monkeypatch is not None

@@ -30,6 +30,7 @@ One module per concern: ``_exit`` (exit codes), ``_settings`` (flags and environ
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -39,10 +40,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import anyio
 
 from ..errors import KeylessM2MError
-from ._assertion import cmd_assertion
-from ._certificate import cmd_certificate
-from ._demo import cmd_demo
-from ._doctor import cmd_doctor
 from ._exit import EXIT_BROKEN_PIPE as EXIT_BROKEN_PIPE
 from ._exit import EXIT_CODES as EXIT_CODES
 from ._exit import EXIT_CODES_HELP as EXIT_CODES_HELP
@@ -55,11 +52,9 @@ from ._exit import EXIT_SIGNING as EXIT_SIGNING
 from ._exit import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
 from ._exit import EXIT_USAGE as EXIT_USAGE
 from ._exit import exit_code_for
-from ._jwks import cmd_jwks
 from ._output import PROG as PROG
 from ._output import err, in_cli_words
 from ._parser import build_parser
-from ._proof import cmd_proof
 from ._session import Session as Session
 from ._settings import ENV_CLIENT_ID as ENV_CLIENT_ID
 from ._settings import ENV_CLIENT_SECRET as ENV_CLIENT_SECRET
@@ -70,7 +65,6 @@ from ._settings import ENV_TOKEN_ENDPOINT as ENV_TOKEN_ENDPOINT
 from ._settings import METHODS as METHODS
 from ._settings import Settings as Settings
 from ._settings import settings_from
-from ._token import cmd_token
 
 __all__ = ["build_parser", "exit_code_for", "main", "run", "settings_from"]
 # Also importable from here, as before the split (``X as X`` re-exports them): the EXIT_*
@@ -78,15 +72,23 @@ __all__ = ["build_parser", "exit_code_for", "main", "run", "settings_from"]
 
 Command = Callable[[argparse.Namespace, Session], Awaitable[int]]
 
-COMMANDS: dict[str, Command] = {
-    "token": cmd_token,
-    "proof": cmd_proof,
-    "jwks": cmd_jwks,
-    "certificate": cmd_certificate,
-    "assertion": cmd_assertion,
-    "doctor": cmd_doctor,
-    "demo": cmd_demo,
+# Each command's module is imported when that command runs (a cold start imports only its own).
+COMMANDS: dict[str, str] = {
+    "token": "_token",
+    "proof": "_proof",
+    "jwks": "_jwks",
+    "certificate": "_certificate",
+    "assertion": "_assertion",
+    "doctor": "_doctor",
+    "demo": "_demo",
 }
+
+
+def command(name: str) -> Command:
+    """The function of the command ``name`` (``cmd_<name>`` in its module)."""
+    module = importlib.import_module(f"{__name__}.{COMMANDS[name]}")
+    found: Command = getattr(module, f"cmd_{name}")
+    return found
 
 
 def _leaf(error: BaseException) -> BaseException:
@@ -131,7 +133,7 @@ async def run(argv: Sequence[str] | None = None, environ: Mapping[str, str] | No
     try:
         settings = settings_from(args, os.environ if environ is None else environ)
         session = Session(settings)
-        return await COMMANDS[args.command](args, session)
+        return await command(args.command)(args, session)
     except (Exception, KeyboardInterrupt) as caught:
         error = _leaf(caught)
         if debug:

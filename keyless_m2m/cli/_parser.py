@@ -8,7 +8,7 @@ import textwrap
 from functools import partial
 from typing import Any, NoReturn
 
-from ..certificates import DEFAULT_SUBJECT, MAX_DAYS
+from .._certificate_limits import DEFAULT_SUBJECT, MAX_DAYS
 from ..signers import known_schemes
 from ._exit import EXIT_CODES_HELP
 from ._output import PROG

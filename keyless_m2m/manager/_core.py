@@ -629,6 +629,9 @@ class TokenManager(BearerSource):
         self._check_usable()
         if self._task_group is not None:
             raise ConfigurationError("this TokenManager is already entered")
+        # The HTTP client and its TLS setup, in a worker thread, before any caller waits
+        # on the first fetch (nothing for an http_client= you passed).
+        await self.endpoint.prepare()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group

@@ -7,8 +7,12 @@
 - :class:`ProviderErrors` and :func:`call_provider`, the one way a provider (SDK) failure
   becomes a typed :class:`~keyless_m2m.errors.SigningError` (``retryable``, ``code``,
   ``key``) with the SDK exception cut from the chain; each backend keeps only its table;
-- :func:`run_blocking`, the one way blocking SDK calls leave the event loop, and
-  :func:`check_max_concurrency`, the one name and check of its bound;
+- :func:`run_blocking`, the one way blocking SDK calls leave the event loop (at most
+  :data:`SDK_THREADS` worker threads at once per event loop, whatever the number of
+  signers, outside anyio's default thread limiter), :func:`construct_blocking`, the one way
+  an SDK client is built (one build at a time per event loop), :class:`SharedClients`
+  (one SDK client per configuration, process-wide, reference-counted) and
+  :func:`check_max_concurrency`, the one name and check of a signer's own bound;
 - :func:`import_extra`, the lazy import of an optional SDK, and the deprecated-keyword rule.
 
 It imports only ``_jose`` and ``errors``: vendor SDKs are imported in their own backend.
@@ -17,13 +21,15 @@ It imports only ``_jose`` and ``errors``: vendor SDKs are imported in their own 
 from __future__ import annotations
 
 import re
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._jose import Algorithm, PublicKey, check_signature_length, jwk_thumbprint, jws_algorithm, public_jwk
@@ -184,17 +190,141 @@ async def call_provider(
     raise error from None
 
 
+#: Worker threads that blocking SDK calls (boto3, hvac, python-pkcs11, the synchronous Azure
+#: and Cloud KMS clients) use at once per event loop, across every signer, from a limiter of
+#: the library's own, so that the application's ``anyio.to_thread.run_sync`` calls (anyio's
+#: default limiter, 40 threads) never wait behind signers. Each signer's ``max_concurrency``
+#: applies within it. Small on purpose: an SDK thread in its CPU phase (serializing, signing
+#: the request, parsing the answer) holds the GIL for up to a switch interval (5 ms) before
+#: the event loop gets it back, so the loop's longest wait grows with the number of such
+#: threads. Measured with 50 signers against moto_server (benchmarks.goals_signers, client
+#: prebuilt): the loop's longest stall was 13, 12, 21 and 44 ms with 2, 4, 8 and 16 threads,
+#: all 50 signed within about the same time from 4 threads on, and 1.6x slower with 2.
+SDK_THREADS = 4
+
+_SDK_CALLS: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("keyless_m2m_sdk_calls")
+_SDK_BUILDS: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("keyless_m2m_sdk_builds")
+
+
+def _run_limiter(var: anyio.lowlevel.RunVar[anyio.CapacityLimiter], tokens: int) -> anyio.CapacityLimiter:
+    # One per event loop (a limiter belongs to the loop that made it): asyncio and trio,
+    # one loop after another, or several at once in threads (SyncTokenManager).
+    try:
+        return var.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(tokens)
+        var.set(limiter)
+        return limiter
+
+
+def sdk_thread_limiter() -> anyio.CapacityLimiter:
+    """The event loop's limiter of SDK worker threads (:data:`SDK_THREADS` tokens)."""
+    return _run_limiter(_SDK_CALLS, SDK_THREADS)
+
+
+def sdk_build_limiter() -> anyio.CapacityLimiter:
+    """The event loop's limiter of SDK client builds: one at a time (a build is CPU, JSON
+    models read and parsed under the GIL, so running two at once only starves the loop)."""
+    return _run_limiter(_SDK_BUILDS, 1)
+
+
 async def run_blocking(func: Callable[[], _T], limiter: anyio.CapacityLimiter | None = None) -> _T:
     """Run one blocking SDK call (boto3, hvac, the synchronous Azure and Cloud KMS clients)
     in a worker thread, without holding a caller that is cancelled.
+
+    ``limiter`` is the signer's own bound (``max_concurrency``); every call also takes a
+    token of :func:`sdk_thread_limiter`, so that all signers of an event loop together use
+    at most :data:`SDK_THREADS` threads, none of them from anyio's default limiter.
 
     A cancellation (the caller's own scope, the token endpoint's deadline) releases the
     caller at once even while the SDK call hangs: the thread is abandoned, runs on until
     the SDK's own connect/read timeouts end it (every client a signer builds has finite
     ones), and its result or error is dropped. An abandoned thread no longer counts against
-    ``limiter``.
+    either limiter.
     """
-    return await anyio.to_thread.run_sync(func, abandon_on_cancel=True, limiter=limiter)
+    shared = sdk_thread_limiter()
+    if limiter is None:
+        return await anyio.to_thread.run_sync(func, abandon_on_cancel=True, limiter=shared)
+    async with limiter:
+        return await anyio.to_thread.run_sync(func, abandon_on_cancel=True, limiter=shared)
+
+
+async def construct_blocking(build: Callable[[], object], done: Callable[[], bool] | None = None) -> None:
+    """Build an SDK client (or anything CPU-bound an SDK needs once) in a worker thread,
+    one build at a time per event loop (:func:`sdk_build_limiter`), never on the loop and
+    never with a token of anyio's default limiter.
+
+    ``done`` is asked on the loop once this caller's turn comes: callers that queued
+    behind the build of the client they need find it made and take no thread at all.
+    """
+    async with sdk_build_limiter():
+        if done is not None and done():
+            return
+        await anyio.to_thread.run_sync(build, abandon_on_cancel=True, limiter=sdk_thread_limiter())
+
+
+_K = TypeVar("_K", bound=Hashable)
+
+
+class SharedClients(Generic[_K, _T]):
+    """SDK clients shared process-wide by every signer of one configuration (``_K``, a
+    hashable key whose ``repr`` shows no secret), reference-counted.
+
+    :meth:`acquire` (in a worker thread) returns the key's client, building it first if
+    there is none: builds run one at a time, process-wide, under a lock (SDK sessions are
+    not thread-safe; their clients are). :meth:`acquire_built` is the same without a
+    build, cheap enough for the event loop. Each acquisition is given back once with
+    :meth:`release`; the last one closes the client and forgets it, so the next signer of
+    that configuration builds a new one. ``built`` counts builds (for tests).
+    """
+
+    def __init__(self, build: Callable[[_K], _T], close: Callable[[_T], None]) -> None:
+        self._build = build
+        self._close = close
+        self._lock = threading.Lock()  # guards _entries; never held during a build
+        self._build_lock = threading.Lock()
+        self._entries: dict[_K, list[Any]] = {}  # key -> [client, users]
+        self.built = 0
+
+    def acquire_built(self, key: _K) -> _T | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            entry[1] += 1
+            client: _T = entry[0]
+            return client
+
+    def acquire(self, key: _K) -> _T:
+        client = self.acquire_built(key)
+        if client is not None:
+            return client
+        with self._build_lock:
+            client = self.acquire_built(key)
+            if client is not None:
+                return client
+            client = self._build(key)
+            with self._lock:
+                self._entries[key] = [client, 1]
+                self.built += 1
+            return client
+
+    def release(self, key: _K, client: _T) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] is not client:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._entries[key]
+        self._close(client)
+
+    def users(self, key: _K) -> int:
+        """How many acquisitions of ``key``'s client are not yet released (0: none built)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return 0 if entry is None else int(entry[1])
 
 
 def refuse_uri_credentials(uri: str, what: str, hint: str = "") -> None:

@@ -2,8 +2,17 @@
 
 The key never leaves KMS: ``describe()`` makes one ``GetPublicKey`` call, ``sign()`` one
 ``Sign`` call per assertion. boto3 is synchronous, so every call runs in a worker thread
-(``anyio.to_thread``) under a per-signer capacity limiter; a cancelled caller is released at
-once, even while a call hangs (see :func:`~keyless_m2m.signers._base.run_blocking`).
+(``anyio.to_thread``) under the signer's ``max_concurrency`` and the library's shared bound
+of SDK threads; a cancelled caller is released at once, even while a call hangs (see
+:func:`~keyless_m2m.signers._base.run_blocking`).
+
+Signers share boto3 clients: every signer that builds its client itself, with one region,
+endpoint, connection pool size and credential environment (the ``AWS_*`` and proxy
+variables the default chain reads, held as a keyed digest, never the values), uses one
+client, process-wide, built once in a worker thread under a lock (boto3 sessions are not
+thread-safe, clients are) and closed when the last of those signers is closed or collected.
+A build costs about 45 ms of CPU (the KMS service model read and parsed), all of it
+holding the GIL: 50 signers building 50 clients at once starved the event loop for seconds.
 
 One KMS call per ``sign()``/``describe()``: the client the signer builds has botocore's
 retries off (``total_max_attempts=1``) and finite timeouts, and a failure is a
@@ -26,9 +35,15 @@ Facts this module is built on (real AWS; moto differs on the last two, see the d
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
+import os
+import secrets
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
@@ -47,11 +62,14 @@ from .._jose import (
 )
 from ..errors import ConfigurationError, KeylessM2MError, SigningError
 from ._base import (
+    SDK_THREADS,
     CachedDescriptionSigner,
     KeyDescription,
     ProviderErrors,
+    SharedClients,
     call_provider,
     check_max_concurrency,
+    construct_blocking,
     ensure_kid,
     import_extra,
     refuse_uri_credentials,
@@ -188,6 +206,61 @@ class _Closed(Exception):
     """Raised inside the worker thread when the signer was closed."""
 
 
+# What boto3's default credential chain (and its HTTP layer) reads from the environment:
+# two signers built under different values of these get different clients.
+_PROXY_VARIABLES: Final = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "HOME"})
+# A process-random key: the digest in a client key can be neither reversed nor brute-forced
+# from a log line, and means nothing outside this process.
+_DIGEST_KEY: Final = secrets.token_bytes(32)
+
+
+def _environment_digest() -> str:
+    """A keyed digest of the environment the default credential chain reads (``AWS_*``,
+    the proxy variables, ``HOME``): equal environments, equal digests; no value recoverable."""
+    mac = hmac.new(_DIGEST_KEY, digestmod=hashlib.sha256)
+    for name, value in sorted(os.environ.items()):
+        if name.startswith("AWS_") or name.upper() in _PROXY_VARIABLES:
+            mac.update(name.encode() + b"\0" + value.encode("utf-8", "surrogateescape") + b"\0")
+    return mac.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class _ClientKey:
+    """What makes two signers' boto3 clients interchangeable. Its repr holds no secret:
+    the credential environment is a keyed digest."""
+
+    region: str | None
+    endpoint_url: str | None
+    credentials: str  # _environment_digest() when the client was asked for
+    max_pool_connections: int
+    # The boto3 and botocore.config modules (identity: a test's stand-in never shares).
+    sdk: ModuleType = field(repr=False)
+    config_module: ModuleType = field(repr=False)
+
+
+def _build_client(key: _ClientKey) -> Any:
+    """One boto3 KMS client (in a worker thread, under SharedClients' build lock)."""
+    config = key.config_module.Config(
+        # One attempt: the token endpoint is the one layer that retries (a botocore retry
+        # loop under it would multiply the attempts).
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=5,
+        read_timeout=10,
+        max_pool_connections=key.max_pool_connections,
+        user_agent_extra="keyless-m2m",
+    )
+    session = key.sdk.session.Session()
+    return session.client("kms", region_name=key.region, endpoint_url=key.endpoint_url, config=config)
+
+
+def _close_client(client: Any) -> None:
+    client.close()
+
+
+#: Every boto3 client AwsKmsSigners built themselves, by configuration.
+_CLIENTS: Final[SharedClients[_ClientKey, Any]] = SharedClients(_build_client, _close_client)
+
+
 def _valid_host_and_port(url: str) -> bool:
     try:
         parts = urlsplit(url)
@@ -219,11 +292,13 @@ class AwsKmsSigner(CachedDescriptionSigner):
 
     Pass ``client=`` to use your own boto3 KMS client (it is never closed by this signer,
     and used as configured: its botocore retries, if any, run under each of the token
-    endpoint's attempts); otherwise a client is created on first use from the default
+    endpoint's attempts); otherwise a client is made on first use from the default
     credential chain, with ``region`` (default: the key ARN's region, then
     ``AWS_REGION``/``AWS_DEFAULT_REGION``) and ``endpoint_url`` (moto, LocalStack, a VPC
-    endpoint), no botocore retries and a 5 s connect / 10 s read timeout. At most
-    ``max_concurrency`` KMS calls run at once per signer.
+    endpoint), no botocore retries and a 5 s connect / 10 s read timeout, and shared with
+    every other signer of the same region, endpoint, pool size and credential environment
+    (see the module docstring). At most ``max_concurrency`` KMS calls run at once per
+    signer, and at most ``SDK_THREADS`` SDK calls of all signers per event loop.
 
     Once described, the signer signs with the key ARN ``GetPublicKey`` resolved, so a
     later change of an alias never produces signatures that do not match the ``kid``.
@@ -285,9 +360,11 @@ class AwsKmsSigner(CachedDescriptionSigner):
         self._requested_alg = algorithm
         self._client: Any = client
         self._owns_client = client is None
-        # boto3 session/client creation is not thread-safe and loads JSON models from disk:
-        # done once, lazily, in a worker thread, under this lock.
-        self._client_lock = threading.Lock()
+        # The shared client this signer acquired (None: not yet, or client= given) and the
+        # one release of it (weakref.finalize: also run if the signer is collected unclosed).
+        self._client_key: _ClientKey | None = None
+        self._release: weakref.finalize[Any, Any] | None = None
+        self._client_lock = threading.Lock()  # guards _client/_release; held only briefly
         self._closed = False
         self._limiter: anyio.CapacityLimiter | None = None
         self._signing_key_id = self._key_id
@@ -406,61 +483,83 @@ class AwsKmsSigner(CachedDescriptionSigner):
             raise SigningError(f"AWS KMS key {self._key_id}: {exc}", key=self._key_id) from None
 
     async def aclose(self) -> None:
-        """Close the boto3 client this signer created (a client passed in stays open).
-
-        The signer cannot sign afterwards.
-        """
+        """Give back the shared boto3 client (closed once no other signer uses it; a client
+        passed in stays open). The signer cannot sign afterwards."""
         self._closed = True
-        await run_blocking(self._close_client)
-
-    # -- boto3 plumbing (worker threads) --------------------------------------------------
-
-    def _close_client(self) -> None:
         with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            client.close()
+            release, self._release = self._release, None
+            if self._owns_client:
+                self._client = None
+        if release is not None:
+            await run_blocking(release)
 
-    def _client_now(self) -> Any:
+    # -- boto3 plumbing -------------------------------------------------------------------
+
+    def _shared_key(self) -> _ClientKey:
+        return _ClientKey(
+            region=self._region,
+            endpoint_url=self._endpoint_url,
+            credentials=_environment_digest(),
+            max_pool_connections=max(self._max_concurrency, SDK_THREADS),
+            sdk=self._boto3,
+            config_module=self._botocore_config,
+        )
+
+    def _adopt(self, key: _ClientKey, client: Any) -> None:
+        """Keep one acquisition of the shared client (give it back if not needed)."""
+        with self._client_lock:
+            keep = self._client is None and not self._closed
+            if keep:
+                self._client, self._client_key = client, key
+                self._release = weakref.finalize(self, _CLIENTS.release, key, client)
+        if not keep:
+            _CLIENTS.release(key, client)
+
+    def _adopt_built(self, key: _ClientKey) -> bool:
+        """Take the key's client if it is built (on the loop: a dict look-up, no build)."""
+        built = _CLIENTS.acquire_built(key)
+        if built is not None:
+            self._adopt(key, built)
+        return built is not None or self._client is not None
+
+    def _acquire_now(self, key: _ClientKey) -> None:
+        # In a worker thread: the result is stored on the signer, not returned, so that an
+        # abandoned thread (a cancelled caller) still leaves its acquisition to aclose().
+        self._adopt(key, _CLIENTS.acquire(key))
+
+    async def _ensure_client(self) -> Any:
         client = self._client
-        if client is not None:
-            return client
-        with self._client_lock:
+        if client is None:
             if self._closed:
                 raise _Closed
-            if self._client is None:
-                config = self._botocore_config.Config(
-                    # One attempt: the token endpoint is the one layer that retries (a
-                    # botocore retry loop under it would multiply the attempts).
-                    retries={"mode": "standard", "total_max_attempts": 1},
-                    connect_timeout=5,
-                    read_timeout=10,
-                    max_pool_connections=self._max_concurrency,
-                    user_agent_extra="keyless-m2m",
+            key = self._shared_key()
+            if not self._adopt_built(key):
+                await construct_blocking(
+                    functools.partial(self._acquire_now, key), functools.partial(self._adopt_built, key)
                 )
-                session = self._boto3.session.Session()
-                self._client = session.client(
-                    "kms", region_name=self._region, endpoint_url=self._endpoint_url, config=config
-                )
-            return self._client
+            client = self._client
+            if client is None:
+                raise _Closed
+        return client
 
-    def _call_now(self, operation: str, params: Mapping[str, Any]) -> Any:
+    def _call_now(self, client: Any, operation: str, params: Mapping[str, Any]) -> Any:
         if self._closed:
             raise _Closed
-        method: Callable[..., Any] = getattr(self._client_now(), _METHODS[operation])
+        method: Callable[..., Any] = getattr(client, _METHODS[operation])
         return method(**params)
 
     async def _call(self, operation: str, **params: Any) -> Mapping[str, Any]:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self._max_concurrency)
+        limiter = self._limiter
+
+        async def call() -> Any:
+            client = await self._ensure_client()
+            return await run_blocking(functools.partial(self._call_now, client, operation, params), limiter)
+
         # botocore messages and attributes can carry an access key id (InvalidSignatureException's
         # string-to-sign) or a proxy URL with a password: call_provider cuts them from the chain.
-        response = await call_provider(
-            functools.partial(
-                run_blocking, functools.partial(self._call_now, operation, params), self._limiter
-            ),
-            functools.partial(self._map_error, operation),
-        )
+        response = await call_provider(call, functools.partial(self._map_error, operation))
         if not isinstance(response, Mapping):
             raise SigningError(
                 f"AWS KMS {operation} for key {self._key_id} returned no response", key=self._key_id

@@ -62,6 +62,10 @@ class LocalSigner(CachedDescriptionSigner):
         self._alg = choose_algorithm(family, curve, algorithm, key=name)
         # Local keys describe instantly: resolve now so errors surface at construction.
         self._description = KeyDescription.for_public_key(public, self._alg.name, ensure_kid(key_id))
+        if isinstance(private_key, ec.EllipticCurvePrivateKey):
+            # ECDSA() imports cryptography's OpenSSL backend module on first use (~20 ms
+            # cold): here, at construction, not on the event loop in the first signature.
+            ec.ECDSA(self._alg.crypto_hash())
 
     @property
     def key_name(self) -> str:

@@ -349,10 +349,8 @@ def test_the_documents_python_blocks_run(
     monkeypatch: pytest.MonkeyPatch,
     record_property: Callable[[str, object], None],
 ) -> None:
-    for name, value in docs_world.environment.items():
-        monkeypatch.setenv(name, value)
+    docs_world.enter(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    docs_world.monkeypatch = monkeypatch
     ran, skipped = run_document(path, docs_world, backend)
     record_property("docs_examples", (ran, skipped))
     text = path.read_text()
@@ -369,10 +367,8 @@ def test_the_docstring_examples_run(
     monkeypatch: pytest.MonkeyPatch,
     record_property: Callable[[str, object], None],
 ) -> None:
-    for name, value in docs_world.environment.items():
-        monkeypatch.setenv(name, value)
+    docs_world.enter(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    docs_world.monkeypatch = monkeypatch
     ran, skipped = run_document(path, docs_world, backend)
     record_property("docs_examples", (ran, skipped))
     text = path.read_text()

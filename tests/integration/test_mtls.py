@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -157,6 +158,12 @@ async def test_a_server_requiring_a_certificate_ends_the_handshake_without_one(
         assert info.value.reason == "tls_client_certificate" and not info.value.retryable
         assert "requires a TLS client certificate and none was presented" in str(info.value)
         assert tokens.stats.requests == 1  # not retried: it would fail the same way
+        # The server thread counts the failure just after sending its alert, which the client
+        # may read first: wait (bounded) for the count.
+        for _ in range(200):
+            if server.handshake_failures:
+                break
+            await anyio.sleep(0.01)
         assert server.token_requests == 0 and server.handshake_failures >= 1
 
 

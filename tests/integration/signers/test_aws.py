@@ -26,6 +26,7 @@ from jwcrypto import jwk as jwcrypto_jwk
 
 from keyless_m2m import ConfigurationError, PrivateKeyJWT, SigningError, TokenManager
 from keyless_m2m.signers import AwsKmsSigner, signer_from_uri
+from keyless_m2m.signers.aws import _CLIENTS as aws_clients
 from tests.aws_faults import KmsSignFaults
 from tests.contract import SignerContract, sign_jws
 from tests.helpers import missing_server, require_module, verify_jws
@@ -305,6 +306,9 @@ async def faulty(kms_server: KmsServer, kms: Any) -> AsyncIterator[tuple[AwsKmsS
     AWS's error answers injected into that client's Sign calls."""
     signer = AwsKmsSigner(create_key(kms, "ECC_NIST_P256"), endpoint_url=kms_server.endpoint)
     await signer.describe()
+    # The faults go on the client the signer built: it must be this signer's alone (signers
+    # share clients), so that they leave with it at aclose().
+    assert signer._client_key is not None and aws_clients.users(signer._client_key) == 1
     faults = KmsSignFaults()
     faults.install(signer._client)  # the boto3 client the signer made
     yield signer, faults
@@ -337,11 +341,14 @@ async def test_the_token_endpoint_owns_the_retries(
 
 
 def test_the_built_client_has_no_retries_and_finite_timeouts(aws_env: None) -> None:
+    from keyless_m2m.signers import aws
+
     signer = AwsKmsSigner("alias/x", endpoint_url="http://127.0.0.1:1")
-    config = signer._client_now().meta.config
+    client = aws._build_client(signer._shared_key())  # what the signer's first call builds
+    config = client.meta.config
     assert config.retries["total_max_attempts"] == 1
     assert 0 < config.connect_timeout <= 10 and 0 < config.read_timeout <= 30
-    signer._close_client()
+    client.close()
 
 
 async def test_a_given_client_keeps_its_own_retry_settings(kms_server: KmsServer, kms: Any) -> None:
@@ -368,6 +375,7 @@ async def test_a_given_client_keeps_its_own_retry_settings(kms_server: KmsServer
 async def test_cancellation_releases_a_caller_stuck_in_boto3(kms_server: KmsServer, kms: Any) -> None:
     signer = AwsKmsSigner(create_key(kms, "ECC_NIST_P256"), endpoint_url=kms_server.endpoint)
     await signer.describe()
+    assert signer._client_key is not None and aws_clients.users(signer._client_key) == 1
     hang = Hang()
 
     def before_send(**kwargs: Any) -> None:
