@@ -257,6 +257,8 @@ def bench(session: nox.Session) -> None:
     # unconfigured, configured (docs/integrations/opentelemetry.md).
     session.run("python", "-m", "benchmarks.otel", *[a for a in session.posargs if a == "--quick"])
     session.run("python", "-m", "benchmarks.goals_signers", *[a for a in session.posargs if a == "--quick"])
+    # The hot-path and stampede goals (docs/benchmarks.md, "Hot path and stampedes").
+    session.run("python", "-m", "benchmarks.goals_hot", *[a for a in session.posargs if a == "--quick"])
 
 
 @nox.session(python="3.11")

@@ -23,6 +23,7 @@ class _Entry:
 class _Steps:
     def __init__(self) -> None:
         self._default_entry = _Entry()
+        self._hot: Any = "token"
 
     async def bound_method(self) -> None:
         return None
@@ -54,6 +55,21 @@ class _Steps:
         if monotonic() < current[1]:
             return current[0]
         return None
+
+    async def with_timer_flag(self, scope: Any = None, *, resource: Any = None, audience: Any = None) -> Any:
+        """The design not taken: a token a timer clears at its refresh time, no clock read
+        per call (see docs/benchmarks.md, "Hot path and stampedes")."""
+        if scope is None and resource is None and audience is None:
+            hot = self._hot
+            if hot is not None:
+                return hot
+        return None
+
+
+def stand_ins() -> dict[str, Timed]:
+    """The full stand-in with the clock read, and the timer-flag alternative."""
+    steps = _Steps()
+    return {"stand-in:clock": _awaiting(steps.with_clock), "stand-in:flag": _awaiting(steps.with_timer_flag)}
 
 
 def _awaiting(method: Any) -> Any:

@@ -132,6 +132,9 @@ async def stampede(factory: Factory, callers: int) -> StampedeResult:
                 while parked < callers:
                     await anyio.sleep(0.01)
                 await anyio.sleep(0.05)
+                before_release = getattr(contender, "before_release", None)
+                if before_release is not None:
+                    before_release()  # e.g. gc.freeze() once the callers are parked
                 ticker.reset()
                 released = perf_counter()
                 go.set()

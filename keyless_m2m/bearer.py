@@ -29,6 +29,7 @@ sent twice), the response's ``status_code``, ``headers.get`` / ``headers.get_lis
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, overload
 import httpx
 
 from .source import ResourceArg, ScopeArg, SyncTokenSource, TokenSource
+from .token import DPOP
 
 if TYPE_CHECKING:
     from .token import AccessToken
@@ -93,6 +95,8 @@ def _replayable(request: Any) -> bool:
 
 
 def _authorize(request: Any, token: AccessToken, proof: str | None = None) -> Any:
+    """The request with ``token`` (and ``proof``) set, for a second attempt: a proof an
+    earlier attempt carried is removed when this one has none."""
     if proof is None:
         request.headers["Authorization"] = f"Bearer {token.value}"
         request.headers.pop("DPoP", None)
@@ -132,6 +136,15 @@ class BearerFlow:
         self._sync: SyncTokenSource | None = None if is_async else manager  # type: ignore[assignment]
         self._args: dict[str, Any] = {"resource": resource, "audience": audience}
         self._scope = scope
+        # The per-request call, bound once: ``get_token()`` with no arguments when the
+        # auth is for the manager's own scope (its default entry, the common case).
+        self._get_token: Any = None
+        if is_async:
+            get_token = manager.get_token
+            if scope is None and resource is None and audience is None:
+                self._get_token = get_token
+            else:
+                self._get_token = functools.partial(get_token, scope, resource=resource, audience=audience)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._manager!r})"
@@ -141,11 +154,17 @@ class BearerFlow:
         if manager is None:
             raise TypeError("use TokenManager.auth() (an async token source) with an async client")
         replayable = _replayable(request)  # decided before the body is sent and consumed
-        token = await manager.get_token(self._scope, **self._args)
-        dpop = token.is_dpop
-        url = str(request.url) if dpop else ""  # only a proof needs it: not on the Bearer path
-        proof = await self._proof_async(request, url, token) if dpop else None
-        response = yield _authorize(request, token, proof)
+        token = await self._get_token()
+        dpop = token.token_type == DPOP
+        if dpop:
+            url = str(request.url)  # only a proof needs it: not on the Bearer path
+            response = yield _authorize(request, token, await self._proof_async(request, url, token))
+        else:
+            # The first attempt of a Bearer request: one header set, nothing else (the
+            # request carries no proof of ours to remove yet).
+            url = ""
+            request.headers["Authorization"] = f"Bearer {token.value}"
+            response = yield request
         if dpop and (nonce := _nonce_of(response)) is not None:
             kept = manager.remember_dpop_nonce(url, nonce)  # type: ignore[attr-defined]
             if kept and replayable and is_dpop_nonce_challenge(response):
@@ -178,9 +197,14 @@ class BearerFlow:
             raise TypeError("use SyncTokenManager.auth() (a blocking token source) with a blocking client")
         replayable = _replayable(request)
         token = manager.get_token(self._scope, **self._args)
-        dpop = token.is_dpop
-        url = str(request.url) if dpop else ""  # only a proof needs it: not on the Bearer path
-        response = yield _authorize(request, token, self._proof_sync(request, url, token) if dpop else None)
+        dpop = token.token_type == DPOP
+        if dpop:
+            url = str(request.url)  # only a proof needs it: not on the Bearer path
+            response = yield _authorize(request, token, self._proof_sync(request, url, token))
+        else:
+            url = ""  # the first attempt of a Bearer request: one header set, as in async
+            request.headers["Authorization"] = f"Bearer {token.value}"
+            response = yield request
         if dpop and (nonce := _nonce_of(response)) is not None:
             kept = manager.remember_dpop_nonce(url, nonce)  # type: ignore[attr-defined]
             if kept and replayable and is_dpop_nonce_challenge(response):

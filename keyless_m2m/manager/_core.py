@@ -6,7 +6,8 @@ Semantics (each is a test on asyncio and trio):
   entry; at most ``max_entries`` entries besides the default one, least recently used
   evicted first (:mod:`._entries`);
 - hot path: a fresh cached token is returned without a lock, an ``await`` or a task
-  switch;
+  switch; a caller joining a flight waits in ``get_token``'s own frame (one coroutine
+  frame per waiter);
 - single flight: at most one token request per entry is in flight, whatever the number
   of waiters (:mod:`._flight`);
 - proactive refresh: inside the refresh window the manager refreshes in its own task
@@ -290,6 +291,17 @@ class TokenManager(BearerSource):
         current = entry.current
         if monotonic() < current.refresh_at:
             return current.token
+        flight = entry.flight
+        if flight is not None and monotonic() >= current.usable_until:
+            # A cold caller joining a flight waits here, in this one frame: tens of
+            # thousands of waiters in a stampede each hold one coroutine frame of ours,
+            # not two (the garbage collector walks every frame of every parked task).
+            self._check_usable()
+            self._counts.waits += 1
+            await flight.done.wait()
+            if not flight.abandoned:
+                return flight.result()
+            # Its leader was cancelled: the slow path takes the flight over.
         return await self._slow_path(entry)
 
     # -- what tests, the sync facade and benchmarks look at --------------------------------

@@ -72,3 +72,43 @@ def test_auth_of_the_wrong_kind_of_manager_is_a_clear_type_error(server: Authori
         with pytest.raises(TypeError, match=r"TokenManager\.auth"):
             anyio.run(flow.__anext__)
     assert server.token_requests == 0
+
+
+async def test_httpx_auth_for_another_entry_asks_for_that_entry_on_every_attempt() -> None:
+    from keyless_m2m.testing.endpoints import OfflineTokenEndpoint
+
+    endpoint = OfflineTokenEndpoint()
+    seen: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        if len(seen) == 1:
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return httpx.Response(200)
+
+    async with TokenManager(endpoint=endpoint, scope="default") as tokens:
+        auth = tokens.auth("reports.read", audience="urn:api")
+        async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(api)) as http:
+            assert (await http.get("https://api.example/")).status_code == 200
+        second = await tokens.get_token("reports.read", audience="urn:api")
+        # The first token, invalidated, then its replacement: both for that entry only.
+        assert seen == ["Bearer offline-token-1", f"Bearer {second.value}"]
+        assert second.scope == "reports.read" and second.raw["audience"] == "urn:api"
+        assert endpoint.calls == 2  # the default entry was never fetched
+
+
+async def test_httpx_auth_first_attempt_sets_only_the_authorization_header(
+    server: AuthorizationServer, signer: CountingSigner
+) -> None:
+    sent: list[httpx.Headers] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers)
+        return httpx.Response(200)
+
+    async with manager(server, signer) as tokens:
+        token = await tokens.get_token()
+        async with httpx.AsyncClient(auth=tokens.auth(), transport=httpx.MockTransport(api)) as http:
+            await http.get("https://api.example/", headers={"X-Trace": "t1"})
+    assert sent[0].get_list("authorization") == [f"Bearer {token.value}"]
+    assert sent[0]["x-trace"] == "t1" and "dpop" not in sent[0]
