@@ -50,11 +50,12 @@ class _Request:
     the next request the flow authorizes is a copy, so that the response keeps the request
     it answered (``response.request``) and requests' own copies stay untouched."""
 
-    __slots__ = ("answered", "prepared")
+    __slots__ = ("answered", "prepared", "proof")
 
     def __init__(self, prepared: PreparedRequest) -> None:
         self.prepared = prepared
         self.answered = False
+        self.proof = False  # a DPoP proof went on it: the flow reads every answer's nonce
 
     @property
     def method(self) -> str:
@@ -79,6 +80,8 @@ class _Request:
         raise NotReplayableError  # a file or a generator: read once
 
     def __setitem__(self, name: str, value: str) -> None:
+        if name == "DPoP":
+            self.proof = True
         self.prepared.headers[name] = value
 
     def pop(self, name: str, default: str | None = None) -> str | None:
@@ -150,6 +153,10 @@ def _answer(flow: Generator[Any, Any, None], request: _Request, response: Respon
     """Hand ``response`` to the flow; send each request it authorizes again (at most two:
     a DPoP nonce, then an ``invalid_token``) and return the last answer. A redirect's
     response arrives here too, after the flow has ended: it passes through."""
+    # A Bearer request answered with anything but a 401 ends the flow without a step of its
+    # own (it reads a nonce only after a proof, a challenge only on a 401): skip handing it.
+    if response.status_code != 401 and not request.proof:
+        return response
     while True:
         request.answered = True
         try:
