@@ -283,7 +283,7 @@ def _command_rows(endpoint: Endpoint, runs: int) -> dict[str, float]:
         "httpx": [sys.executable, "-c", httpx_post],
     }
     samples: dict[str, list[float]] = {}
-    _wall(command)  # compiled bytecode and page cache warm, as a second run of the command is
+    _wall(command)  # the page cache warm, as for a second run of the command
     for _ in range(runs):  # interleaved: the machine's load touches each alike
         for name, argv in argvs.items():
             wall, cpu = _wall(argv)
@@ -300,6 +300,9 @@ def _ms(seconds: float) -> str:
 
 
 def measure(runs: int) -> dict[str, Any]:
+    from .report import compile_bytecode  # here: the workers import this module, and stay cold
+
+    compile_bytecode()
     with tempfile.TemporaryDirectory() as workdir:
         endpoint = Endpoint(workdir)
         try:

@@ -38,7 +38,7 @@ from typing import Any
 
 from tests.processes import free_port, stop_process
 
-from .report import environment, progress, secs, table
+from .report import compile_bytecode, environment, progress, secs, table
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNERS = 50
@@ -287,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker_main(spec["kind"], spec["endpoint"], spec["arns"])
         return 0
     runs = args.runs or (QUICK if args.quick else FULL)["runs"]
+    compile_bytecode()  # as an installed user has it: no module compiled from source in a run
     with tempfile.TemporaryDirectory() as tmp:
         proc, endpoint = start_moto(Path(tmp) / "moto_server.log")
         try:
