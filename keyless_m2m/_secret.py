@@ -26,7 +26,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from typing import Any, Generic, NoReturn, TypeVar, overload
 from urllib.parse import quote, quote_plus, unquote_plus
 
@@ -38,6 +38,7 @@ T = TypeVar("T")
 REDACTED = "<redacted>"
 _WINDOW = 12  # a run this long of a secret value is redacted wherever it appears
 _MIN_EXACT = 4  # shorter values are not redacted (they would eat ordinary words)
+_SHORT_TEXT = 256  # up to this long, windows are looked up in the cores, not in a set of them
 _MAX_SCAN = 64 * 1024  # text beyond this is cut before scanning (error texts are short)
 _PUBLIC_FIELDS = frozenset({"client_id", "client_assertion_type"})
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
@@ -137,11 +138,12 @@ class Redactor:
     are held in a :class:`Secret`; the variants are computed on the first :meth:`scrub`.
     """
 
-    __slots__ = ("_cache", "_sources")
+    __slots__ = ("_cache", "_sources", "_windows_cache")
 
     def __init__(self, exact: Iterable[str] = (), cores: Iterable[str] = ()) -> None:
         self._sources: Secret[tuple[tuple[str, ...], tuple[str, ...]]] = Secret((tuple(exact), tuple(cores)))
-        self._cache: list[Secret[tuple[tuple[str, ...], frozenset[str]]]] = []
+        self._cache: list[Secret[tuple[tuple[str, ...], tuple[str, ...]]]] = []
+        self._windows_cache: list[Secret[frozenset[str]]] = []
 
     def __repr__(self) -> str:
         return "Redactor(<the credentials of one request>)"
@@ -167,30 +169,46 @@ class Redactor:
                 cores.append(text)
         return cls(exact, cores)
 
-    def _variants(self) -> tuple[tuple[str, ...], frozenset[str]]:
+    def _variants(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The exact values (longest first) and the encodings of the cores."""
         if not self._cache:
             exact, cores = self._sources.reveal()
             values: set[str] = set()
-            windows: set[str] = set()
             for value in (*exact, *cores):
                 values.update(_encodings(value))
-            for core in cores:
-                for encoded in _encodings(core):
-                    windows.update(encoded[i : i + _WINDOW] for i in range(len(encoded) - _WINDOW + 1))
+            encoded_cores = tuple({encoded for core in cores for encoded in _encodings(core)})
             longest_first = tuple(sorted((v for v in values if len(v) >= _MIN_EXACT), key=len, reverse=True))
-            self._cache.append(Secret((longest_first, frozenset(windows))))
+            self._cache.append(Secret((longest_first, encoded_cores)))
         return self._cache[0].reveal()
+
+    def _windows(self, encoded_cores: tuple[str, ...]) -> frozenset[str]:
+        """Every 12-character run of the cores' encodings, built once (for long texts)."""
+        if len(self._windows_cache) == 0:
+            windows = {
+                encoded[i : i + _WINDOW]
+                for encoded in encoded_cores
+                for i in range(len(encoded) - _WINDOW + 1)
+            }
+            self._windows_cache.append(Secret(frozenset(windows)))
+        return self._windows_cache[0].reveal()
 
     def scrub(self, text: str, limit: int | None = None) -> str:
         """``text`` without what was sent, with non-printable characters replaced by
         ``?`` and, with ``limit``, cut to that many characters (after redaction, so a cut
         never leaves part of a secret behind)."""
         text = text[:_MAX_SCAN]
-        exact, windows = self._variants()
+        exact, encoded_cores = self._variants()
         for value in exact:
             if value in text:
                 text = text.replace(value, REDACTED)
-        if windows and len(text) >= _WINDOW:
+        if encoded_cores and len(text) >= _WINDOW:
+            # A short text (a token response's members, an error code) looks each of its
+            # few windows up in the cores themselves; a long one (an echoed body) in the
+            # set of all their windows, built once: a token request that succeeds never
+            # builds it (thousands of windows for an assertion).
+            windows: Container[str] = (
+                _InCores(encoded_cores) if len(text) <= _SHORT_TEXT else self._windows(encoded_cores)
+            )
             text = _drop_runs(text, windows)
         return printable(text, limit)
 
@@ -207,7 +225,23 @@ class Redactor:
         return value
 
 
-def _drop_runs(text: str, windows: frozenset[str]) -> str:
+class _InCores:
+    """Whether a 12-character run occurs in one of the cores' encodings (``in``), without
+    the set of all their windows."""
+
+    __slots__ = ("_cores",)
+
+    def __init__(self, cores: tuple[str, ...]) -> None:
+        self._cores = cores
+
+    def __repr__(self) -> str:
+        return "<the cores of one request>"
+
+    def __contains__(self, window: object) -> bool:
+        return isinstance(window, str) and any(window in core for core in self._cores)
+
+
+def _drop_runs(text: str, windows: Container[str]) -> str:
     """``text`` with every maximal run covered by 12-character windows in ``windows`` redacted."""
     pieces: list[str] = []
     start = i = 0

@@ -13,10 +13,13 @@ import threading
 from collections.abc import Callable, Iterator
 from urllib.parse import quote, quote_plus
 
+import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keyless_m2m import ClientSecretBasic, ClientSecretPost, PrivateKeyJWT
-from keyless_m2m._secret import REDACTED, Redactor, Secret, reveal
+from keyless_m2m._secret import REDACTED, Redactor, Secret, _drop_runs, _InCores, reveal
 from keyless_m2m.client_auth import ClientAuth
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.errors import KeylessM2MError
@@ -234,3 +237,53 @@ async def test_the_request_on_the_wire(raw_server: RawServer, method: str) -> No
         assert b"authorization" not in headers
     else:
         assert b"client_assertion=ey" in body and b"authorization" not in headers
+
+
+# -- short texts look their windows up in the cores; long ones in the set of windows ----------
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~+/="
+
+
+@given(
+    core=st.text(_ALPHABET, min_size=12, max_size=80),
+    before=st.text(_ALPHABET + ' {}":,', max_size=120),
+    after=st.text(_ALPHABET + ' {}":,', max_size=120),
+    start=st.integers(0, 60),
+    length=st.integers(12, 80),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_short_text_is_scrubbed_as_the_set_of_windows_would(
+    core: str, before: str, after: str, start: int, length: int
+) -> None:
+    piece = core[start : start + length]
+    redactor = Redactor(cores=[core])
+    text = before + piece + after
+    _, encoded = redactor._variants()
+    assert _drop_runs(text, _InCores(encoded)) == _drop_runs(text, redactor._windows(encoded))
+    if len(piece) >= 12 and len(text) <= 256:
+        assert piece not in redactor.scrub(text)
+
+
+@pytest.mark.anyio
+async def test_a_token_request_that_succeeds_builds_no_set_of_windows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built = 0
+    windows = Redactor._windows
+
+    def counting(self: Redactor, encoded: tuple[str, ...]) -> frozenset[str]:
+        nonlocal built
+        built += 1
+        return windows(self, encoded)
+
+    monkeypatch.setattr(Redactor, "_windows", counting)
+    signer = InMemorySigner()
+    body = {"access_token": "t0k", "token_type": "Bearer", "expires_in": 60, "scope": "pockets.read"}
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200, json=body)))
+    endpoint = TokenEndpoint("https://auth.example/token", PrivateKeyJWT("c", signer), http_client=client)
+    token = await endpoint.request(scope="pockets.read")
+    assert token.raw["scope"] == "pockets.read" and built == 0
+    # An echoed body longer than a short text builds it, once per request.
+    redactor = Redactor(cores=["a-secret-value-of-some-length"])
+    assert "a-secret-value" not in redactor.scrub("x" * 300 + "a-secret-value-of-some" + "y" * 300)
+    assert built == 1
