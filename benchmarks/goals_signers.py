@@ -22,21 +22,19 @@ within 10 ms), and the one-line row the lead's goals table takes.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from tests.processes import free_port, stop_process
+from tests.moto_server import running_moto_server
+from tests.processes import stop_process
 
 from .report import compile_bytecode, environment, progress, secs, table
 
@@ -54,46 +52,6 @@ DUMMY_ENV = {
     "AWS_DEFAULT_REGION": REGION,
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-
-
-# -- moto_server ------------------------------------------------------------------------------
-
-
-def _moto_command() -> list[str]:
-    exe = shutil.which("moto_server") or shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "moto.server"]
-
-
-def _answers(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        conn.request("GET", "/moto-api/")
-        conn.getresponse().read()
-        return True
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
-def start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [*_moto_command(), "-H", "127.0.0.1", "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    deadline = time.monotonic() + 30
-    while not _answers(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_process(proc)
-            raise SystemExit(f"moto_server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def create_keys(endpoint: str, count: int) -> list[str]:
@@ -288,24 +246,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     runs = args.runs or (QUICK if args.quick else FULL)["runs"]
     compile_bytecode()  # as an installed user has it: no module compiled from source in a run
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, endpoint = start_moto(Path(tmp) / "moto_server.log")
-        try:
-            arns = create_keys(endpoint, SIGNERS)
-            ours: list[dict[str, float]] = []
-            ref: list[dict[str, float]] = []
-            prebuilt: list[dict[str, float]] = []
-            idle: list[dict[str, float]] = []
-            load_before = _load()
-            for run in range(runs):
-                progress(f"run {run + 1}/{runs}")
-                ours.append(run_worker("ours", endpoint, arns))
-                ref.append(run_worker("reference", endpoint, arns))
-                prebuilt.append(run_worker("prebuilt", endpoint, arns))
-                idle.append(run_worker("idle", endpoint, arns))
-            load = f"{load_before} before, {_load()} after"
-        finally:
-            stop_process(proc)
+    with tempfile.TemporaryDirectory() as tmp, running_moto_server(Path(tmp)) as moto:
+        endpoint = moto.endpoint
+        arns = create_keys(endpoint, SIGNERS)
+        ours: list[dict[str, float]] = []
+        ref: list[dict[str, float]] = []
+        prebuilt: list[dict[str, float]] = []
+        idle: list[dict[str, float]] = []
+        load_before = _load()
+        for run in range(runs):
+            progress(f"run {run + 1}/{runs}")
+            ours.append(run_worker("ours", endpoint, arns))
+            ref.append(run_worker("reference", endpoint, arns))
+            prebuilt.append(run_worker("prebuilt", endpoint, arns))
+            idle.append(run_worker("idle", endpoint, arns))
+        load = f"{load_before} before, {_load()} after"
     print("## Many signers at once\n")
     print("\n".join(f"- {line}" for line in environment()))
     print()
