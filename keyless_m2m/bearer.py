@@ -50,6 +50,7 @@ __all__ = [
     "BearerFlow",
     "BearerSource",
     "NotReplayableError",
+    "answer_needed",
     "bearer_auth_class",
     "is_async_source",
     "is_dpop_nonce_challenge",
@@ -79,6 +80,13 @@ def is_invalid_token_challenge(response: Any) -> bool:
 def is_dpop_nonce_challenge(response: Any) -> bool:
     """A 401 whose DPoP challenge says ``error="use_dpop_nonce"`` (RFC 9449 section 9)."""
     return _challenged(response, ("dpop",), _USE_DPOP_NONCE)
+
+
+def answer_needed(status_code: int, proof_sent: bool) -> bool:
+    """Whether a flow that sent its first attempt has a step for this answer: a DPoP
+    request reads every answer's nonce; a Bearer one looks only at a 401 (its challenge).
+    An adapter whose hook costs per answer (requests) may skip handing the rest over."""
+    return proof_sent or status_code == 401
 
 
 class NotReplayableError(Exception):

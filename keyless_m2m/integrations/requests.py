@@ -24,7 +24,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ..bearer import NotReplayableError
+from ..bearer import NotReplayableError, answer_needed
 from ..errors import MissingExtraError
 from ..source import SyncTokenSource
 from ._base import FlowHolder
@@ -153,9 +153,7 @@ def _answer(flow: Generator[Any, Any, None], request: _Request, response: Respon
     """Hand ``response`` to the flow; send each request it authorizes again (at most two:
     a DPoP nonce, then an ``invalid_token``) and return the last answer. A redirect's
     response arrives here too, after the flow has ended: it passes through."""
-    # A Bearer request answered with anything but a 401 ends the flow without a step of its
-    # own (it reads a nonce only after a proof, a challenge only on a 401): skip handing it.
-    if response.status_code != 401 and not request.proof:
+    if not answer_needed(response.status_code, request.proof):
         return response
     while True:
         request.answered = True
