@@ -49,13 +49,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NoReturn, TypeVar
 
 from .._runtime import import_extra
 from ..errors import ConfigurationError, KeylessM2MError
 from ..source import ResourceArg, ScopeArg, SyncTokenSource, TokenSource
 
 # Any: grpcio ships no type information.
+_S = TypeVar("_S", TokenSource, SyncTokenSource)
+
 grpc: Any = import_extra("grpc", "grpc")
 grpc_aio: Any = import_extra("grpc.aio", "grpc")
 
@@ -313,15 +315,19 @@ def call_credentials(
 # -- interceptors (grpc, blocking source) ------------------------------------------------
 
 
-class _SyncInterceptor:
-    def __init__(self, source: SyncTokenSource, args: _Args, authority: str | None) -> None:
-        self._source = source
+class _Interceptor(Generic[_S]):
+    """What both kinds of interceptor keep: the source, the token arguments, the authority."""
+
+    def __init__(self, source: _S, args: _Args, authority: str | None) -> None:
+        self._source: _S = source
         self._args = args
         self._authority = authority
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._source!r})"
 
+
+class _SyncInterceptor(_Interceptor[SyncTokenSource]):
     def _authorized(self, details: Any) -> tuple[AccessToken, Any]:
         """A token and ``details`` carrying it; any failure (the token, its DPoP proof) as
         :class:`TokenUnavailableError`."""
@@ -396,15 +402,7 @@ def interceptors(
 # -- interceptors (grpc.aio, async source) -----------------------------------------------
 
 
-class _AioInterceptor:
-    def __init__(self, source: TokenSource, args: _Args, authority: str | None) -> None:
-        self._source = source
-        self._args = args
-        self._authority = authority
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._source!r})"
-
+class _AioInterceptor(_Interceptor[TokenSource]):
     async def _authorized(self, details: Any) -> tuple[AccessToken, Any]:
         """A token and ``details`` carrying it; any failure (the token, its DPoP proof) as
         ``grpc.aio.AioRpcError``, the one kind of error ``grpc.aio`` expects of an
