@@ -340,6 +340,22 @@ def _is_python(example: Example) -> bool:
     return example.region.evaluator is EVALUATOR
 
 
+def _run(
+    path: Path,
+    backend: str,
+    world: DocsWorld,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Callable[[str, object], None],
+) -> tuple[int, int, str]:
+    """Run ``path``'s examples in a fresh directory: (ran, skipped, the file's text)."""
+    world.enter(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    ran, skipped = run_document(path, world, backend)
+    record_property("docs_examples", (ran, skipped))
+    return ran, skipped, path.read_text()
+
+
 @pytest.mark.parametrize(("path", "backend"), _cases(DOCUMENTS))
 def test_the_documents_python_blocks_run(
     path: Path,
@@ -349,11 +365,7 @@ def test_the_documents_python_blocks_run(
     monkeypatch: pytest.MonkeyPatch,
     record_property: Callable[[str, object], None],
 ) -> None:
-    docs_world.enter(monkeypatch)
-    monkeypatch.chdir(tmp_path)
-    ran, skipped = run_document(path, docs_world, backend)
-    record_property("docs_examples", (ran, skipped))
-    text = path.read_text()
+    ran, skipped, text = _run(path, backend, docs_world, tmp_path, monkeypatch, record_property)
     # Every fenced Python block ran or was skipped, and only by a visible skip directive.
     assert (ran, skipped) == (len(FENCE.findall(text)) - skipped, len(SKIP_NEXT.findall(text)))
 
@@ -367,9 +379,5 @@ def test_the_docstring_examples_run(
     monkeypatch: pytest.MonkeyPatch,
     record_property: Callable[[str, object], None],
 ) -> None:
-    docs_world.enter(monkeypatch)
-    monkeypatch.chdir(tmp_path)
-    ran, skipped = run_document(path, docs_world, backend)
-    record_property("docs_examples", (ran, skipped))
-    text = path.read_text()
+    ran, skipped, text = _run(path, backend, docs_world, tmp_path, monkeypatch, record_property)
     assert (ran, skipped) == (len(PROMPT.findall(text)) - skipped, text.count("# doctest: +SKIP"))
