@@ -86,3 +86,18 @@ def running_moto_server(workdir: Path) -> Iterator[MotoServer]:
     finally:
         stop_process(proc)
     assert proc.poll() is not None
+
+
+def dummy_aws_environment(mp: pytest.MonkeyPatch, directory: Path, region: str) -> None:
+    """Dummy credentials and ``region`` for an AWS SDK against a local double, and no user
+    AWS configuration (profiles, config and credential files, instance metadata)."""
+    absent = directory / "absent"
+    for var in ("AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS"):
+        mp.delenv(var, raising=False)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_SESSION_TOKEN", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", region)
+    mp.setenv("AWS_CONFIG_FILE", str(absent))
+    mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(absent))
+    mp.setenv("AWS_EC2_METADATA_DISABLED", "true")

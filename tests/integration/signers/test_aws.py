@@ -31,7 +31,7 @@ from tests.aws_faults import KmsSignFaults
 from tests.contract import SignerContract, sign_jws
 from tests.helpers import missing_server, require_module, verify_jws
 from tests.localstack_server import LocalStackServer
-from tests.moto_server import MotoServer
+from tests.moto_server import MotoServer, dummy_aws_environment
 from tests.processes import free_port
 from tests.retries import (
     ATTEMPTS,
@@ -64,17 +64,8 @@ ES256_ALIAS = "alias/keyless-m2m-es256"
 @pytest.fixture(scope="module")
 def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Dummy credentials and a region, and no user AWS config leaking into the tests."""
-    absent = tmp_path_factory.mktemp("aws") / "absent"
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS"):
-            mp.delenv(var, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_SESSION_TOKEN", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", REGION)
-        mp.setenv("AWS_CONFIG_FILE", str(absent))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(absent))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        dummy_aws_environment(mp, tmp_path_factory.mktemp("aws"), REGION)
         yield
 
 

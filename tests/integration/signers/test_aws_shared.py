@@ -24,7 +24,7 @@ from keyless_m2m.signers import AwsKmsSigner, _base
 from keyless_m2m.signers import aws as aws_module
 from tests.contract import sign_jws
 from tests.helpers import require_module
-from tests.moto_server import MotoServer
+from tests.moto_server import MotoServer, dummy_aws_environment
 
 boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
 
@@ -41,17 +41,8 @@ CANARY_TOKEN = "canary-session-token-5d1e9a7c3b2f4068a1c3e5b7d9f2a4c6"
 def shared_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pytest.MonkeyPatch]:
     """Dummy credentials and a region, no user AWS config; the MonkeyPatch lets a test
     change the credential environment (and puts it back)."""
-    absent = tmp_path_factory.mktemp("aws-shared") / "absent"
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS"):
-            mp.delenv(var, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_SESSION_TOKEN", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", REGION)
-        mp.setenv("AWS_CONFIG_FILE", str(absent))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(absent))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        dummy_aws_environment(mp, tmp_path_factory.mktemp("aws-shared"), REGION)
         yield mp
 
 
