@@ -16,6 +16,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -369,5 +370,29 @@ async def test_a_send_that_breaks_mid_body_leaves_nothing_to_the_garbage_collect
         warnings.simplefilter("always")
         with pytest.raises(TransportError):
             await ep.request()
+        gc.collect()
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
+
+
+class _StallsMidBody(httpx.AsyncBaseTransport):
+    """Writes the body's first chunk, then waits for an answer that never comes."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        chunks = aiter(request.stream)
+        await anext(chunks)
+        await anyio.sleep_forever()
+        raise AssertionError("not reached")
+
+
+async def test_a_caller_cancelled_mid_body_leaves_nothing_to_the_garbage_collector() -> None:
+    ep = TokenEndpoint(
+        URL, ClientSecretPost("c", SECRET), http_client=httpx.AsyncClient(transport=_StallsMidBody())
+    )
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with anyio.move_on_after(0.05) as scope:
+            await ep.request()
+        assert scope.cancelled_caught
         gc.collect()
     assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
