@@ -42,6 +42,7 @@ _SHORT_TEXT = 256  # up to this long, windows are looked up in the cores, not in
 _MAX_SCAN = 64 * 1024  # text beyond this is cut before scanning (error texts are short)
 _PUBLIC_FIELDS = frozenset({"client_id", "client_assertion_type"})
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")  # what every encoding below leaves as it is
 
 
 class Secret(Generic[T]):
@@ -122,7 +123,11 @@ def _b64url_decode(text: str) -> bytes | None:
 
 def _encodings(value: str) -> Iterator[str]:
     """``value`` as a server may write it back: raw, form- or percent-encoded (either
-    case of hex digits), and JSON-escaped."""
+    case of hex digits), and JSON-escaped. A value of unreserved characters only (an
+    assertion, its segments, most tokens) is the same in all of them: one, at once."""
+    if _UNRESERVED.fullmatch(value):
+        yield value
+        return
     for encoded in (value, quote_plus(value), quote(value, safe=""), quote(value)):
         yield encoded
         yield _PERCENT.sub(lambda m: m.group().lower(), encoded)
@@ -173,10 +178,9 @@ class Redactor:
         """The exact values (longest first) and the encodings of the cores."""
         if not self._cache:
             exact, cores = self._sources.reveal()
-            values: set[str] = set()
-            for value in (*exact, *cores):
-                values.update(_encodings(value))
-            encoded_cores = tuple({encoded for core in cores for encoded in _encodings(core)})
+            forms = {value: frozenset(_encodings(value)) for value in (*exact, *cores)}
+            values = frozenset().union(*forms.values())
+            encoded_cores = tuple(frozenset().union(*(forms[core] for core in cores)))
             longest_first = tuple(sorted((v for v in values if len(v) >= _MIN_EXACT), key=len, reverse=True))
             self._cache.append(Secret((longest_first, encoded_cores)))
         return self._cache[0].reveal()
