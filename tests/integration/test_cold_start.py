@@ -8,6 +8,7 @@ loopback servers (HTTPS with a throwaway CA; mutual TLS), on asyncio and trio.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -18,12 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from keyless_m2m import (
     ClientSecretPost,
     ConfigurationError,
+    PrivateKeyJWT,
     TlsClientAuth,
     TokenManager,
     TransportError,
@@ -32,6 +35,7 @@ from keyless_m2m import (
 from keyless_m2m.endpoint import TokenEndpoint
 from keyless_m2m.testing.authorization_server import AuthorizationServer
 from keyless_m2m.testing.mtls_server import MutualTlsAuthorizationServer
+from keyless_m2m.testing.signers import InMemorySigner
 from keyless_m2m.testing.tls import ClientFiles, TestAuthority
 from tests.frame_locals import secret_locals
 
@@ -278,3 +282,53 @@ async def test_an_unloadable_default_ca_file_is_a_configuration_error_at_async_w
     await endpoint.aclose()
     assert secret_locals(at_request.value, [SECRET]) == []  # no frame of it holds the secret
     assert server.token_requests == 0 and _http._SHARED_CONTEXTS == {}  # nothing half-built cached
+
+
+# -- fleets: the first fetches of many managers take turns with the loop ----------------------
+
+
+class _NotingSigner(InMemorySigner):
+    """Notes each signature made, with the task that asked for it."""
+
+    def __init__(self, log: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.log = log
+
+    async def sign(self, signing_input: bytes) -> bytes:
+        signature = await super().sign(signing_input)
+        self.log.append(("signed", anyio.get_current_task().id))
+        return signature
+
+
+async def test_the_first_fetches_of_a_fleet_let_the_loop_run_between_signing_and_sending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20 managers cold at once: each flight signs, then yields to the loop before its
+    request goes to the transport. So the loop does not run twenty signings and twenty
+    request starts in one pass (the stall a service sees when it starts with many
+    scopes): every flight has signed before the first request is sent. The order of
+    events within a pass differs between asyncio and trio; this holds on both."""
+    log: list[tuple[str, int]] = []
+    handle = httpx.AsyncHTTPTransport.handle_async_request
+
+    async def noting(self: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
+        log.append(("sent", anyio.get_current_task().id))
+        return await handle(self, request)
+
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", noting)
+    signer = _NotingSigner(log)
+    with AuthorizationServer() as server:
+        server.register_client("fleet", public_jwk=signer.public_jwk)
+        auth = PrivateKeyJWT("fleet", signer)
+        managers = [TokenManager(server.token_endpoint, auth, scope=f"s{i}") for i in range(20)]
+        async with contextlib.AsyncExitStack() as stack:
+            for manager in managers:
+                await stack.enter_async_context(manager)
+            async with anyio.create_task_group() as callers:
+                for manager in managers:
+                    for _ in range(5):
+                        callers.start_soon(manager.get_token)
+        assert server.token_requests == 20
+    kinds = [kind for kind, _ in log]
+    assert kinds.count("signed") == kinds.count("sent") == 20
+    assert kinds == ["signed"] * 20 + ["sent"] * 20
