@@ -11,7 +11,8 @@ __all__ = ["printable"]
 def printable(text: str, limit: int | None = None) -> str:
     """``text`` with every unprintable character replaced by ``?``, cut to ``limit``
     characters (then ``...``) when it is longer."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    if not text.isprintable():  # most texts are: no pass over their characters
+        text = "".join(ch if ch.isprintable() else "?" for ch in text)
     if limit is not None and len(text) > limit:
         text = text[:limit] + "..."
     return text

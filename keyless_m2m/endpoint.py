@@ -120,7 +120,7 @@ def check_endpoint_url(url: str, *, allow_insecure_http: bool, what: str = "toke
     (whose message never shows a ``user:password@`` part, see :func:`shown_url`)."""
     if not isinstance(url, str):
         raise ConfigurationError(f"{what} must be a URL string")
-    if not url.isprintable() or any(ch.isspace() for ch in url):
+    if not url.isprintable() or " " in url:  # the one printable white-space character
         raise ConfigurationError(f"{what} must not contain spaces or control characters")
     authority = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0]
     if "@" in authority:
@@ -882,7 +882,8 @@ class TokenEndpoint:
         value = data.get("access_token")
         if not isinstance(value, str) or not value:
             raise bad("access_token is missing, empty or not a string")
-        if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
+        # Printable ASCII has one white-space character, the space.
+        if not value.isascii() or not value.isprintable() or " " in value:
             raise bad("access_token contains characters not allowed in an HTTP header")
         token_type = self._check_token_type(data.get("token_type"), bad, redactor)
         expires_in = self._expires_in(data.get("expires_in"), bad)
