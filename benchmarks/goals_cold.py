@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .gcpasses import FullPasses, freeze_after_imports
+
 LATENCY = 0.05
 CLIENT_ID = "bench-cold"
 SECRET = "bench-cold-secret-value"
@@ -135,10 +137,13 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
     signer = LocalSigner.from_pem_file(config["key"])
     given = httpx.AsyncClient() if config["given"] else None
     result: dict[str, Any] = {}
+    _settle_gc(config)
+    collections = FullPasses()
     async with anyio.create_task_group() as group:
         group.start_soon(_ticker, state)
         await anyio.sleep(0.01)  # the ticker runs
         state["stall"] = state["cpu_stall"] = 0.0
+        collections.start()
         started = time.perf_counter()
         managers = [
             TokenManager(url, PrivateKeyJWT(CLIENT_ID, signer), scope=f"s{i}", http_client=given)
@@ -155,6 +160,7 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
                     for _ in range(callers):
                         callers_group.start_soon(call, manager)
             done = time.perf_counter()
+            collections.stop()
         state["stop"] = True
     result.update(
         callers_s=done - entered,
@@ -162,6 +168,7 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
         enter_s=entered - started,
         stall_s=state["stall"],
         cpu_stall_s=state["cpu_stall"],
+        full_gc_s=collections.longest,
     )
     # The floor: one token request on a warm client (connection made), as the endpoint answers it.
     async with httpx.AsyncClient() as http:
@@ -173,25 +180,6 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
             (await http.post(url, data=form)).raise_for_status()
             floors.append(time.perf_counter() - before)
         result["floor_s"] = min(floors)
-    # The floor of a fleet: as many concurrent requests as there are managers, each on its own
-    # (already built) client and a new connection, as the managers' first fetches are.
-    # The ticker runs meanwhile: the stall of the bare requests themselves (their answers
-    # arrive together and are handled in one pass of the loop).
-    clients = [httpx.AsyncClient() for _ in range(managers_n)]
-    bare: dict[str, Any] = {"stop": False, "stall": 0.0, "cpu_stall": 0.0}
-    async with anyio.create_task_group() as ticking:
-        ticking.start_soon(_ticker, bare)
-        await anyio.sleep(0.01)
-        bare["stall"] = bare["cpu_stall"] = 0.0
-        before = time.perf_counter()
-        async with anyio.create_task_group() as fleet:
-            for client in clients:
-                fleet.start_soon(_post, client, url, form)
-        result["fleet_floor_s"] = time.perf_counter() - before
-        bare["stop"] = True
-    result["fleet_floor_cpu_stall_s"] = bare["cpu_stall"]
-    for client in clients:
-        await client.aclose()
     if given is not None:
         await given.aclose()
     await signer.aclose()
@@ -200,6 +188,54 @@ async def _worker(config: dict[str, Any]) -> dict[str, Any]:
 
 async def _post(client: Any, url: str, form: dict[str, str]) -> None:
     (await client.post(url, data=form)).raise_for_status()
+
+
+def _settle_gc(config: dict[str, Any]) -> None:
+    if config.get("freeze"):
+        freeze_after_imports()
+
+
+async def _bare_fleet(config: dict[str, Any]) -> dict[str, Any]:
+    """The floor of a fleet, in a fresh process as cold as a worker's: as many concurrent
+    token requests as there are managers, each on its own client (built beforehand) and a
+    new connection, each carrying a private_key_jwt assertion signed beforehand, so the
+    endpoint does the same work as for the managers. The library is imported too (the
+    same heap for the collector) but does nothing in the span."""
+    import anyio
+    import httpx
+
+    import keyless_m2m.manager  # noqa: F401 - the same imports as a worker
+    from keyless_m2m import PrivateKeyJWT
+    from keyless_m2m._secret import reveal
+    from keyless_m2m.signers import LocalSigner
+
+    url, count = config["url"], config["managers"]
+    signer = LocalSigner.from_pem_file(config["key"])
+    auth = PrivateKeyJWT(CLIENT_ID, signer, audience_policy="token_endpoint")
+    forms = []
+    for _ in range(count):
+        prepared = await auth.prepare(url)
+        forms.append({"grant_type": "client_credentials", **{k: reveal(v) for k, v in prepared.form.items()}})
+    clients = [httpx.AsyncClient() for _ in range(count)]
+    _settle_gc(config)
+    collections = FullPasses()
+    state: dict[str, Any] = {"stop": False, "stall": 0.0, "cpu_stall": 0.0}
+    async with anyio.create_task_group() as ticking:
+        ticking.start_soon(_ticker, state)
+        await anyio.sleep(0.01)
+        state["stall"] = state["cpu_stall"] = 0.0
+        collections.start()
+        before = time.perf_counter()
+        async with anyio.create_task_group() as fleet:
+            for client, form in zip(clients, forms, strict=True):
+                fleet.start_soon(_post, client, url, form)
+        total = time.perf_counter() - before
+        collections.stop()
+        state["stop"] = True
+    for client in clients:
+        await client.aclose()
+    await signer.aclose()
+    return {"total_s": total, "cpu_stall_s": state["cpu_stall"], "full_gc_s": collections.longest}
 
 
 class _all:
@@ -309,16 +345,22 @@ def measure(runs: int) -> dict[str, Any]:
             base = {"url": endpoint.url, "key": endpoint.key}
             one = [_run_worker({**base, "managers": 1, "callers": 100, "given": False}) for _ in range(runs)]
             given = [_run_worker({**base, "managers": 1, "callers": 100, "given": True}) for _ in range(runs)]
-            fleet = [_run_worker({**base, "managers": 20, "callers": 5, "given": False}) for _ in range(runs)]
+            fleets: dict[str, list[dict[str, Any]]] = {}
+            for _ in range(runs):  # interleaved: the machine's load touches each alike
+                for freeze in (False, True):
+                    fleet_config = {**base, "managers": 20, "callers": 5, "given": False, "freeze": freeze}
+                    for kind in ("ours", "bare"):
+                        run = _run_worker({**fleet_config, "bare": kind == "bare"})
+                        fleets.setdefault(f"{kind}{'_frozen' if freeze else ''}", []).append(run)
             command = _command_rows(endpoint, runs)
         finally:
             endpoint.close()
-    return {"one": one, "given": given, "fleet": fleet, "command": command, "load": os.getloadavg()}
+    return {"one": one, "given": given, "fleets": fleets, "command": command, "load": os.getloadavg()}
 
 
 def table(results: dict[str, Any]) -> list[str]:
-    one, given, fleet, command = results["one"], results["given"], results["fleet"], results["command"]
-    floor = _median(one + given + fleet, "floor_s")
+    one, given, fleets, command = results["one"], results["given"], results["fleets"], results["command"]
+    floor = _median(one + given + fleets["ours"] + fleets["ours_frozen"], "floor_s")
     rows: list[tuple[str, str, str, str, str, bool]] = []
     ours = _median(one, "callers_s")
     peer = _median(given, "callers_s")
@@ -344,20 +386,25 @@ def table(results: dict[str, Any]) -> list[str]:
             stall <= 0.005,
         )
     )
-    fleet_total, fleet_stall = _median(fleet, "total_s"), _median(fleet, "cpu_stall_s")
-    fleet_wall_stall, fleet_floor = _median(fleet, "stall_s"), _median(fleet, "fleet_floor_s")
-    bare_stall = _median(fleet, "fleet_floor_cpu_stall_s")
-    rows.append(
-        (
-            "20 managers (20 scopes) cold at once, construction until all hold a token",
-            f"{_ms(fleet_total)}, stall {_ms(fleet_stall)} ({_ms(fleet_wall_stall)})",
-            f"endpoint {_ms(floor)}; 20 concurrent httpx requests, new connections {_ms(fleet_floor)},"
-            f" stall {_ms(bare_stall)}",
-            f"{fleet_total / floor:.2f}x endpoint, {fleet_total / fleet_floor:.2f}x 20 requests",
-            "<= 1.2x the endpoint's latency, stall <= 10 ms",
-            fleet_total <= 1.2 * floor and fleet_stall <= 0.010,
+    for suffix, how in (("", "default GC"), ("_frozen", "`gc.collect(); gc.freeze()` after the imports")):
+        ours_fleet, bare_fleet = fleets[f"ours{suffix}"], fleets[f"bare{suffix}"]
+        total, stall = _median(ours_fleet, "total_s"), _median(ours_fleet, "cpu_stall_s")
+        bare_total, bare_stall = _median(bare_fleet, "total_s"), _median(bare_fleet, "cpu_stall_s")
+        full_gc, bare_gc = _median(ours_fleet, "full_gc_s"), _median(bare_fleet, "full_gc_s")
+        rows.append(
+            (
+                f"20 managers (20 scopes) cold at once, construction until all hold a token ({how})",
+                f"{_ms(total)}, stall {_ms(stall)} (longest full GC pass in it {_ms(full_gc)})",
+                f"endpoint {_ms(floor)}; 20 bare httpx requests with signed assertions, new connections,"
+                f" fresh process: {_ms(bare_total)}, stall {_ms(bare_stall)} (full GC {_ms(bare_gc)})",
+                f"{total / floor:.2f}x endpoint, {total / bare_total:.2f}x the bare requests;"
+                f" stall {stall / bare_stall:.1f}x"
+                if bare_stall
+                else f"{total / floor:.2f}x endpoint",
+                "<= 1.2x the endpoint's latency, stall <= 10 ms",
+                total <= 1.2 * floor and stall <= 0.010,
+            )
         )
-    )
     rows.append(
         (
             "`keyless-m2m token` wall time (CPU time)",
@@ -398,7 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         import anyio
 
-        print(json.dumps(anyio.run(_worker, json.loads(args.worker))))
+        config = json.loads(args.worker)
+        print(json.dumps(anyio.run(_bare_fleet if config.get("bare") else _worker, config)))
         return 0
     results = measure(3 if args.quick else 5)
     print("\n".join(table(results)))

@@ -80,6 +80,13 @@ async def _worker(kind: str, endpoint: str, arns: Sequence[str]) -> dict[str, fl
 
     from keyless_m2m.signers import AwsKmsSigner
 
+    from .gcpasses import FullPasses, freeze_after_imports
+
+    frozen = kind.endswith("+freeze")
+    kind = kind.removesuffix("+freeze")
+    if frozen:
+        freeze_after_imports()
+    passes = FullPasses()
     done = anyio.Event()
     stall = 0.0
     user_call = float("nan")
@@ -118,6 +125,7 @@ async def _worker(kind: str, endpoint: str, arns: Sequence[str]) -> dict[str, fl
         # The ticker and the user's call run from the start, the client builds included.
         tg.start_soon(ticker)
         tg.start_soon(user)
+        passes.start()
         start = perf_counter()
         if kind == "idle":
             # The machine's own noise: the ticker and the user's call with nothing else running.
@@ -132,10 +140,11 @@ async def _worker(kind: str, endpoint: str, arns: Sequence[str]) -> dict[str, fl
                 for signer in signers:
                     signing.start_soon(sign_once, signer)
         elapsed = perf_counter() - start
+        passes.stop()
         done.set()
     for signer in signers:
         await signer.aclose()
-    return {"seconds": elapsed, "stall": stall, "user_call": user_call}
+    return {"seconds": elapsed, "stall": stall, "user_call": user_call, "full_gc": passes.longest}
 
 
 def worker_main(kind: str, endpoint: str, arns: Sequence[str]) -> None:
@@ -223,6 +232,12 @@ def report(
         "met",
     ]
     lines = table(headers, rows)
+    lines.append("")
+    passes = ", ".join(
+        f"{name} {secs(med(rows_, 'full_gc'))}"
+        for name, rows_ in (("ours", ours), ("reference", ref), ("client prebuilt", prebuilt))
+    )
+    lines.append(f"Longest full pass of the cyclic GC within the span (median): {passes}.")
     lines.append("")
     lines.append(
         f"Medians of {len(ours)} runs each (fresh processes, alternating), {load}; moto_server on "
