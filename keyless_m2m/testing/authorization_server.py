@@ -123,6 +123,14 @@ class Fault:
     reset_after: int | None = None
 
 
+class _Server(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with a listen backlog a fleet of clients fits in: the
+    default (5) overflows when twenty managers connect at once on a busy machine, and
+    the connections beyond it fail and are retried (extra signatures and attempts)."""
+
+    request_queue_size = 128
+
+
 class AuthorizationServer(FaultInjection):
     """Loopback authorization server; see the module docstring.
 
@@ -308,7 +316,7 @@ class AuthorizationServer(FaultInjection):
     # -- lifecycle ----------------------------------------------------------------------
 
     def _listen(self, address: tuple[str, int]) -> ThreadingHTTPServer:
-        httpd = ThreadingHTTPServer(address, self._handler)
+        httpd = _Server(address, self._handler)
         httpd.daemon_threads = True
         return httpd
 

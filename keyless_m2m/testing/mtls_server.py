@@ -37,7 +37,7 @@ from typing import Any
 
 from cryptography import x509
 
-from .authorization_server import AuthorizationServer, RegisteredClient
+from .authorization_server import AuthorizationServer, RegisteredClient, _Server
 from .tls import TestAuthority
 
 __all__ = ["MutualTlsAuthorizationServer", "TlsRegistration", "certificate_thumbprint"]
@@ -147,7 +147,7 @@ class MutualTlsAuthorizationServer(AuthorizationServer):
     def _listen(self, address: tuple[str, int]) -> ThreadingHTTPServer:
         server = self
 
-        class TlsServer(ThreadingHTTPServer):
+        class TlsServer(_Server):
             daemon_threads = True
 
             def get_request(self) -> tuple[Any, Any]:

@@ -5,6 +5,7 @@ says so in the token response's ``scope``; what the library does with such a tok
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,16 @@ def test_extra_metadata_adds_members_to_the_metadata_document() -> None:
         metadata = server.metadata()
         assert metadata["authorization_endpoint"] == server.issuer + "/authorize"
         assert metadata["token_endpoint"] == server.token_endpoint
+
+
+def test_the_servers_queue_a_fleet_of_connections(tmp_path: Path) -> None:
+    """The listen backlog holds twenty managers connecting at once. With the default of
+    ``ThreadingHTTPServer`` (5), a busy machine overflowed it: the connections beyond it
+    failed and were retried (the fleet test in tests/integration/test_cold_start.py saw
+    22-26 signatures for 20 token requests under two CPU-bound processes)."""
+    from keyless_m2m.testing.mtls_server import MutualTlsAuthorizationServer
+    from keyless_m2m.testing.tls import TestAuthority
+
+    with AuthorizationServer() as plain, MutualTlsAuthorizationServer(TestAuthority(str(tmp_path))) as mtls:
+        for server in (plain, mtls):
+            assert server._httpd.request_queue_size >= 128
