@@ -11,7 +11,10 @@ on 127.0.0.1, answering every token request after 50 ms):
 2. The event loop's stall over the same span, including ``async with`` (a ticker task
    sleeping 1 ms; the stall is its largest lateness); the same with ``http_client=``.
 3. 20 managers (20 scopes) cold at once: construction, ``async with`` and 5 callers each,
-   until all 100 hold a token; the stall over that span. Reference: the endpoint's latency.
+   until all 100 hold a token; the stall over that span and the longest full collection
+   of the cyclic GC in it. References: the endpoint's latency, and 20 bare httpx requests
+   carrying pre-signed assertions in a fresh process of their own (``_bare_fleet``). Both
+   sides run with the default GC and with ``gc.freeze()`` after the imports.
 4. ``keyless-m2m token`` wall time (``python -m keyless_m2m token``, a fresh process),
    beside ``python -c pass``, the smallest httpx client that makes the same request
    (``python -c "import httpx; httpx.post(...)"``) and the import of the libraries the
