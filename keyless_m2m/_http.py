@@ -594,7 +594,7 @@ def shared_verification(verify: Any, default: tuple[str, str] | None = None) -> 
     caller. Blocking (it may load a CA bundle): call it in a worker thread."""
     if isinstance(verify, ssl.SSLContext):
         return verify
-    if verify is True or verify is False or verify == "system" or isinstance(verify, str | os.PathLike):
+    if _shareable(verify):
         return _shared(*_shared_entry(verify, default))
     return _context_of(tls_verification(verify))  # the ConfigurationError of a bad value
 
@@ -604,9 +604,14 @@ def cached_verification(verify: Any, default: tuple[str, str] | None = None) -> 
     (nothing is built: cheap, for the event loop)."""
     if isinstance(verify, ssl.SSLContext):
         return verify
-    if verify is True or verify is False or verify == "system" or isinstance(verify, str | os.PathLike):
+    if _shareable(verify):
         return _SHARED_CONTEXTS.get(_shared_entry(verify, default)[0])
     return None
+
+
+def _shareable(verify: Any) -> bool:
+    """Whether ``verify=`` names a configuration the process shares one context for."""
+    return verify is True or verify is False or verify == "system" or isinstance(verify, str | os.PathLike)
 
 
 def _context_of(verification: ssl.SSLContext | bool) -> ssl.SSLContext:

@@ -498,6 +498,7 @@ class TokenEndpoint:
         # Whom the client believes (verify, the CAs, proxies): None for a client you pass,
         # whose settings cannot be read; set when the client is built.
         self._trust_key: Hashable | None = None
+        self._prepared: httpx.AsyncClient | None = None  # the client prepare() last made ready
         if self._owns_http:
             check_proxies(ProxyEnvironment.read())  # a SOCKS proxy without socksio: say so now
 
@@ -529,11 +530,14 @@ class TokenEndpoint:
         ``http_client`` you passed. Raises :class:`~keyless_m2m.ConfigurationError` when the
         TLS context cannot be made (a CA file that no longer loads, a client certificate)."""
         if self._owns_http:
-            await prepare_client(self._client(), self.url)
+            client = self._client()
+            if self._prepared is not client:  # once per client, not per attempt
+                await prepare_client(client, self.url)
+                self._prepared = client
 
     async def aclose(self) -> None:
         if self._owns_http and self._http is not None:
-            http, self._http = self._http, None
+            http, self._http, self._prepared = self._http, None, None
             await http.aclose()
 
     def form_for(
