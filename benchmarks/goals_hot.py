@@ -50,6 +50,7 @@ from .contenders import (
     KeylessM2M,
     Timed,
     best_ns_per_iter,
+    flow_timer,
     time_floor,
 )
 from .hotpath import stand_ins
@@ -105,20 +106,6 @@ class StaticHeader(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Any:
         request.headers["Authorization"] = self.value
         yield request
-
-
-def _flow_timer(auth: httpx.Auth) -> Timed:
-    request = httpx.Request("GET", API_URL)
-
-    async def timed(n: int) -> int:
-        t0 = perf_counter_ns()
-        for _ in range(n):
-            flow = auth.async_auth_flow(request)
-            await flow.__anext__()
-            await flow.aclose()
-        return perf_counter_ns() - t0
-
-    return timed
 
 
 def _sync_timer(auth: Callable[[Any], Any], request: Any) -> Timed:
@@ -181,7 +168,7 @@ async def hot_rows(runs: int) -> list[Row]:
                 "noop": time_floor,
                 "token": ours.hot_token,
                 "flow": ours.hot_flow,
-                "static": _flow_timer(StaticHeader("Bearer at_0123456789abcdef0123456789")),
+                "static": flow_timer(StaticHeader("Bearer at_0123456789abcdef0123456789")),
                 "httpx-auth:flow": hx.hot_flow,
                 "authlib:flow": al.hot_flow,
             }
