@@ -1,5 +1,6 @@
 """Integration fixtures: a real oidc-provider authorization server on loopback (its
-clients and constants are in tests/oidc_provider/clients.py); the summary of the
+clients and constants are in tests/oidc_provider/clients.py); a throwaway CA and one
+client certificate it issued, per module (the mutual-TLS tests); the summary of the
 documentation's examples that ran (tests/integration/test_docs_run.py)."""
 
 from __future__ import annotations
@@ -8,7 +9,19 @@ from collections.abc import Iterator
 
 import pytest
 
+from keyless_m2m.testing.tls import ClientFiles, TestAuthority
 from tests.oidc_provider.clients import AuthServer, ProviderPool
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> TestAuthority:
+    return TestAuthority(str(tmp_path_factory.mktemp("ca")))
+
+
+@pytest.fixture(scope="module")
+def billing(authority: TestAuthority) -> ClientFiles:
+    """A client certificate for ``billing.svc.example``."""
+    return authority.issue_client("billing", dns_names=("billing.svc.example",))
 
 
 @pytest.fixture(scope="session")

@@ -45,16 +45,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 
-@pytest.fixture(scope="module")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> TestAuthority:
-    return TestAuthority(str(tmp_path_factory.mktemp("cold")))
-
-
-@pytest.fixture(scope="module")
-def billing(authority: TestAuthority) -> ClientFiles:
-    return authority.issue_client("billing", dns_names=("billing.svc.example",))
-
-
 @pytest.fixture
 def server(authority: TestAuthority, billing: ClientFiles) -> Iterator[MutualTlsAuthorizationServer]:
     with MutualTlsAuthorizationServer(authority) as server:

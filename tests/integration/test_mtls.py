@@ -51,16 +51,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 PASSWORD = "mtls-key-password-7c1e94"
 
 
-@pytest.fixture(scope="module")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> TestAuthority:
-    return TestAuthority(str(tmp_path_factory.mktemp("mtls")))
-
-
-@pytest.fixture(scope="module")
-def billing(authority: TestAuthority) -> ClientFiles:
-    return authority.issue_client("billing", dns_names=("billing.svc.example",))
-
-
 @pytest.fixture
 def server(authority: TestAuthority, billing: ClientFiles) -> Iterator[MutualTlsAuthorizationServer]:
     with MutualTlsAuthorizationServer(authority) as server:
