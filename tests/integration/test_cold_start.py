@@ -322,3 +322,38 @@ async def test_the_first_fetches_of_a_fleet_let_the_loop_run_between_signing_and
     kinds = [kind for kind, _ in log]
     assert kinds.count("signed") == kinds.count("sent") == 20
     assert kinds == ["signed"] * 20 + ["sent"] * 20
+
+
+class _CancellingSigner(InMemorySigner):
+    """Signs, then cancels ``scope``: the cancellation lands at the first checkpoint after
+    the signature, the one between making the credentials and sending them."""
+
+    scope: anyio.CancelScope | None = None
+
+    async def sign(self, signing_input: bytes) -> bytes:
+        signature = await super().sign(signing_input)
+        if self.scope is not None:
+            self.scope.cancel()
+            self.scope = None
+        return signature
+
+
+async def test_a_caller_cancelled_between_signing_and_sending_sends_nothing_and_loses_nothing() -> None:
+    """The yield before sending is a cancellation point: a caller cancelled there sends no
+    request (none counted, none reaching the server), and the endpoint's next request,
+    with a fresh assertion, is answered."""
+    signer = _CancellingSigner()
+    with AuthorizationServer() as server:
+        server.register_client("fleet", public_jwk=signer.public_jwk)
+        endpoint = TokenEndpoint(server.token_endpoint, PrivateKeyJWT("fleet", signer))
+        try:
+            with anyio.CancelScope() as scope:
+                signer.scope = scope
+                await endpoint.request(scope="s")
+            assert scope.cancelled_caught
+            assert (endpoint.stats.signatures, endpoint.stats.requests, server.token_requests) == (1, 0, 0)
+            token = await endpoint.request(scope="s")
+            assert token.value
+            assert (endpoint.stats.signatures, endpoint.stats.requests, server.token_requests) == (2, 1, 1)
+        finally:
+            await endpoint.aclose()
