@@ -1,5 +1,5 @@
 """The servers tests start: a free loopback port for one, and stopping it by PID
-(SIGTERM, a bounded wait, then SIGKILL)."""
+(SIGTERM, a bounded wait, then SIGKILL); a snippet of Python run in a fresh process."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from typing import Any
 
 
@@ -32,3 +33,14 @@ def stop_process(proc: subprocess.Popen[Any], *, group: bool = False, grace: flo
         with contextlib.suppress(ProcessLookupError):
             kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
+
+
+def run_python(code: str, *, timeout: float = 60) -> str:
+    """``python -c code`` in a fresh process (what a process may do once: set global
+    providers, import or not import a module); asserts it succeeded, showing its stderr
+    if not, and returns its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

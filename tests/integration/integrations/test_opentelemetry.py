@@ -6,7 +6,6 @@ OpenTelemetry run per cache hit. asyncio and trio."""
 from __future__ import annotations
 
 import secrets
-import subprocess
 import sys
 import threading
 from typing import Any
@@ -30,6 +29,7 @@ from keyless_m2m.testing.authorization_server import AuthorizationServer, Fault
 from tests.echo_server import EchoServer
 from tests.helpers import make_key, pem_of
 from tests.otel_capture import Capture, capture
+from tests.processes import run_python
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -353,12 +353,9 @@ async def test_without_the_extra_the_import_names_it() -> None:
         "    print(type(exc).__name__, exc.extra, '|', exc)\n"
         "    assert isinstance(exc, ImportError)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert "MissingExtraError opentelemetry |" in done.stdout
-    assert "pip install 'keyless-m2m[opentelemetry]'" in done.stdout
+    stdout = run_python(code)
+    assert "MissingExtraError opentelemetry |" in stdout
+    assert "pip install 'keyless-m2m[opentelemetry]'" in stdout
 
 
 @pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
@@ -376,11 +373,8 @@ async def test_the_library_never_imports_opentelemetry() -> None:
         "anyio.run(main)\n"
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    stdout = run_python(code)
+    assert stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
@@ -416,8 +410,5 @@ async def test_an_sdk_set_globally_after_instrument_starts_the_hit_count_at_its_
         "kotel.uninstrument()\n"
         "assert TokenManager.get_token is original\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[10]"
+    stdout = run_python(code)
+    assert stdout.strip() == "[10]"

@@ -6,8 +6,6 @@ resource server verifying every proof with PyJWT. Counts, never times."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -28,6 +26,7 @@ from tests.echo_server import EchoServer
 from tests.frame_locals import secret_locals
 from tests.helpers import exception_texts
 from tests.missing_extras import import_without
+from tests.processes import run_python
 from tests.threads import at_once
 
 pytestmark = pytest.mark.integration
@@ -161,7 +160,7 @@ def test_the_library_loads_neither_requests_nor_aiohttp() -> None:
         "import sys, keyless_m2m, keyless_m2m.integrations, keyless_m2m.integrations.httpx; "
         "assert 'requests' not in sys.modules and 'aiohttp' not in sys.modules, sorted(sys.modules)"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    run_python(code)
 
 
 def test_without_requests_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,12 +4,12 @@ error names the extra to install; ``import keyless_m2m`` never loads grpc or mcp
 from __future__ import annotations
 
 import importlib
-import subprocess
 import sys
 
 import pytest
 
 from keyless_m2m import MissingExtraError
+from tests.processes import run_python
 
 
 @pytest.mark.parametrize(
@@ -39,4 +39,4 @@ def test_the_library_does_not_import_them() -> None:
         "assert 'grpc' not in sys.modules and 'mcp' not in sys.modules, "
         "[m for m in sys.modules if m.split('.')[0] in ('grpc', 'mcp')]"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    run_python(code)

@@ -11,7 +11,6 @@ the way AWS documents them, then verified with PyJWT.
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from tests.aws_stubs import (
 )
 from tests.contract import SignerContract, sign_jws
 from tests.helpers import ALG_KEYS, make_key, require_module, verify_jws
+from tests.processes import run_python
 
 # Skip (not error) in a test environment without the aws extra.
 boto3 = require_module("boto3", reason="the aws extra (boto3) is not installed")
@@ -615,7 +615,7 @@ def test_importing_signers_does_not_import_boto3() -> None:
     code = (
         "import sys, keyless_m2m.signers; assert 'boto3' not in sys.modules and 'botocore' not in sys.modules"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_python(code)
 
 
 @pytest.mark.parametrize(
