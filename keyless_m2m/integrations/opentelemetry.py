@@ -50,6 +50,7 @@ from .._telemetry import FetchInfo, Signer, install, installed, uninstall
 from ..errors import KeylessM2MError
 from ..manager import TokenManager
 from ..sync import SyncTokenManager
+from ..token import AccessToken
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
@@ -427,23 +428,27 @@ _ORIGINAL_SYNC: Final = SyncTokenManager.get_token
 def _counting_async(counter: _HitCounter) -> Callable[..., Any]:
     original = _ORIGINAL_ASYNC
 
-    # The freshness check reads the clock the manager reads (_telemetry is in the manual
-    # clock's registry, so a test's ManualClock moves both).
-    # Not a coroutine function: it returns the library's own coroutine, so a hit costs a
-    # function call and an increment, not a second coroutine. Nothing is awaited between
-    # the check and the call, so the check sees what get_token() will see.
+    # A coroutine function, as TokenManager.get_token is: the auth flows, the other
+    # integrations and frameworks tell an async token source from a blocking one by it.
+    # A hit on the manager's own scope is answered here, by the same check as the
+    # manager's hot path (one clock read, the clock the manager reads: _telemetry is in
+    # the manual clock's registry), so it costs one coroutine, as without the counter.
+    # Any other call goes to the library's own get_token, counted when its entry is fresh
+    # (a peek: the entry table's order is the library's to change).
     @functools.wraps(original)
-    def get_token(
+    async def get_token(
         self: TokenManager, scope: Any = None, *, resource: Any = None, audience: Any = None
-    ) -> Any:
+    ) -> AccessToken:
         if scope is None and resource is None and audience is None:
-            if _telemetry.monotonic() < self._default_entry.current.refresh_at:
+            current = self._default_entry.current
+            if _telemetry.monotonic() < current.refresh_at:
                 counter.value += 1
-            return original(self)
+                return current.token
+            return await original(self)
         entry = self._peek(scope, resource, audience)
         if entry is not None and _telemetry.monotonic() < entry.current.refresh_at:
             counter.value += 1
-        return original(self, scope, resource=resource, audience=audience)
+        return await original(self, scope, resource=resource, audience=audience)
 
     return get_token
 
